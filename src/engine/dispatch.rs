@@ -1,0 +1,518 @@
+//! One step of the loop: wait, dispatch each event to its registration's pass, run deferred work,
+//! expire deadlines, deliver the closes decided during the step.
+
+use std::cmp::Reverse;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{
+    CloseReason, Entry, Error, FdFate, Handler, Id, Lingering, Loop, PendingClose, RunState, ACCEPT_BACKOFF,
+    ACCEPT_BUDGET, READ_BUDGET, WAKE_TOKEN,
+};
+use crate::sys::{self, ev, Errno};
+
+const MAX_EVENTS: usize = 4096;
+
+/// Decrements the callback depth even if a handler unwinds.
+struct DepthGuard<'a>(&'a std::cell::Cell<u32>);
+
+impl Drop for DepthGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+enum Kind {
+    Listener,
+    Stream,
+    Lingering,
+}
+
+impl<H: Handler> Loop<H> {
+    /// Runs a handler with no borrow of the loop's state held.
+    fn call(&self, f: impl FnOnce()) {
+        self.depth.set(self.depth.get() + 1);
+        let _guard = DepthGuard(&self.depth);
+        f();
+    }
+
+    /// Runs until ep_stop or until nothing is registered.
+    pub fn run(&self) -> Result<RunState, Error> {
+        loop {
+            match self.run_once(-1) {
+                Ok(RunState::More) | Err(Error::Os(sys::EINTR)) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// One wait (timeout in ms, -1 = until something happens) and the dispatch of what it returned.
+    pub fn run_once(&self, timeout_ms: i32) -> Result<RunState, Error> {
+        if self.in_callback() || self.freeing.get() {
+            return Err(Error::Busy);
+        }
+        if self.remote.stop.swap(false, Ordering::SeqCst) {
+            return Ok(RunState::Stopped);
+        }
+        if !self.has_work() {
+            return Ok(RunState::Empty);
+        }
+        let timeout = self.wait_timeout(timeout_ms);
+        let mut events = self.events.borrow_mut();
+        let n = sys::epoll_wait(self.epfd, &mut events, timeout).map_err(Error::Os)?;
+        for i in 0..n {
+            let (bits, token) = events.get(i);
+            if token == WAKE_TOKEN {
+                sys::eventfd_drain(self.remote.wake_fd);
+            } else {
+                self.dispatch(token, bits);
+            }
+        }
+        if n == events.capacity() && n < MAX_EVENTS {
+            events.grow(n * 2);
+        }
+        drop(events);
+        self.run_service();
+        self.run_timers(Instant::now());
+        self.deliver_closes();
+        if self.remote.stop.swap(false, Ordering::SeqCst) {
+            Ok(RunState::Stopped)
+        } else if self.has_work() {
+            Ok(RunState::More)
+        } else {
+            Ok(RunState::Empty)
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        let st = self.state.borrow();
+        st.live + st.lingering > 0 || !st.closes.is_empty()
+    }
+
+    fn wait_timeout(&self, timeout_ms: i32) -> i32 {
+        let st = self.state.borrow();
+        if !st.service.is_empty() || !st.closes.is_empty() {
+            return 0;
+        }
+        match st.timers.peek() {
+            Some(Reverse((deadline, _))) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Round up, so a deadline 0.5 ms away never turns into a busy spin.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                if timeout_ms < 0 {
+                    ms
+                } else {
+                    ms.min(timeout_ms)
+                }
+            }
+            None => timeout_ms,
+        }
+    }
+
+    fn kind(&self, id: Id) -> Option<Kind> {
+        match self.state.borrow().entries.get(id)? {
+            Entry::Listener(_) => Some(Kind::Listener),
+            Entry::Stream(_) => Some(Kind::Stream),
+            Entry::Lingering(_) => Some(Kind::Lingering),
+        }
+    }
+
+    /// One dispatch step: the event's pass, then the closes it decided.
+    fn dispatch(&self, id: Id, bits: u32) {
+        match self.kind(id) {
+            // A stale event: its registration ended earlier in this batch (maybe its fd was reused).
+            None => {}
+            Some(Kind::Listener) => self.accept_pass(id),
+            Some(Kind::Stream) => self.stream_pass(id, bits),
+            Some(Kind::Lingering) => self.linger_pass(id),
+        }
+        self.deliver_closes();
+    }
+
+    fn run_service(&self) {
+        let pending: VecDeque<Id> = std::mem::take(&mut self.state.borrow_mut().service);
+        for id in pending {
+            if let Some(Entry::Stream(s)) = self.state.borrow_mut().entries.get_mut(id) {
+                s.in_service = false;
+            }
+            self.dispatch(id, ev::IN);
+        }
+    }
+
+    fn run_timers(&self, now: Instant) {
+        loop {
+            let id = {
+                let mut st = self.state.borrow_mut();
+                match st.timers.peek() {
+                    Some(Reverse((deadline, _))) if *deadline <= now => {}
+                    _ => return,
+                }
+                let Some(Reverse((_, id))) = st.timers.pop() else { return };
+                id
+            };
+            self.expire(id, now);
+            self.deliver_closes();
+        }
+    }
+
+    /// A deadline of `id` may have passed; timers are not cancelled, so check the state's own.
+    fn expire(&self, id: Id, now: Instant) {
+        let mut st = self.state.borrow_mut();
+        match st.entries.get_mut(id) {
+            Some(Entry::Stream(s)) if s.deadline.is_some_and(|d| d <= now) => {
+                drop(st);
+                self.terminate(id, CloseReason::Timeout, sys::ETIMEDOUT, FdFate::Reset);
+            }
+            Some(Entry::Lingering(l)) if l.deadline <= now => {
+                drop(st);
+                self.end_linger(id);
+            }
+            Some(Entry::Listener(l)) if l.backoff_until.is_some_and(|d| d <= now) => {
+                l.backoff_until = None;
+                l.update_interest(self.epfd, id);
+                st.schedule(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Delivers every close decided so far; closes decided by these callbacks are delivered too.
+    pub(super) fn deliver_closes(&self) {
+        loop {
+            let Some(pending) = self.state.borrow_mut().closes.pop_front() else { return };
+            self.call(|| pending.handler.on_close(self, pending.id, pending.reason, pending.err));
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // listeners
+
+    fn accept_pass(&self, id: Id) {
+        for _ in 0..ACCEPT_BUDGET {
+            let (fd, handler, opts, flow) = {
+                let st = self.state.borrow();
+                match st.entries.get(id) {
+                    Some(Entry::Listener(l)) if !l.paused && l.backoff_until.is_none() => {
+                        (l.fd, l.handler.clone(), l.opts, (l.flow.low, l.flow.high))
+                    }
+                    _ => return,
+                }
+            };
+            match sys::accept(fd) {
+                Ok(conn_fd) => {
+                    let stream = super::Stream::new(
+                        conn_fd,
+                        handler.clone(),
+                        super::Options { borrow: false, ..opts },
+                        true,
+                        true,
+                        true,
+                        super::Flow { low: flow.0, high: flow.1 },
+                        None,
+                    );
+                    match self.add_stream(stream) {
+                        Ok(conn) => self.call(|| handler.on_accept(self, id, conn)),
+                        Err(_) => sys::close(conn_fd),
+                    }
+                }
+                Err(sys::EAGAIN) => return,
+                Err(sys::EMFILE | sys::ENFILE) => return self.shed_load(id, fd),
+                Err(sys::ENOBUFS | sys::ENOMEM) => return self.back_off(id),
+                // The connection died in the backlog, or a firewall refused it: next one.
+                Err(sys::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
+                Err(errno) => return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close),
+            }
+        }
+        // Budget spent: in edge-triggered mode no new edge comes for the rest of the backlog.
+        if matches!(self.state.borrow().entries.get(id), Some(Entry::Listener(l)) if l.opts.edge) {
+            self.state.borrow_mut().schedule(id);
+        }
+    }
+
+    /// Out of descriptors: release the reserve, accept and reset every waiting connection so the
+    /// clients learn at once and the level-triggered listener does not spin, take the reserve back.
+    fn shed_load(&self, id: Id, fd: sys::Fd) {
+        let reserve = self.state.borrow_mut().reserve_fd.take();
+        let Some(reserve) = reserve else { return self.back_off(id) };
+        sys::close(reserve);
+        while let Ok(conn) = sys::accept(fd) {
+            let _ = sys::set_linger_zero(conn);
+            sys::close(conn);
+        }
+        match sys::open_devnull() {
+            Ok(reserve) => self.state.borrow_mut().reserve_fd = Some(reserve),
+            Err(_) => self.back_off(id),
+        }
+    }
+
+    /// Stops accepting for a moment; a timer resumes it.
+    fn back_off(&self, id: Id) {
+        let mut st = self.state.borrow_mut();
+        let until = Instant::now() + ACCEPT_BACKOFF;
+        if let Some(Entry::Listener(l)) = st.entries.get_mut(id) {
+            l.backoff_until = Some(until);
+            l.update_interest(self.epfd, id);
+            st.timers.push(Reverse((until, id)));
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // streams
+
+    fn stream_pass(&self, id: Id, bits: u32) {
+        let hangup = bits & (ev::HUP | ev::ERR) != 0;
+        if bits & (ev::IN | ev::RDHUP) != 0 || hangup {
+            self.read_pass(id, bits);
+        }
+        let writable_due = if bits & ev::OUT != 0 || hangup { self.flush(id) } else { false };
+        if hangup {
+            self.settle_hangup(id, bits);
+        }
+        self.settle_failure(id);
+        if writable_due {
+            let handler = match self.state.borrow().entries.get(id) {
+                Some(Entry::Stream(s)) if s.closing.is_none() && s.failed.is_none() => Some(s.handler.clone()),
+                _ => None,
+            };
+            if let Some(handler) = handler {
+                self.call(|| handler.on_writable(self, id));
+            }
+        }
+    }
+
+    /// Reads and delivers up to the budget. Data keeps flowing after RDHUP/HUP/ERR until the
+    /// kernel reports EOF or the error itself: those bits mean "read now", never "close now".
+    fn read_pass(&self, id: Id, bits: u32) {
+        let must_drain = bits & (ev::RDHUP | ev::HUP | ev::ERR) != 0;
+        for _ in 0..READ_BUDGET {
+            let (fd, is_socket, discard, handler) = {
+                let st = self.state.borrow();
+                let Some(Entry::Stream(s)) = st.entries.get(id) else { return };
+                // Pause is honoured until the connection cannot live on (hangup or failed send).
+                let forced = must_drain || s.failed.is_some();
+                if !s.readable || s.read_eof || (s.paused && !s.user_closed && !forced) {
+                    return;
+                }
+                (s.fd, s.is_socket, s.user_closed, s.handler.clone())
+            };
+            let mut buf = self.read_buf.borrow_mut();
+            let result = if is_socket { sys::recv(fd, &mut buf) } else { sys::read(fd, &mut buf) };
+            match result {
+                Ok(0) => {
+                    drop(buf);
+                    return self.on_eof(id);
+                }
+                Ok(n) => {
+                    let full = n == buf.len();
+                    drop(buf);
+                    if !discard {
+                        let buf = self.read_buf.borrow();
+                        self.call(|| handler.on_data(self, id, &buf[..n]));
+                    }
+                    if !full && !must_drain {
+                        return;
+                    }
+                }
+                Err(sys::EAGAIN) => return,
+                Err(errno) => {
+                    drop(buf);
+                    return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+                }
+            }
+        }
+        let mut st = self.state.borrow_mut();
+        if matches!(st.entries.get(id), Some(Entry::Stream(s)) if s.opts.edge) {
+            st.schedule(id);
+        }
+    }
+
+    fn on_eof(&self, id: Id) {
+        let mut st = self.state.borrow_mut();
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else { return };
+        s.read_eof = true;
+        s.update_interest(self.epfd, id);
+        if s.opts.half_close && !s.user_closed && s.failed.is_none() {
+            let handler = s.handler.clone();
+            let done = s.fin_sent;
+            drop(st);
+            if done {
+                return self.terminate(id, CloseReason::PeerEof, 0, FdFate::Close);
+            }
+            return self.call(|| handler.on_data(self, id, &[]));
+        }
+        if s.closing.is_none() {
+            s.closing = Some(CloseReason::PeerEof);
+        }
+        if s.out.is_empty() || s.failed.is_some() {
+            drop(st);
+            self.after_flush(id);
+        } else if s.deadline.is_none() {
+            let deadline = Instant::now() + st.linger;
+            st.arm_deadline(id, deadline);
+        }
+    }
+
+    /// HUP or ERR after the read pass: if the stream is still here and nothing more can come,
+    /// end it now (level-triggered HUP/ERR would otherwise be reported forever).
+    fn settle_hangup(&self, id: Id, bits: u32) {
+        let (fd, read_eof, idle, readable) = {
+            let st = self.state.borrow();
+            let Some(Entry::Stream(s)) = st.entries.get(id) else { return };
+            (s.fd, s.read_eof, s.out.is_empty(), s.readable)
+        };
+        if bits & ev::ERR != 0 {
+            let errno = match sys::take_socket_error(fd) {
+                Ok(0) | Err(_) => if readable { sys::EIO } else { sys::EPIPE },
+                Ok(errno) => errno,
+            };
+            self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+        } else if (read_eof || !readable) && idle {
+            self.terminate(id, CloseReason::PeerEof, 0, FdFate::Close);
+        }
+    }
+
+    /// A failed send recorded earlier: once the reads are exhausted, end the connection.
+    fn settle_failure(&self, id: Id) {
+        let failed = match self.state.borrow().entries.get(id) {
+            Some(Entry::Stream(s)) => s.failed,
+            _ => None,
+        };
+        if let Some(errno) = failed {
+            self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+        }
+    }
+
+    /// Writes queued output. Returns true when the queue just drained to the low-water mark after
+    /// having been above the high-water mark (on_writable is due).
+    pub(super) fn flush(&self, id: Id) -> bool {
+        let mut st = self.state.borrow_mut();
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else { return false };
+        s.write_queue();
+        let writable_due = s.above_high && s.out.len() <= s.flow.low;
+        if writable_due {
+            s.above_high = false;
+        }
+        if s.out.is_empty() {
+            // A connection owns memory only while it has queued output.
+            s.out = VecDeque::new();
+            s.update_interest(self.epfd, id);
+            drop(st);
+            self.after_flush(id);
+        } else {
+            s.update_interest(self.epfd, id);
+        }
+        writable_due
+    }
+
+    /// The queue is empty: send a wanted FIN, complete a wanted close.
+    pub(super) fn after_flush(&self, id: Id) {
+        let mut st = self.state.borrow_mut();
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else { return };
+        if let Some(errno) = s.failed {
+            drop(st);
+            return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+        }
+        let fin_wanted = s.is_socket && !s.fin_sent && (s.shutdown_wanted || s.closing == Some(CloseReason::Local));
+        if fin_wanted {
+            if let Err(errno) = sys::shutdown_write(s.fd) {
+                drop(st);
+                return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+            }
+            s.fin_sent = true;
+        }
+        let reason = match s.closing {
+            Some(reason) => reason,
+            // ep_shutdown done and the peer's EOF already seen: both directions are finished.
+            None if s.fin_sent && s.read_eof => CloseReason::Local,
+            None => return,
+        };
+        let fate = if s.fin_sent && !s.read_eof && !s.opts.borrow { FdFate::Linger } else { FdFate::Close };
+        drop(st);
+        self.terminate(id, reason, 0, fate);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // the one close path
+
+    /// Ends a registration for the user: releases or hands its fd to lingering, and queues its
+    /// single on_close. Every way a registration ends comes through here.
+    pub(super) fn terminate(&self, id: Id, reason: CloseReason, err: Errno, fate: FdFate) {
+        let mut st = self.state.borrow_mut();
+        if !matches!(st.entries.get(id), Some(Entry::Stream(_) | Entry::Listener(_))) {
+            return;
+        }
+        let handler = match st.entries.remove(id) {
+            Some(Entry::Stream(s)) => {
+                let handler = s.handler;
+                if fate == FdFate::Linger {
+                    let deadline = Instant::now() + st.linger;
+                    let lingering = st.entries.insert(Entry::Lingering(Lingering { fd: s.fd, deadline }));
+                    // Level-triggered from here on, whatever the stream used, with the new token.
+                    if sys::epoll_modify(self.epfd, s.fd, ev::IN | ev::RDHUP, lingering).is_ok() {
+                        st.lingering += 1;
+                        st.timers.push(Reverse((deadline, lingering)));
+                    } else {
+                        st.entries.remove(lingering);
+                        sys::close(s.fd);
+                    }
+                } else {
+                    release(self.epfd, s.fd, s.opts.borrow, s.adopted_status, fate == FdFate::Reset && s.is_socket);
+                }
+                handler
+            }
+            Some(Entry::Listener(l)) => {
+                release(self.epfd, l.fd, l.opts.borrow, l.adopted_status, false);
+                l.handler
+            }
+            _ => return,
+        };
+        st.live -= 1;
+        st.closes.push_back(PendingClose { id, handler, reason, err });
+    }
+
+    fn linger_pass(&self, id: Id) {
+        let fd = match self.state.borrow().entries.get(id) {
+            Some(Entry::Lingering(l)) => l.fd,
+            _ => return,
+        };
+        let mut buf = self.read_buf.borrow_mut();
+        for _ in 0..READ_BUDGET {
+            match sys::recv(fd, &mut buf) {
+                Ok(n) if n > 0 => continue,
+                // Drained for now; level-triggered, so leftover input is reported again.
+                Err(sys::EAGAIN) => return,
+                // EOF or an error: the peer is done, the socket can go.
+                _ => {
+                    drop(buf);
+                    return self.end_linger(id);
+                }
+            }
+        }
+    }
+
+    pub(super) fn end_linger(&self, id: Id) {
+        let mut st = self.state.borrow_mut();
+        if let Some(Entry::Lingering(l)) = st.entries.remove(id) {
+            let _ = sys::epoll_delete(self.epfd, l.fd);
+            sys::close(l.fd);
+            st.lingering -= 1;
+        }
+    }
+}
+
+/// Lets go of a descriptor: out of epoll, then closed (owned) or given back as it came (borrowed).
+fn release(epfd: sys::Fd, fd: sys::Fd, borrowed: bool, adopted_status: Option<i32>, reset: bool) {
+    let _ = sys::epoll_delete(epfd, fd);
+    if reset {
+        let _ = sys::set_linger_zero(fd);
+    }
+    if let Some(status) = adopted_status {
+        if status & libc::O_NONBLOCK == 0 {
+            let _ = sys::set_status_flags(fd, status);
+        }
+    }
+    if !borrowed {
+        sys::close(fd);
+    }
+}

@@ -1,0 +1,706 @@
+//! The event loop in safe Rust: registrations, dispatch, the connection state machine and its
+//! single close path. User code is reached through the [`Handler`] trait, so Rust tests can drive
+//! the engine directly and the C ABI is one implementation of it.
+//!
+//! Borrowing discipline: the loop is used through `&self` (callbacks call back into it), its
+//! state lives in a `RefCell`, and no borrow is ever held while a handler runs.
+
+#![forbid(unsafe_code)]
+
+mod dispatch;
+mod slab;
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::sys::{self, ev, Errno, Fd, FdKind};
+pub use slab::Id;
+use slab::Slab;
+
+/// Why a registration ended. Exactly one per id, delivered through [`Handler::on_close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    PeerEof,
+    PeerReset,
+    Error,
+    Local,
+    Abort,
+    Timeout,
+    LoopFreed,
+}
+
+impl CloseReason {
+    /// The one place that turns an errno from read, write or SO_ERROR into a close reason.
+    pub fn from_errno(errno: Errno) -> CloseReason {
+        match errno {
+            sys::ECONNRESET | sys::ECONNABORTED | sys::EPIPE => CloseReason::PeerReset,
+            _ => CloseReason::Error,
+        }
+    }
+}
+
+/// User code called by the loop. Never called while another handler call of the same loop is on
+/// the stack, and never for an id after its `on_close`.
+pub trait Handler: Clone {
+    fn on_accept(&self, lp: &Loop<Self>, listener: Id, conn: Id);
+    /// `data` is borrowed for the call only. An empty slice means end of input (EP_HALF_CLOSE).
+    fn on_data(&self, lp: &Loop<Self>, conn: Id, data: &[u8]);
+    fn on_writable(&self, lp: &Loop<Self>, conn: Id);
+    fn on_close(&self, lp: &Loop<Self>, conn: Id, reason: CloseReason, err: Errno);
+}
+
+/// Errors of the loop's operations, mapped to C codes by the FFI layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// Unknown id, or its on_close was already decided.
+    Stale,
+    /// ep_close was already called on this id.
+    Closing,
+    /// The operation does not apply to this kind of registration.
+    Kind,
+    /// Not allowed from inside a callback, or while the loop is being freed.
+    Busy,
+    /// A system error or an argument error expressed as errno.
+    Os(Errno),
+}
+
+impl From<Errno> for Error {
+    fn from(errno: Errno) -> Self {
+        Error::Os(errno)
+    }
+}
+
+/// Registration options (the C flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    pub edge: bool,
+    pub borrow: bool,
+    pub half_close: bool,
+}
+
+/// What one step of the loop leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Empty,
+    More,
+    Stopped,
+}
+
+/// Default flow-control watermarks (asyncio's).
+pub(crate) const DEFAULT_LOW_WATER: usize = 16 * 1024;
+pub(crate) const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// Hard cap on one connection's output queue: a send beyond it fails with ENOBUFS, queueing nothing.
+pub(crate) const MAX_QUEUE: usize = 1 << 30;
+const DEFAULT_LINGER: Duration = Duration::from_secs(5);
+/// Reads per connection per wakeup, so one flooding peer cannot starve the others.
+const READ_BUDGET: usize = 4;
+/// Accepts per listener per wakeup.
+const ACCEPT_BUDGET: usize = 64;
+/// How long accepting pauses when the process is out of descriptors and memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const READ_BUF_SIZE: usize = 64 * 1024;
+const WAKE_TOKEN: u64 = 0;
+
+/// The part of a loop another thread or a signal handler may touch.
+pub struct Remote {
+    stop: AtomicBool,
+    wake_fd: Fd,
+}
+
+impl Remote {
+    /// Requests the loop to return from ep_run / ep_run_once. Async-signal-safe.
+    pub fn stop(&self) -> Result<(), Error> {
+        self.stop.store(true, Ordering::SeqCst);
+        sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
+    }
+}
+
+struct Flow {
+    low: usize,
+    high: usize,
+}
+
+struct Listener<H> {
+    fd: Fd,
+    handler: H,
+    opts: Options,
+    adopted_status: Option<i32>,
+    flow: Flow,
+    paused: bool,
+    /// Accepting stopped until this instant (out of descriptors and of the reserve).
+    backoff_until: Option<Instant>,
+    interest: u32,
+}
+
+struct Stream<H> {
+    fd: Fd,
+    handler: H,
+    opts: Options,
+    is_socket: bool,
+    readable: bool,
+    writable: bool,
+    /// The status flags to restore when the loop lets go of an adopted fd.
+    adopted_status: Option<i32>,
+    interest: u32,
+    out: VecDeque<u8>,
+    flow: Flow,
+    above_high: bool,
+    paused: bool,
+    read_eof: bool,
+    /// ep_shutdown asked for a FIN once the queue drains.
+    shutdown_wanted: bool,
+    fin_sent: bool,
+    /// The user called ep_close: incoming data is discarded from now on.
+    user_closed: bool,
+    /// Flush the queue, then close with this reason.
+    closing: Option<CloseReason>,
+    deadline: Option<Instant>,
+    /// The connection failed (e.g. EPIPE on send); close once what can be read was delivered.
+    failed: Option<Errno>,
+    in_service: bool,
+}
+
+struct Lingering {
+    fd: Fd,
+    deadline: Instant,
+}
+
+enum Entry<H> {
+    Listener(Listener<H>),
+    Stream(Stream<H>),
+    /// Closed for the user (on_close decided); the loop alone drains it until EOF or the deadline.
+    Lingering(Lingering),
+}
+
+/// How a terminated registration's descriptor is let go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FdFate {
+    Close,
+    Reset,
+    /// FIN was sent; keep reading and discarding until the peer's EOF or the linger deadline.
+    Linger,
+}
+
+struct PendingClose<H> {
+    id: Id,
+    handler: H,
+    reason: CloseReason,
+    err: Errno,
+}
+
+struct State<H> {
+    entries: Slab<Entry<H>>,
+    /// Registrations whose on_close is not decided yet.
+    live: usize,
+    lingering: usize,
+    closes: VecDeque<PendingClose<H>>,
+    /// Registrations that need a pass without a new kernel event (read budget spent in edge mode,
+    /// resumed reading, failed send).
+    service: VecDeque<Id>,
+    timers: BinaryHeap<Reverse<(Instant, Id)>>,
+    linger: Duration,
+    /// A spare descriptor released to accept-and-reset connections when the process hits EMFILE.
+    reserve_fd: Option<Fd>,
+}
+
+/// One event loop. Not thread-safe: owned and run by one thread; only [`Remote`] is shared.
+pub struct Loop<H: Handler> {
+    pub remote: Remote,
+    epfd: Fd,
+    state: RefCell<State<H>>,
+    read_buf: RefCell<Vec<u8>>,
+    events: RefCell<sys::EventBuf>,
+    depth: Cell<u32>,
+    freeing: Cell<bool>,
+}
+
+impl<H: Handler> Loop<H> {
+    pub fn new() -> Result<Self, Errno> {
+        let epfd = sys::epoll_create()?;
+        let wake_fd = match sys::eventfd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                sys::close(epfd);
+                return Err(e);
+            }
+        };
+        if let Err(e) = sys::epoll_add(epfd, wake_fd, ev::IN, WAKE_TOKEN) {
+            sys::close(wake_fd);
+            sys::close(epfd);
+            return Err(e);
+        }
+        Ok(Loop {
+            remote: Remote { stop: AtomicBool::new(false), wake_fd },
+            epfd,
+            state: RefCell::new(State {
+                entries: Slab::new(),
+                live: 0,
+                lingering: 0,
+                closes: VecDeque::new(),
+                service: VecDeque::new(),
+                timers: BinaryHeap::new(),
+                linger: DEFAULT_LINGER,
+                reserve_fd: None,
+            }),
+            read_buf: RefCell::new(vec![0; READ_BUF_SIZE]),
+            events: RefCell::new(sys::EventBuf::with_capacity(256)),
+            depth: Cell::new(0),
+            freeing: Cell::new(false),
+        })
+    }
+
+    /// True while a handler of this loop is running.
+    pub fn in_callback(&self) -> bool {
+        self.depth.get() > 0
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.freeing.get() {
+            Err(Error::Busy)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Adopts any pollable descriptor. See `ep_register`.
+    pub fn register(&self, fd: Fd, opts: Options, handler: H) -> Result<Id, Error> {
+        self.check_open()?;
+        if fd < 0 {
+            return Err(Error::Os(sys::EBADF));
+        }
+        let status = sys::status_flags(fd)?;
+        let kind = sys::fd_kind(fd)?;
+        if status & libc_flags::NONBLOCK == 0 {
+            sys::set_status_flags(fd, status | libc_flags::NONBLOCK)?;
+        }
+        if !opts.borrow {
+            // Best effort: the fd may be shared with a child that needs it; failure is harmless.
+            let _ = sys::set_cloexec(fd);
+        }
+        let result = match kind {
+            FdKind::Listener => self.add_listener(fd, opts, handler, Some(status)),
+            FdKind::Socket | FdKind::Other => {
+                let access = status & libc_flags::ACCMODE;
+                let stream = Stream::new(
+                    fd,
+                    handler,
+                    opts,
+                    kind == FdKind::Socket,
+                    access != libc_flags::WRONLY,
+                    access != libc_flags::RDONLY,
+                    Flow { low: DEFAULT_LOW_WATER, high: DEFAULT_HIGH_WATER },
+                    Some(status),
+                );
+                self.add_stream(stream)
+            }
+        };
+        if result.is_err() && status & libc_flags::NONBLOCK == 0 {
+            let _ = sys::set_status_flags(fd, status);
+        }
+        result
+    }
+
+    /// Binds, listens and registers a TCP listener. `host` is a numeric address or "localhost".
+    pub fn listen(&self, host: &str, port: u16, backlog: i32, opts: Options, handler: H) -> Result<Id, Error> {
+        self.check_open()?;
+        let ip: IpAddr = match host {
+            "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            "" | "*" => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => host.parse().map_err(|_| Error::Os(sys::EINVAL))?,
+        };
+        let backlog = if backlog <= 0 { libc_flags::SOMAXCONN } else { backlog };
+        let fd = sys::listen_tcp(&SocketAddr::new(ip, port), backlog)?;
+        let opts = Options { borrow: false, ..opts };
+        self.add_listener(fd, opts, handler, None).inspect_err(|_| sys::close(fd))
+    }
+
+    fn add_listener(&self, fd: Fd, opts: Options, handler: H, adopted_status: Option<i32>) -> Result<Id, Error> {
+        let mut st = self.state.borrow_mut();
+        if st.reserve_fd.is_none() {
+            st.reserve_fd = sys::open_devnull().ok();
+        }
+        let interest = ev::IN | if opts.edge { ev::ET } else { 0 };
+        let id = st.entries.insert(Entry::Listener(Listener {
+            fd,
+            handler,
+            opts,
+            adopted_status,
+            flow: Flow { low: DEFAULT_LOW_WATER, high: DEFAULT_HIGH_WATER },
+            paused: false,
+            backoff_until: None,
+            interest,
+        }));
+        if let Err(e) = sys::epoll_add(self.epfd, fd, interest, id) {
+            st.entries.remove(id);
+            return Err(Error::Os(e));
+        }
+        st.live += 1;
+        Ok(id)
+    }
+
+    fn add_stream(&self, stream: Stream<H>) -> Result<Id, Error> {
+        let mut st = self.state.borrow_mut();
+        let fd = stream.fd;
+        let id = st.entries.insert(Entry::Stream(stream));
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else { unreachable!("just inserted") };
+        let interest = s.wanted_interest();
+        s.interest = interest;
+        if let Err(e) = sys::epoll_add(self.epfd, fd, interest, id) {
+            st.entries.remove(id);
+            return Err(Error::Os(e));
+        }
+        st.live += 1;
+        Ok(id)
+    }
+
+    /// Queues or writes `data`. Ok(true) means the queue is above its high-water mark.
+    pub fn send(&self, id: Id, data: &[u8]) -> Result<bool, Error> {
+        let mut st = self.state.borrow_mut();
+        let s = st.stream_mut(id)?;
+        if s.user_closed {
+            return Err(Error::Closing);
+        }
+        if s.shutdown_wanted || s.fin_sent {
+            return Err(Error::Os(sys::ESHUTDOWN));
+        }
+        if let Some(errno) = s.failed {
+            return Err(Error::Os(errno));
+        }
+        if !s.writable {
+            return Err(Error::Os(sys::EBADF));
+        }
+        if data.len() > MAX_QUEUE - s.out.len() {
+            return Err(Error::Os(sys::ENOBUFS));
+        }
+        let mut rest = data;
+        if s.out.is_empty() {
+            while !rest.is_empty() {
+                match s.write(&[rest]) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(sys::EAGAIN) => break,
+                    Err(errno) => {
+                        s.fail(errno);
+                        st.schedule(id);
+                        return Err(Error::Os(errno));
+                    }
+                }
+            }
+        }
+        if !rest.is_empty() {
+            s.out.try_reserve(rest.len()).map_err(|_| Error::Os(sys::ENOMEM))?;
+            s.out.extend(rest);
+            if s.out.len() > s.flow.high {
+                s.above_high = true;
+            }
+            s.update_interest(self.epfd, id);
+        }
+        Ok(s.out.len() > s.flow.high)
+    }
+
+    /// FIN once the queue drains; reading goes on until the peer's EOF.
+    pub fn shutdown(&self, id: Id) -> Result<(), Error> {
+        let mut st = self.state.borrow_mut();
+        let s = st.stream_mut(id)?;
+        if s.user_closed {
+            return Err(Error::Closing);
+        }
+        if !s.is_socket {
+            return Err(Error::Os(sys::ENOTSOCK));
+        }
+        s.shutdown_wanted = true;
+        if s.out.is_empty() {
+            drop(st);
+            self.after_flush(id);
+        }
+        Ok(())
+    }
+
+    /// Graceful close: flush, FIN, then the loop drains and lingers alone.
+    pub fn close(&self, id: Id) -> Result<(), Error> {
+        let mut st = self.state.borrow_mut();
+        match st.entry_mut(id)? {
+            Entry::Listener(_) => {
+                drop(st);
+                self.terminate(id, CloseReason::Local, 0, FdFate::Close);
+            }
+            Entry::Stream(s) => {
+                if s.user_closed {
+                    return Err(Error::Closing);
+                }
+                s.user_closed = true;
+                if s.closing.is_none() {
+                    s.closing = Some(CloseReason::Local);
+                }
+                if s.out.is_empty() || s.failed.is_some() {
+                    drop(st);
+                    self.after_flush(id);
+                } else {
+                    let deadline = Instant::now() + st.linger;
+                    st.arm_deadline(id, deadline);
+                    if let Ok(s) = st.stream_mut(id) {
+                        s.update_interest(self.epfd, id);
+                    }
+                }
+            }
+            Entry::Lingering(_) => return Err(Error::Stale),
+        }
+        Ok(())
+    }
+
+    /// RST now, queued data dropped.
+    pub fn abort(&self, id: Id) -> Result<(), Error> {
+        if let Entry::Lingering(_) = self.state.borrow_mut().entry_mut(id)? {
+            return Err(Error::Stale);
+        }
+        self.terminate(id, CloseReason::Abort, 0, FdFate::Reset);
+        Ok(())
+    }
+
+    pub fn pause_reading(&self, id: Id, paused: bool) -> Result<(), Error> {
+        let mut st = self.state.borrow_mut();
+        match st.entry_mut(id)? {
+            Entry::Listener(l) => {
+                l.paused = paused;
+                l.update_interest(self.epfd, id);
+            }
+            Entry::Stream(s) => {
+                s.paused = paused;
+                s.update_interest(self.epfd, id);
+            }
+            Entry::Lingering(_) => return Err(Error::Stale),
+        }
+        if !paused {
+            // In edge-triggered mode no new edge comes for data that arrived while paused.
+            st.schedule(id);
+        }
+        Ok(())
+    }
+
+    pub fn set_watermarks(&self, id: Id, low: usize, high: usize) -> Result<(), Error> {
+        if low > high {
+            return Err(Error::Os(sys::EINVAL));
+        }
+        let mut st = self.state.borrow_mut();
+        match st.entry_mut(id)? {
+            Entry::Listener(l) => l.flow = Flow { low, high },
+            Entry::Stream(s) => {
+                s.flow = Flow { low, high };
+                s.above_high = s.out.len() > high;
+            }
+            Entry::Lingering(_) => return Err(Error::Stale),
+        }
+        Ok(())
+    }
+
+    pub fn set_linger(&self, linger: Duration) {
+        self.state.borrow_mut().linger = linger;
+    }
+
+    /// Runs `f` on the handler of a live registration (e.g. to change its user pointer).
+    pub fn with_handler<R>(&self, id: Id, f: impl FnOnce(&mut H) -> R) -> Result<R, Error> {
+        let mut st = self.state.borrow_mut();
+        match st.entry_mut(id)? {
+            Entry::Listener(l) => Ok(f(&mut l.handler)),
+            Entry::Stream(s) => Ok(f(&mut s.handler)),
+            Entry::Lingering(_) => Err(Error::Stale),
+        }
+    }
+
+    pub fn fd(&self, id: Id) -> Result<Fd, Error> {
+        let mut st = self.state.borrow_mut();
+        match st.entry_mut(id)? {
+            Entry::Listener(l) => Ok(l.fd),
+            Entry::Stream(s) => Ok(s.fd),
+            Entry::Lingering(_) => Err(Error::Stale),
+        }
+    }
+
+    pub fn local_port(&self, id: Id) -> Result<u16, Error> {
+        let fd = self.fd(id)?;
+        sys::local_port(fd).map_err(Error::Os)
+    }
+
+    /// Ends every registration with on_close(LoopFreed) and releases every descriptor.
+    pub fn close_all(&self) {
+        if self.freeing.replace(true) {
+            return;
+        }
+        self.deliver_closes();
+        let ids = self.state.borrow().entries.ids();
+        for id in ids {
+            let lingering = matches!(self.state.borrow().entries.get(id), Some(Entry::Lingering(_)));
+            if lingering {
+                self.end_linger(id);
+                continue;
+            }
+            // Best effort, without blocking: hand what is queued to the kernel before closing.
+            if let Ok(s) = self.state.borrow_mut().stream_mut(id) {
+                s.write_queue();
+            }
+            self.terminate(id, CloseReason::LoopFreed, 0, FdFate::Close);
+        }
+        self.deliver_closes();
+    }
+}
+
+impl<H: Handler> Drop for Loop<H> {
+    fn drop(&mut self) {
+        self.close_all();
+        let st = self.state.get_mut();
+        if let Some(fd) = st.reserve_fd.take() {
+            sys::close(fd);
+        }
+        sys::close(self.remote.wake_fd);
+        sys::close(self.epfd);
+    }
+}
+
+/// libc constants used by the engine's policy, as plain integers.
+mod libc_flags {
+    pub const NONBLOCK: i32 = libc::O_NONBLOCK;
+    pub const ACCMODE: i32 = libc::O_ACCMODE;
+    pub const RDONLY: i32 = libc::O_RDONLY;
+    pub const WRONLY: i32 = libc::O_WRONLY;
+    pub const SOMAXCONN: i32 = libc::SOMAXCONN;
+}
+
+impl<H> State<H> {
+    fn entry_mut(&mut self, id: Id) -> Result<&mut Entry<H>, Error> {
+        self.entries.get_mut(id).ok_or(Error::Stale)
+    }
+
+    fn stream_mut(&mut self, id: Id) -> Result<&mut Stream<H>, Error> {
+        match self.entry_mut(id)? {
+            Entry::Stream(s) => Ok(s),
+            Entry::Listener(_) => Err(Error::Kind),
+            Entry::Lingering(_) => Err(Error::Stale),
+        }
+    }
+
+    /// Queues a pass over `id` at the end of this step, once.
+    fn schedule(&mut self, id: Id) {
+        let flag = match self.entries.get_mut(id) {
+            Some(Entry::Stream(s)) => &mut s.in_service,
+            Some(Entry::Listener(_)) => {
+                self.service.push_back(id);
+                return;
+            }
+            _ => return,
+        };
+        if !*flag {
+            *flag = true;
+            self.service.push_back(id);
+        }
+    }
+
+    fn arm_deadline(&mut self, id: Id, deadline: Instant) {
+        if let Some(Entry::Stream(s)) = self.entries.get_mut(id) {
+            s.deadline = Some(deadline);
+        }
+        self.timers.push(Reverse((deadline, id)));
+    }
+}
+
+impl<H> Stream<H> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        fd: Fd,
+        handler: H,
+        opts: Options,
+        is_socket: bool,
+        readable: bool,
+        writable: bool,
+        flow: Flow,
+        adopted_status: Option<i32>,
+    ) -> Self {
+        Stream {
+            fd,
+            handler,
+            opts,
+            is_socket,
+            readable,
+            writable,
+            adopted_status,
+            interest: 0,
+            out: VecDeque::new(),
+            flow,
+            above_high: false,
+            paused: false,
+            read_eof: false,
+            shutdown_wanted: false,
+            fin_sent: false,
+            user_closed: false,
+            closing: None,
+            deadline: None,
+            failed: None,
+            in_service: false,
+        }
+    }
+
+    /// The epoll interest this stream's state calls for.
+    fn wanted_interest(&self) -> u32 {
+        let reading = self.readable && !self.read_eof && (!self.paused || self.user_closed);
+        let mut interest = if reading { ev::IN | ev::RDHUP } else { 0 };
+        if !self.out.is_empty() {
+            interest |= ev::OUT;
+        }
+        if self.opts.edge {
+            interest |= ev::ET;
+        }
+        interest
+    }
+
+    /// Tells epoll about a changed interest; no system call in the steady state.
+    fn update_interest(&mut self, epfd: Fd, id: Id) {
+        let wanted = self.wanted_interest();
+        if wanted != self.interest && sys::epoll_modify(epfd, self.fd, wanted, id).is_ok() {
+            self.interest = wanted;
+        }
+    }
+
+    fn write(&self, bufs: &[&[u8]]) -> Result<usize, Errno> {
+        if self.is_socket {
+            sys::send_vectored(self.fd, bufs)
+        } else {
+            sys::write_vectored(self.fd, bufs)
+        }
+    }
+
+    /// Writes as much of the queue as the kernel takes now.
+    fn write_queue(&mut self) {
+        while !self.out.is_empty() {
+            let (head, tail) = self.out.as_slices();
+            let queued = self.out.len();
+            match self.write(&[head, tail]) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                    if n < queued {
+                        return;
+                    }
+                }
+                Err(sys::EAGAIN) => return,
+                Err(errno) => return self.fail(errno),
+            }
+        }
+    }
+
+    /// Records a failed write: nothing more can be sent; close once reads are exhausted.
+    fn fail(&mut self, errno: Errno) {
+        self.failed.get_or_insert(errno);
+        self.out = VecDeque::new();
+    }
+}
+
+impl<H> Listener<H> {
+    fn update_interest(&mut self, epfd: Fd, id: Id) {
+        let accepting = !self.paused && self.backoff_until.is_none();
+        let wanted = if accepting { ev::IN } else { 0 } | if self.opts.edge { ev::ET } else { 0 };
+        if wanted != self.interest && sys::epoll_modify(epfd, self.fd, wanted, id).is_ok() {
+            self.interest = wanted;
+        }
+    }
+}
