@@ -12,8 +12,10 @@ PY       := $(VENV)/bin/python
 .PHONY: all lib examples demo test test-rust test-python venv clean
 all: lib examples
 
+# The soname is libeploop.so.MAJOR: programs linked in the tree need that name beside the library.
 lib:
 	cargo build --release
+	ln -sf libeploop.so $(LIBDIR)/libeploop.so.0
 
 examples: lib $(EXAMPLES)
 

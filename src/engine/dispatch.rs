@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{
-    CloseReason, Entry, Error, FdFate, Handler, Id, Lingering, Loop, PendingClose, RunState, ACCEPT_BACKOFF,
-    ACCEPT_BUDGET, READ_BUDGET, WAKE_TOKEN,
+    CloseReason, Entry, Error, FdFate, Handler, Id, Lingering, Loop, PendingClose, RunState,
+    ACCEPT_BACKOFF, ACCEPT_BUDGET, DRAIN_TOKEN, READ_BUDGET, WAKE_TOKEN,
 };
 use crate::sys::{self, ev, Errno};
 
@@ -65,6 +65,7 @@ impl<H: Handler> Loop<H> {
             let (bits, token) = events.get(i);
             if token == WAKE_TOKEN {
                 sys::eventfd_drain(self.remote.wake_fd);
+                self.run_posted();
             } else {
                 self.dispatch(token, bits);
             }
@@ -96,7 +97,7 @@ impl<H: Handler> Loop<H> {
             return 0;
         }
         match st.timers.peek() {
-            Some(Reverse((deadline, _))) => {
+            Some(Reverse((deadline, _, _))) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 // Round up, so a deadline 0.5 ms away never turns into a busy spin.
                 let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
@@ -115,6 +116,7 @@ impl<H: Handler> Loop<H> {
             Entry::Listener(_) => Some(Kind::Listener),
             Entry::Stream(_) => Some(Kind::Stream),
             Entry::Lingering(_) => Some(Kind::Lingering),
+            Entry::Timer(_) => None,
         }
     }
 
@@ -122,7 +124,7 @@ impl<H: Handler> Loop<H> {
     fn dispatch(&self, id: Id, bits: u32) {
         match self.kind(id) {
             // A stale event: its registration ended earlier in this batch (maybe its fd was reused).
-            None => {}
+            None => self.state.borrow_mut().stats.stale_events += 1,
             Some(Kind::Listener) => self.accept_pass(id),
             Some(Kind::Stream) => self.stream_pass(id, bits),
             Some(Kind::Lingering) => self.linger_pass(id),
@@ -145,24 +147,68 @@ impl<H: Handler> Loop<H> {
             let id = {
                 let mut st = self.state.borrow_mut();
                 match st.timers.peek() {
-                    Some(Reverse((deadline, _))) if *deadline <= now => {}
+                    Some(Reverse((deadline, _, _))) if *deadline <= now => {}
                     _ => return,
                 }
-                let Some(Reverse((_, id))) = st.timers.pop() else { return };
-                id
+                let Some(Reverse((_, seq, id))) = st.timers.pop() else {
+                    return;
+                };
+                (seq, id)
             };
-            self.expire(id, now);
+            self.expire(id.1, id.0, now);
             self.deliver_closes();
         }
     }
 
     /// A deadline of `id` may have passed; timers are not cancelled, so check the state's own.
-    fn expire(&self, id: Id, now: Instant) {
+    fn expire(&self, id: Id, seq: u64, now: Instant) {
         let mut st = self.state.borrow_mut();
+        if id == DRAIN_TOKEN {
+            if st.drain_at.is_some_and(|at| at <= now) {
+                st.drain_at = None;
+                drop(st);
+                self.close_remaining();
+            }
+            return;
+        }
         match st.entries.get_mut(id) {
+            Some(Entry::Timer(t)) if t.seq == seq => {
+                let handler = t.handler.clone();
+                match t.repeat {
+                    Some(every) if !every.is_zero() => {
+                        // Fixed rate without catch-up bursts: the next period boundary after now.
+                        let mut next = t.deadline + every;
+                        while next <= now {
+                            next += every;
+                        }
+                        t.deadline = next;
+                        let seq = st.arm(next, id);
+                        if let Some(Entry::Timer(t)) = st.entries.get_mut(id) {
+                            t.seq = seq;
+                        }
+                    }
+                    _ => {
+                        st.entries.remove(id);
+                        st.live -= 1;
+                        st.timer_count -= 1;
+                    }
+                }
+                drop(st);
+                self.call(|| handler.on_timer(self, id));
+            }
             Some(Entry::Stream(s)) if s.deadline.is_some_and(|d| d <= now) => {
                 drop(st);
                 self.terminate(id, CloseReason::Timeout, sys::ETIMEDOUT, FdFate::Reset);
+            }
+            Some(Entry::Stream(s)) if s.idle_seq == seq && s.closing.is_none() => {
+                let Some(idle) = s.idle else { return };
+                let due = s.last_active + idle;
+                if due <= now {
+                    drop(st);
+                    self.terminate(id, CloseReason::Timeout, sys::ETIMEDOUT, FdFate::Close);
+                } else {
+                    st.arm_idle(id, due);
+                }
             }
             Some(Entry::Lingering(l)) if l.deadline <= now => {
                 drop(st);
@@ -177,11 +223,25 @@ impl<H: Handler> Loop<H> {
         }
     }
 
+    /// Runs what other threads posted, each exactly once, in posting order.
+    pub(super) fn run_posted(&self) {
+        for posted in self.remote.take_posted() {
+            self.call(|| H::run_posted(self, posted));
+            self.deliver_closes();
+        }
+    }
+
     /// Delivers every close decided so far; closes decided by these callbacks are delivered too.
     pub(super) fn deliver_closes(&self) {
         loop {
-            let Some(pending) = self.state.borrow_mut().closes.pop_front() else { return };
-            self.call(|| pending.handler.on_close(self, pending.id, pending.reason, pending.err));
+            let Some(pending) = self.state.borrow_mut().closes.pop_front() else {
+                return;
+            };
+            self.call(|| {
+                pending
+                    .handler
+                    .on_close(self, pending.id, pending.reason, pending.err)
+            });
         }
     }
 
@@ -190,29 +250,43 @@ impl<H: Handler> Loop<H> {
 
     fn accept_pass(&self, id: Id) {
         for _ in 0..ACCEPT_BUDGET {
-            let (fd, handler, opts, flow) = {
+            let (fd, handler, opts, flow, idle) = {
                 let st = self.state.borrow();
                 match st.entries.get(id) {
-                    Some(Entry::Listener(l)) if !l.paused && l.backoff_until.is_none() => {
-                        (l.fd, l.handler.clone(), l.opts, (l.flow.low, l.flow.high))
-                    }
+                    Some(Entry::Listener(l)) if !l.paused && l.backoff_until.is_none() => (
+                        l.fd,
+                        l.handler.clone(),
+                        l.opts,
+                        (l.flow.low, l.flow.high),
+                        l.idle,
+                    ),
                     _ => return,
                 }
             };
             match sys::accept(fd) {
                 Ok(conn_fd) => {
-                    let stream = super::Stream::new(
+                    let mut stream = super::Stream::new(
                         conn_fd,
                         handler.clone(),
-                        super::Options { borrow: false, ..opts },
+                        super::Options {
+                            borrow: false,
+                            ..opts
+                        },
                         true,
                         true,
                         true,
-                        super::Flow { low: flow.0, high: flow.1 },
+                        super::Flow {
+                            low: flow.0,
+                            high: flow.1,
+                        },
                         None,
                     );
+                    stream.idle = idle;
                     match self.add_stream(stream) {
-                        Ok(conn) => self.call(|| handler.on_accept(self, id, conn)),
+                        Ok(conn) => {
+                            self.state.borrow_mut().stats.accepted += 1;
+                            self.call(|| handler.on_accept(self, id, conn));
+                        }
                         Err(_) => sys::close(conn_fd),
                     }
                 }
@@ -221,7 +295,9 @@ impl<H: Handler> Loop<H> {
                 Err(sys::ENOBUFS | sys::ENOMEM) => return self.back_off(id),
                 // The connection died in the backlog, or a firewall refused it: next one.
                 Err(sys::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
-                Err(errno) => return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close),
+                Err(errno) => {
+                    return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close)
+                }
             }
         }
         // Budget spent: in edge-triggered mode no new edge comes for the rest of the backlog.
@@ -234,12 +310,17 @@ impl<H: Handler> Loop<H> {
     /// clients learn at once and the level-triggered listener does not spin, take the reserve back.
     fn shed_load(&self, id: Id, fd: sys::Fd) {
         let reserve = self.state.borrow_mut().reserve_fd.take();
-        let Some(reserve) = reserve else { return self.back_off(id) };
+        let Some(reserve) = reserve else {
+            return self.back_off(id);
+        };
         sys::close(reserve);
+        let mut shed = 0;
         while let Ok(conn) = sys::accept(fd) {
             let _ = sys::set_linger_zero(conn);
             sys::close(conn);
+            shed += 1;
         }
+        self.state.borrow_mut().stats.accept_overloads += shed;
         match sys::open_devnull() {
             Ok(reserve) => self.state.borrow_mut().reserve_fd = Some(reserve),
             Err(_) => self.back_off(id),
@@ -249,11 +330,12 @@ impl<H: Handler> Loop<H> {
     /// Stops accepting for a moment; a timer resumes it.
     fn back_off(&self, id: Id) {
         let mut st = self.state.borrow_mut();
+        st.stats.accept_overloads += 1;
         let until = Instant::now() + ACCEPT_BACKOFF;
         if let Some(Entry::Listener(l)) = st.entries.get_mut(id) {
             l.backoff_until = Some(until);
             l.update_interest(self.epfd, id);
-            st.timers.push(Reverse((until, id)));
+            st.arm(until, id);
         }
     }
 
@@ -261,23 +343,63 @@ impl<H: Handler> Loop<H> {
     // streams
 
     fn stream_pass(&self, id: Id, bits: u32) {
+        if matches!(self.state.borrow().entries.get(id), Some(Entry::Stream(s)) if s.connecting) {
+            return self.connect_pass(id, bits);
+        }
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
         if bits & (ev::IN | ev::RDHUP) != 0 || hangup {
             self.read_pass(id, bits);
         }
-        let writable_due = if bits & ev::OUT != 0 || hangup { self.flush(id) } else { false };
+        let writable_due = if bits & ev::OUT != 0 || hangup {
+            self.flush(id)
+        } else {
+            false
+        };
         if hangup {
             self.settle_hangup(id, bits);
         }
         self.settle_failure(id);
         if writable_due {
             let handler = match self.state.borrow().entries.get(id) {
-                Some(Entry::Stream(s)) if s.closing.is_none() && s.failed.is_none() => Some(s.handler.clone()),
+                Some(Entry::Stream(s)) if s.closing.is_none() && s.failed.is_none() => {
+                    Some(s.handler.clone())
+                }
                 _ => None,
             };
             if let Some(handler) = handler {
                 self.call(|| handler.on_writable(self, id));
             }
+        }
+    }
+
+    /// The outcome of an outbound connect: writability or an error. Success is reported as
+    /// on_accept with listener 0, failure as the connection's one on_close.
+    fn connect_pass(&self, id: Id, bits: u32) {
+        if bits & (ev::OUT | ev::ERR | ev::HUP) == 0 {
+            return;
+        }
+        let mut st = self.state.borrow_mut();
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+            return;
+        };
+        let errno = match sys::take_socket_error(s.fd) {
+            Ok(0) if bits & (ev::ERR | ev::HUP) != 0 => sys::ECONNRESET,
+            Ok(errno) | Err(errno) => errno,
+        };
+        if errno != 0 {
+            drop(st);
+            return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+        }
+        s.connecting = false;
+        s.deadline = None;
+        s.touch();
+        s.update_interest(self.epfd, id);
+        let handler = s.handler.clone();
+        drop(st);
+        self.call(|| handler.on_accept(self, 0, id));
+        // Bytes queued while connecting (and a wanted FIN or close) go out now.
+        if self.flush(id) {
+            self.stream_pass(id, ev::OUT);
         }
     }
 
@@ -288,7 +410,9 @@ impl<H: Handler> Loop<H> {
         for _ in 0..READ_BUDGET {
             let (fd, is_socket, discard, handler) = {
                 let st = self.state.borrow();
-                let Some(Entry::Stream(s)) = st.entries.get(id) else { return };
+                let Some(Entry::Stream(s)) = st.entries.get(id) else {
+                    return;
+                };
                 // Pause is honoured until the connection cannot live on (hangup or failed send).
                 let forced = must_drain || s.failed.is_some();
                 if !s.readable || s.read_eof || (s.paused && !s.user_closed && !forced) {
@@ -297,7 +421,11 @@ impl<H: Handler> Loop<H> {
                 (s.fd, s.is_socket, s.user_closed, s.handler.clone())
             };
             let mut buf = self.read_buf.borrow_mut();
-            let result = if is_socket { sys::recv(fd, &mut buf) } else { sys::read(fd, &mut buf) };
+            let result = if is_socket {
+                sys::recv(fd, &mut buf)
+            } else {
+                sys::read(fd, &mut buf)
+            };
             match result {
                 Ok(0) => {
                     drop(buf);
@@ -306,6 +434,13 @@ impl<H: Handler> Loop<H> {
                 Ok(n) => {
                     let full = n == buf.len();
                     drop(buf);
+                    {
+                        let mut st = self.state.borrow_mut();
+                        st.stats.bytes_in += n as u64;
+                        if let Some(Entry::Stream(s)) = st.entries.get_mut(id) {
+                            s.touch();
+                        }
+                    }
                     if !discard {
                         let buf = self.read_buf.borrow();
                         self.call(|| handler.on_data(self, id, &buf[..n]));
@@ -317,7 +452,12 @@ impl<H: Handler> Loop<H> {
                 Err(sys::EAGAIN) => return,
                 Err(errno) => {
                     drop(buf);
-                    return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+                    return self.terminate(
+                        id,
+                        CloseReason::from_errno(errno),
+                        errno,
+                        FdFate::Close,
+                    );
                 }
             }
         }
@@ -329,7 +469,9 @@ impl<H: Handler> Loop<H> {
 
     fn on_eof(&self, id: Id) {
         let mut st = self.state.borrow_mut();
-        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else { return };
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+            return;
+        };
         s.read_eof = true;
         s.update_interest(self.epfd, id);
         if s.opts.half_close && !s.user_closed && s.failed.is_none() {
@@ -358,12 +500,20 @@ impl<H: Handler> Loop<H> {
     fn settle_hangup(&self, id: Id, bits: u32) {
         let (fd, read_eof, idle, readable) = {
             let st = self.state.borrow();
-            let Some(Entry::Stream(s)) = st.entries.get(id) else { return };
+            let Some(Entry::Stream(s)) = st.entries.get(id) else {
+                return;
+            };
             (s.fd, s.read_eof, s.out.is_empty(), s.readable)
         };
         if bits & ev::ERR != 0 {
             let errno = match sys::take_socket_error(fd) {
-                Ok(0) | Err(_) => if readable { sys::EIO } else { sys::EPIPE },
+                Ok(0) | Err(_) => {
+                    if readable {
+                        sys::EIO
+                    } else {
+                        sys::EPIPE
+                    }
+                }
                 Ok(errno) => errno,
             };
             self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
@@ -386,9 +536,12 @@ impl<H: Handler> Loop<H> {
     /// Writes queued output. Returns true when the queue just drained to the low-water mark after
     /// having been above the high-water mark (on_writable is due).
     pub(super) fn flush(&self, id: Id) -> bool {
-        let mut st = self.state.borrow_mut();
-        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else { return false };
-        s.write_queue();
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+            return false;
+        };
+        st.stats.bytes_out += s.write_queue() as u64;
         let writable_due = s.above_high && s.out.len() <= s.flow.low;
         if writable_due {
             s.above_high = false;
@@ -397,7 +550,7 @@ impl<H: Handler> Loop<H> {
             // A connection owns memory only while it has queued output.
             s.out = VecDeque::new();
             s.update_interest(self.epfd, id);
-            drop(st);
+            drop(guard);
             self.after_flush(id);
         } else {
             s.update_interest(self.epfd, id);
@@ -408,12 +561,16 @@ impl<H: Handler> Loop<H> {
     /// The queue is empty: send a wanted FIN, complete a wanted close.
     pub(super) fn after_flush(&self, id: Id) {
         let mut st = self.state.borrow_mut();
-        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else { return };
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+            return;
+        };
         if let Some(errno) = s.failed {
             drop(st);
             return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
         }
-        let fin_wanted = s.is_socket && !s.fin_sent && (s.shutdown_wanted || s.closing == Some(CloseReason::Local));
+        let fin_wanted = s.is_socket
+            && !s.fin_sent
+            && (s.shutdown_wanted || s.closing == Some(CloseReason::Local));
         if fin_wanted {
             if let Err(errno) = sys::shutdown_write(s.fd) {
                 drop(st);
@@ -427,7 +584,11 @@ impl<H: Handler> Loop<H> {
             None if s.fin_sent && s.read_eof => CloseReason::Local,
             None => return,
         };
-        let fate = if s.fin_sent && !s.read_eof && !s.opts.borrow { FdFate::Linger } else { FdFate::Close };
+        let fate = if s.fin_sent && !s.read_eof && !s.opts.borrow {
+            FdFate::Linger
+        } else {
+            FdFate::Close
+        };
         drop(st);
         self.terminate(id, reason, 0, fate);
     }
@@ -439,7 +600,10 @@ impl<H: Handler> Loop<H> {
     /// single on_close. Every way a registration ends comes through here.
     pub(super) fn terminate(&self, id: Id, reason: CloseReason, err: Errno, fate: FdFate) {
         let mut st = self.state.borrow_mut();
-        if !matches!(st.entries.get(id), Some(Entry::Stream(_) | Entry::Listener(_))) {
+        if !matches!(
+            st.entries.get(id),
+            Some(Entry::Stream(_) | Entry::Listener(_))
+        ) {
             return;
         }
         let handler = match st.entries.remove(id) {
@@ -447,17 +611,25 @@ impl<H: Handler> Loop<H> {
                 let handler = s.handler;
                 if fate == FdFate::Linger {
                     let deadline = Instant::now() + st.linger;
-                    let lingering = st.entries.insert(Entry::Lingering(Lingering { fd: s.fd, deadline }));
+                    let lingering = st
+                        .entries
+                        .insert(Entry::Lingering(Lingering { fd: s.fd, deadline }));
                     // Level-triggered from here on, whatever the stream used, with the new token.
                     if sys::epoll_modify(self.epfd, s.fd, ev::IN | ev::RDHUP, lingering).is_ok() {
                         st.lingering += 1;
-                        st.timers.push(Reverse((deadline, lingering)));
+                        st.arm(deadline, lingering);
                     } else {
                         st.entries.remove(lingering);
                         sys::close(s.fd);
                     }
                 } else {
-                    release(self.epfd, s.fd, s.opts.borrow, s.adopted_status, fate == FdFate::Reset && s.is_socket);
+                    release(
+                        self.epfd,
+                        s.fd,
+                        s.opts.borrow,
+                        s.adopted_status,
+                        fate == FdFate::Reset && s.is_socket,
+                    );
                 }
                 handler
             }
@@ -468,7 +640,13 @@ impl<H: Handler> Loop<H> {
             _ => return,
         };
         st.live -= 1;
-        st.closes.push_back(PendingClose { id, handler, reason, err });
+        st.stats.closes[reason as usize] += 1;
+        st.closes.push_back(PendingClose {
+            id,
+            handler,
+            reason,
+            err,
+        });
     }
 
     fn linger_pass(&self, id: Id) {

@@ -15,6 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, ev, Errno, Fd, FdKind};
@@ -23,14 +24,15 @@ use slab::Slab;
 
 /// Why a registration ended. Exactly one per id, delivered through [`Handler::on_close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum CloseReason {
-    PeerEof,
-    PeerReset,
-    Error,
-    Local,
-    Abort,
-    Timeout,
-    LoopFreed,
+    PeerEof = 1,
+    PeerReset = 2,
+    Error = 3,
+    Local = 4,
+    Abort = 5,
+    Timeout = 6,
+    LoopFreed = 7,
 }
 
 impl CloseReason {
@@ -46,11 +48,17 @@ impl CloseReason {
 /// User code called by the loop. Never called while another handler call of the same loop is on
 /// the stack, and never for an id after its `on_close`.
 pub trait Handler: Clone {
+    /// A value another thread hands to the loop with [`Remote::post`].
+    type Posted: Send;
+    /// `listener` is 0 for a connection made with [`Loop::connect`].
     fn on_accept(&self, lp: &Loop<Self>, listener: Id, conn: Id);
     /// `data` is borrowed for the call only. An empty slice means end of input (EP_HALF_CLOSE).
     fn on_data(&self, lp: &Loop<Self>, conn: Id, data: &[u8]);
     fn on_writable(&self, lp: &Loop<Self>, conn: Id);
     fn on_close(&self, lp: &Loop<Self>, conn: Id, reason: CloseReason, err: Errno);
+    fn on_timer(&self, lp: &Loop<Self>, timer: Id);
+    /// Runs a posted value on the loop's thread; every posted value is run exactly once.
+    fn run_posted(lp: &Loop<Self>, posted: Self::Posted);
 }
 
 /// Errors of the loop's operations, mapped to C codes by the FFI layer.
@@ -64,6 +72,8 @@ pub enum Error {
     Kind,
     /// Not allowed from inside a callback, or while the loop is being freed.
     Busy,
+    /// A required argument was missing (a NULL pointer at the C boundary).
+    Null,
     /// A system error or an argument error expressed as errno.
     Os(Errno),
 }
@@ -80,6 +90,7 @@ pub struct Options {
     pub edge: bool,
     pub borrow: bool,
     pub half_close: bool,
+    pub reuse_port: bool,
 }
 
 /// What one step of the loop leaves behind.
@@ -104,19 +115,60 @@ const ACCEPT_BUDGET: usize = 64;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const READ_BUF_SIZE: usize = 64 * 1024;
 const WAKE_TOKEN: u64 = 0;
+/// The deadline-heap id of the loop's drain deadline (0 is never a registration id).
+const DRAIN_TOKEN: Id = 0;
 
 /// The part of a loop another thread or a signal handler may touch.
-pub struct Remote {
+pub struct Remote<P> {
     stop: AtomicBool,
     wake_fd: Fd,
+    posted: Mutex<Vec<P>>,
 }
 
-impl Remote {
+impl<P> Remote<P> {
     /// Requests the loop to return from ep_run / ep_run_once. Async-signal-safe.
     pub fn stop(&self) -> Result<(), Error> {
         self.stop.store(true, Ordering::SeqCst);
         sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
     }
+
+    /// Hands `posted` to the loop's thread and wakes it. Callable from any thread.
+    pub fn post(&self, posted: P) -> Result<(), Error> {
+        self.posted
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(posted);
+        sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
+    }
+
+    fn take_posted(&self) -> Vec<P> {
+        std::mem::take(
+            &mut *self
+                .posted
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        )
+    }
+}
+
+/// Counters of a loop's life, for monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Registrations open now (listeners, connections, other fds; not timers).
+    pub open: u64,
+    /// Sockets the loop is still draining after a graceful close.
+    pub lingering: u64,
+    /// Timers pending.
+    pub timers: u64,
+    pub accepted: u64,
+    /// Connections reset at accept, or accept pauses, because descriptors or memory ran out.
+    pub accept_overloads: u64,
+    /// Events dropped because their registration had ended earlier in the same batch.
+    pub stale_events: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Closes delivered, indexed by the C close reason (1..=7).
+    pub closes: [u64; 8],
 }
 
 struct Flow {
@@ -130,6 +182,7 @@ struct Listener<H> {
     opts: Options,
     adopted_status: Option<i32>,
     flow: Flow,
+    idle: Option<Duration>,
     paused: bool,
     /// Accepting stopped until this instant (out of descriptors and of the reserve).
     backoff_until: Option<Instant>,
@@ -162,6 +215,21 @@ struct Stream<H> {
     /// The connection failed (e.g. EPIPE on send); close once what can be read was delivered.
     failed: Option<Errno>,
     in_service: bool,
+    /// Inactivity timeout, measured from the last byte read or written.
+    idle: Option<Duration>,
+    last_active: Instant,
+    /// Arming order of the one idle check that counts (older ones are ignored when they fire).
+    idle_seq: u64,
+    /// An outbound connect is in progress: the first writability (or error) reports its outcome.
+    connecting: bool,
+}
+
+struct Timer<H> {
+    handler: H,
+    deadline: Instant,
+    /// Arming order: equal deadlines fire in the order they were armed.
+    seq: u64,
+    repeat: Option<Duration>,
 }
 
 struct Lingering {
@@ -174,6 +242,7 @@ enum Entry<H> {
     Stream(Stream<H>),
     /// Closed for the user (on_close decided); the loop alone drains it until EOF or the deadline.
     Lingering(Lingering),
+    Timer(Timer<H>),
 }
 
 /// How a terminated registration's descriptor is let go.
@@ -201,7 +270,13 @@ struct State<H> {
     /// Registrations that need a pass without a new kernel event (read budget spent in edge mode,
     /// resumed reading, failed send).
     service: VecDeque<Id>,
-    timers: BinaryHeap<Reverse<(Instant, Id)>>,
+    /// Deadlines: (when, arming order, id); id 0 is the loop's drain deadline. Entries are not
+    /// removed when cancelled: the registration's own state says whether one still applies.
+    timers: BinaryHeap<Reverse<(Instant, u64, Id)>>,
+    seq: u64,
+    timer_count: usize,
+    drain_at: Option<Instant>,
+    stats: Stats,
     linger: Duration,
     /// A spare descriptor released to accept-and-reset connections when the process hits EMFILE.
     reserve_fd: Option<Fd>,
@@ -209,7 +284,7 @@ struct State<H> {
 
 /// One event loop. Not thread-safe: owned and run by one thread; only [`Remote`] is shared.
 pub struct Loop<H: Handler> {
-    pub remote: Remote,
+    pub remote: Remote<H::Posted>,
     epfd: Fd,
     state: RefCell<State<H>>,
     read_buf: RefCell<Vec<u8>>,
@@ -234,7 +309,11 @@ impl<H: Handler> Loop<H> {
             return Err(e);
         }
         Ok(Loop {
-            remote: Remote { stop: AtomicBool::new(false), wake_fd },
+            remote: Remote {
+                stop: AtomicBool::new(false),
+                wake_fd,
+                posted: Mutex::new(Vec::new()),
+            },
             epfd,
             state: RefCell::new(State {
                 entries: Slab::new(),
@@ -243,6 +322,10 @@ impl<H: Handler> Loop<H> {
                 closes: VecDeque::new(),
                 service: VecDeque::new(),
                 timers: BinaryHeap::new(),
+                seq: 0,
+                timer_count: 0,
+                drain_at: None,
+                stats: Stats::default(),
                 linger: DEFAULT_LINGER,
                 reserve_fd: None,
             }),
@@ -292,7 +375,10 @@ impl<H: Handler> Loop<H> {
                     kind == FdKind::Socket,
                     access != libc_flags::WRONLY,
                     access != libc_flags::RDONLY,
-                    Flow { low: DEFAULT_LOW_WATER, high: DEFAULT_HIGH_WATER },
+                    Flow {
+                        low: DEFAULT_LOW_WATER,
+                        high: DEFAULT_HIGH_WATER,
+                    },
                     Some(status),
                 );
                 self.add_stream(stream)
@@ -305,20 +391,89 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Binds, listens and registers a TCP listener. `host` is a numeric address or "localhost".
-    pub fn listen(&self, host: &str, port: u16, backlog: i32, opts: Options, handler: H) -> Result<Id, Error> {
-        self.check_open()?;
-        let ip: IpAddr = match host {
-            "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            "" | "*" => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            _ => host.parse().map_err(|_| Error::Os(sys::EINVAL))?,
-        };
-        let backlog = if backlog <= 0 { libc_flags::SOMAXCONN } else { backlog };
-        let fd = sys::listen_tcp(&SocketAddr::new(ip, port), backlog)?;
-        let opts = Options { borrow: false, ..opts };
-        self.add_listener(fd, opts, handler, None).inspect_err(|_| sys::close(fd))
+    pub fn listen(
+        &self,
+        host: &str,
+        port: u16,
+        backlog: i32,
+        opts: Options,
+        handler: H,
+    ) -> Result<Id, Error> {
+        let addr = sys::Addr::Ip(SocketAddr::new(parse_host(host)?, port));
+        self.listen_at(&addr, backlog, opts, handler)
     }
 
-    fn add_listener(&self, fd: Fd, opts: Options, handler: H, adopted_status: Option<i32>) -> Result<Id, Error> {
+    /// Binds, listens and registers a listener on any address (TCP or Unix).
+    pub fn listen_at(
+        &self,
+        addr: &sys::Addr,
+        backlog: i32,
+        opts: Options,
+        handler: H,
+    ) -> Result<Id, Error> {
+        self.check_open()?;
+        let backlog = if backlog <= 0 {
+            libc_flags::SOMAXCONN
+        } else {
+            backlog
+        };
+        let fd = sys::listen(addr, backlog, opts.reuse_port)?;
+        let opts = Options {
+            borrow: false,
+            ..opts
+        };
+        self.add_listener(fd, opts, handler, None)
+            .inspect_err(|_| sys::close(fd))
+    }
+
+    /// Starts an outbound connection. Its outcome comes through the handler: `on_accept` with
+    /// listener 0 once connected, or one `on_close` with the errno (also when the connect fails at
+    /// once, or `timeout` passes first: EP_CLOSE_TIMEOUT).
+    pub fn connect(
+        &self,
+        addr: &sys::Addr,
+        timeout: Option<Duration>,
+        opts: Options,
+        handler: H,
+    ) -> Result<Id, Error> {
+        self.check_open()?;
+        let (fd, failure) = match sys::connect(addr) {
+            Ok(fd) => (fd, None),
+            Err((Some(fd), errno)) => (fd, Some(errno)),
+            Err((None, errno)) => return Err(Error::Os(errno)),
+        };
+        let mut stream = Stream::new(
+            fd,
+            handler,
+            Options {
+                borrow: false,
+                ..opts
+            },
+            true,
+            true,
+            true,
+            Flow::default(),
+            None,
+        );
+        stream.connecting = true;
+        let id = self.add_stream(stream).inspect_err(|_| sys::close(fd))?;
+        if let Some(errno) = failure {
+            self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+        } else if let Some(timeout) = timeout {
+            self.state
+                .borrow_mut()
+                .arm_deadline(id, Instant::now() + timeout);
+        }
+        Ok(id)
+    }
+
+    fn add_listener(
+        &self,
+        fd: Fd,
+        opts: Options,
+        handler: H,
+        adopted_status: Option<i32>,
+    ) -> Result<Id, Error> {
         let mut st = self.state.borrow_mut();
         if st.reserve_fd.is_none() {
             st.reserve_fd = sys::open_devnull().ok();
@@ -329,7 +484,8 @@ impl<H: Handler> Loop<H> {
             handler,
             opts,
             adopted_status,
-            flow: Flow { low: DEFAULT_LOW_WATER, high: DEFAULT_HIGH_WATER },
+            flow: Flow::default(),
+            idle: None,
             paused: false,
             backoff_until: None,
             interest,
@@ -345,8 +501,11 @@ impl<H: Handler> Loop<H> {
     fn add_stream(&self, stream: Stream<H>) -> Result<Id, Error> {
         let mut st = self.state.borrow_mut();
         let fd = stream.fd;
+        let idle = stream.idle;
         let id = st.entries.insert(Entry::Stream(stream));
-        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else { unreachable!("just inserted") };
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+            unreachable!("just inserted")
+        };
         let interest = s.wanted_interest();
         s.interest = interest;
         if let Err(e) = sys::epoll_add(self.epfd, fd, interest, id) {
@@ -354,12 +513,16 @@ impl<H: Handler> Loop<H> {
             return Err(Error::Os(e));
         }
         st.live += 1;
+        if let Some(idle) = idle {
+            st.arm_idle(id, Instant::now() + idle);
+        }
         Ok(id)
     }
 
     /// Queues or writes `data`. Ok(true) means the queue is above its high-water mark.
     pub fn send(&self, id: Id, data: &[u8]) -> Result<bool, Error> {
         let mut st = self.state.borrow_mut();
+        let st = &mut *st;
         let s = st.stream_mut(id)?;
         if s.user_closed {
             return Err(Error::Closing);
@@ -377,28 +540,42 @@ impl<H: Handler> Loop<H> {
             return Err(Error::Os(sys::ENOBUFS));
         }
         let mut rest = data;
-        if s.out.is_empty() {
+        let mut written = 0;
+        if s.out.is_empty() && !s.connecting {
             while !rest.is_empty() {
                 match s.write(&[rest]) {
-                    Ok(n) => rest = &rest[n..],
+                    Ok(n) => {
+                        rest = &rest[n..];
+                        written += n;
+                    }
                     Err(sys::EAGAIN) => break,
                     Err(errno) => {
                         s.fail(errno);
+                        st.stats.bytes_out += written as u64;
                         st.schedule(id);
                         return Err(Error::Os(errno));
                     }
                 }
             }
         }
-        if !rest.is_empty() {
-            s.out.try_reserve(rest.len()).map_err(|_| Error::Os(sys::ENOMEM))?;
+        let above_high = if rest.is_empty() {
+            s.out.len() > s.flow.high
+        } else {
+            s.out
+                .try_reserve(rest.len())
+                .map_err(|_| Error::Os(sys::ENOMEM))?;
             s.out.extend(rest);
             if s.out.len() > s.flow.high {
                 s.above_high = true;
             }
             s.update_interest(self.epfd, id);
+            s.out.len() > s.flow.high
+        };
+        if written > 0 {
+            s.touch();
         }
-        Ok(s.out.len() > s.flow.high)
+        st.stats.bytes_out += written as u64;
+        Ok(above_high)
     }
 
     /// FIN once the queue drains; reading goes on until the peer's EOF.
@@ -412,7 +589,7 @@ impl<H: Handler> Loop<H> {
             return Err(Error::Os(sys::ENOTSOCK));
         }
         s.shutdown_wanted = true;
-        if s.out.is_empty() {
+        if s.out.is_empty() && !s.connecting {
             drop(st);
             self.after_flush(id);
         }
@@ -422,56 +599,53 @@ impl<H: Handler> Loop<H> {
     /// Graceful close: flush, FIN, then the loop drains and lingers alone.
     pub fn close(&self, id: Id) -> Result<(), Error> {
         let mut st = self.state.borrow_mut();
-        match st.entry_mut(id)? {
-            Entry::Listener(_) => {
+        let s = match st.target(id)? {
+            Target::Listener(_) => {
                 drop(st);
                 self.terminate(id, CloseReason::Local, 0, FdFate::Close);
+                return Ok(());
             }
-            Entry::Stream(s) => {
-                if s.user_closed {
-                    return Err(Error::Closing);
-                }
-                s.user_closed = true;
-                if s.closing.is_none() {
-                    s.closing = Some(CloseReason::Local);
-                }
-                if s.out.is_empty() || s.failed.is_some() {
-                    drop(st);
-                    self.after_flush(id);
-                } else {
-                    let deadline = Instant::now() + st.linger;
-                    st.arm_deadline(id, deadline);
-                    if let Ok(s) = st.stream_mut(id) {
-                        s.update_interest(self.epfd, id);
-                    }
-                }
-            }
-            Entry::Lingering(_) => return Err(Error::Stale),
+            Target::Stream(s) => s,
+        };
+        if s.user_closed {
+            return Err(Error::Closing);
+        }
+        s.user_closed = true;
+        if s.closing.is_none() {
+            s.closing = Some(CloseReason::Local);
+        }
+        if s.connecting {
+            drop(st);
+            self.terminate(id, CloseReason::Local, 0, FdFate::Close);
+        } else if s.out.is_empty() || s.failed.is_some() {
+            drop(st);
+            self.after_flush(id);
+        } else {
+            s.update_interest(self.epfd, id);
+            let deadline = Instant::now() + st.linger;
+            st.arm_deadline(id, deadline);
         }
         Ok(())
     }
 
     /// RST now, queued data dropped.
     pub fn abort(&self, id: Id) -> Result<(), Error> {
-        if let Entry::Lingering(_) = self.state.borrow_mut().entry_mut(id)? {
-            return Err(Error::Stale);
-        }
+        self.state.borrow_mut().target(id)?;
         self.terminate(id, CloseReason::Abort, 0, FdFate::Reset);
         Ok(())
     }
 
     pub fn pause_reading(&self, id: Id, paused: bool) -> Result<(), Error> {
         let mut st = self.state.borrow_mut();
-        match st.entry_mut(id)? {
-            Entry::Listener(l) => {
+        match st.target(id)? {
+            Target::Listener(l) => {
                 l.paused = paused;
                 l.update_interest(self.epfd, id);
             }
-            Entry::Stream(s) => {
+            Target::Stream(s) => {
                 s.paused = paused;
                 s.update_interest(self.epfd, id);
             }
-            Entry::Lingering(_) => return Err(Error::Stale),
         }
         if !paused {
             // In edge-triggered mode no new edge comes for data that arrived while paused.
@@ -484,38 +658,160 @@ impl<H: Handler> Loop<H> {
         if low > high {
             return Err(Error::Os(sys::EINVAL));
         }
-        let mut st = self.state.borrow_mut();
-        match st.entry_mut(id)? {
-            Entry::Listener(l) => l.flow = Flow { low, high },
-            Entry::Stream(s) => {
+        match self.state.borrow_mut().target(id)? {
+            Target::Listener(l) => l.flow = Flow { low, high },
+            Target::Stream(s) => {
                 s.flow = Flow { low, high };
                 s.above_high = s.out.len() > high;
             }
-            Entry::Lingering(_) => return Err(Error::Stale),
         }
         Ok(())
+    }
+
+    /// Ends a connection with EP_CLOSE_TIMEOUT after `idle` without a byte read or written
+    /// (None disables). On a listener: the default of the connections it accepts from now on.
+    pub fn set_idle_timeout(&self, id: Id, idle: Option<Duration>) -> Result<(), Error> {
+        let mut st = self.state.borrow_mut();
+        match st.target(id)? {
+            Target::Listener(l) => l.idle = idle,
+            Target::Stream(s) => {
+                s.idle = idle;
+                s.last_active = Instant::now();
+                if let Some(idle) = idle {
+                    st.arm_idle(id, Instant::now() + idle);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// TCP keepalive probes (idle_s 0 disables) on a connection.
+    pub fn set_keepalive(
+        &self,
+        id: Id,
+        idle_s: i32,
+        interval_s: i32,
+        count: i32,
+    ) -> Result<(), Error> {
+        let fd = self.socket_fd(id)?;
+        sys::set_keepalive(fd, idle_s, interval_s, count).map_err(Error::Os)
+    }
+
+    /// TCP_USER_TIMEOUT on a connection.
+    pub fn set_user_timeout(&self, id: Id, ms: i32) -> Result<(), Error> {
+        let fd = self.socket_fd(id)?;
+        sys::set_user_timeout(fd, ms).map_err(Error::Os)
+    }
+
+    fn socket_fd(&self, id: Id) -> Result<Fd, Error> {
+        match self.state.borrow_mut().target(id)? {
+            Target::Stream(s) if s.is_socket => Ok(s.fd),
+            Target::Stream(_) => Err(Error::Os(sys::ENOTSOCK)),
+            Target::Listener(_) => Err(Error::Kind),
+        }
     }
 
     pub fn set_linger(&self, linger: Duration) {
         self.state.borrow_mut().linger = linger;
     }
 
+    /// Starts a timer firing after `after`, then every `repeat` if given. Equal deadlines fire in
+    /// the order the timers were armed. A pending timer keeps ep_run running.
+    pub fn timer_start(
+        &self,
+        after: Duration,
+        repeat: Option<Duration>,
+        handler: H,
+    ) -> Result<Id, Error> {
+        self.check_open()?;
+        let mut st = self.state.borrow_mut();
+        let deadline = Instant::now() + after;
+        let id = st.entries.insert(Entry::Timer(Timer {
+            handler,
+            deadline,
+            seq: 0,
+            repeat,
+        }));
+        let seq = st.arm(deadline, id);
+        if let Some(Entry::Timer(t)) = st.entries.get_mut(id) {
+            t.seq = seq;
+        }
+        st.live += 1;
+        st.timer_count += 1;
+        Ok(id)
+    }
+
+    /// Cancels a pending timer (also from its own callback). A fired one-shot timer is stale.
+    pub fn timer_cancel(&self, id: Id) -> Result<(), Error> {
+        let mut st = self.state.borrow_mut();
+        match st.entries.get(id) {
+            Some(Entry::Timer(_)) => {}
+            Some(Entry::Lingering(_)) | None => return Err(Error::Stale),
+            Some(_) => return Err(Error::Kind),
+        }
+        st.entries.remove(id);
+        st.live -= 1;
+        st.timer_count -= 1;
+        Ok(())
+    }
+
+    /// Graceful server shutdown: every listener closes now (EP_CLOSE_LOCAL); connections may finish
+    /// on their own for `grace`; then each remaining one is closed gracefully (ep_close), and what
+    /// cannot flush within the linger time is reset (EP_CLOSE_TIMEOUT).
+    pub fn drain(&self, grace: Duration) -> Result<(), Error> {
+        self.check_open()?;
+        let ids = self.state.borrow().entries.ids();
+        for id in ids {
+            if matches!(
+                self.state.borrow().entries.get(id),
+                Some(Entry::Listener(_))
+            ) {
+                self.terminate(id, CloseReason::Local, 0, FdFate::Close);
+            }
+        }
+        let mut st = self.state.borrow_mut();
+        let at = Instant::now() + grace;
+        st.drain_at = Some(at);
+        st.arm(at, DRAIN_TOKEN);
+        Ok(())
+    }
+
+    /// Closes every connection still open (the drain deadline passed).
+    pub(super) fn close_remaining(&self) {
+        let ids = self.state.borrow().entries.ids();
+        for id in ids {
+            if matches!(self.state.borrow().entries.get(id), Some(Entry::Stream(s)) if !s.user_closed)
+            {
+                let _ = self.close(id);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let st = self.state.borrow();
+        Stats {
+            open: (st.live - st.timer_count) as u64,
+            lingering: st.lingering as u64,
+            timers: st.timer_count as u64,
+            ..st.stats
+        }
+    }
+
     /// Runs `f` on the handler of a live registration (e.g. to change its user pointer).
     pub fn with_handler<R>(&self, id: Id, f: impl FnOnce(&mut H) -> R) -> Result<R, Error> {
         let mut st = self.state.borrow_mut();
-        match st.entry_mut(id)? {
-            Entry::Listener(l) => Ok(f(&mut l.handler)),
-            Entry::Stream(s) => Ok(f(&mut s.handler)),
-            Entry::Lingering(_) => Err(Error::Stale),
+        match st.entries.get_mut(id) {
+            Some(Entry::Listener(l)) => Ok(f(&mut l.handler)),
+            Some(Entry::Stream(s)) => Ok(f(&mut s.handler)),
+            Some(Entry::Timer(t)) => Ok(f(&mut t.handler)),
+            Some(Entry::Lingering(_)) | None => Err(Error::Stale),
         }
     }
 
     pub fn fd(&self, id: Id) -> Result<Fd, Error> {
-        let mut st = self.state.borrow_mut();
-        match st.entry_mut(id)? {
-            Entry::Listener(l) => Ok(l.fd),
-            Entry::Stream(s) => Ok(s.fd),
-            Entry::Lingering(_) => Err(Error::Stale),
+        match self.state.borrow_mut().target(id)? {
+            Target::Listener(l) => Ok(l.fd),
+            Target::Stream(s) => Ok(s.fd),
         }
     }
 
@@ -524,26 +820,37 @@ impl<H: Handler> Loop<H> {
         sys::local_port(fd).map_err(Error::Os)
     }
 
-    /// Ends every registration with on_close(LoopFreed) and releases every descriptor.
+    /// Ends every registration with on_close(LoopFreed), cancels timers, runs what other threads
+    /// posted, and releases every descriptor.
     pub fn close_all(&self) {
         if self.freeing.replace(true) {
             return;
         }
         self.deliver_closes();
+        self.run_posted();
         let ids = self.state.borrow().entries.ids();
         for id in ids {
-            let lingering = matches!(self.state.borrow().entries.get(id), Some(Entry::Lingering(_)));
-            if lingering {
-                self.end_linger(id);
-                continue;
+            let kind = match self.state.borrow().entries.get(id) {
+                Some(Entry::Lingering(_)) => 0,
+                Some(Entry::Timer(_)) => 1,
+                _ => 2,
+            };
+            match kind {
+                0 => self.end_linger(id),
+                1 => {
+                    let _ = self.timer_cancel(id);
+                }
+                _ => {
+                    // Best effort, without blocking: hand what is queued to the kernel first.
+                    if let Ok(s) = self.state.borrow_mut().stream_mut(id) {
+                        s.write_queue();
+                    }
+                    self.terminate(id, CloseReason::LoopFreed, 0, FdFate::Close);
+                }
             }
-            // Best effort, without blocking: hand what is queued to the kernel before closing.
-            if let Ok(s) = self.state.borrow_mut().stream_mut(id) {
-                s.write_queue();
-            }
-            self.terminate(id, CloseReason::LoopFreed, 0, FdFate::Close);
         }
         self.deliver_closes();
+        self.run_posted();
     }
 }
 
@@ -559,6 +866,27 @@ impl<H: Handler> Drop for Loop<H> {
     }
 }
 
+fn parse_host(host: &str) -> Result<IpAddr, Error> {
+    match host {
+        "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        "" | "*" => Ok(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        _ => host.parse().map_err(|_| Error::Os(sys::EINVAL)),
+    }
+}
+
+/// Parses a host for connect: a numeric address or "localhost".
+pub fn connect_addr(host: &str, port: u16) -> Result<sys::Addr, Error> {
+    match host {
+        "" | "*" => Err(Error::Os(sys::EINVAL)),
+        _ => Ok(sys::Addr::Ip(SocketAddr::new(parse_host(host)?, port))),
+    }
+}
+
+/// A Unix socket address from a path (a leading '@' names an abstract socket).
+pub fn unix_addr(path: &[u8]) -> sys::Addr {
+    sys::Addr::Unix(path.to_vec())
+}
+
 /// libc constants used by the engine's policy, as plain integers.
 mod libc_flags {
     pub const NONBLOCK: i32 = libc::O_NONBLOCK;
@@ -568,16 +896,26 @@ mod libc_flags {
     pub const SOMAXCONN: i32 = libc::SOMAXCONN;
 }
 
+/// A registration the user may act on: what ids of listeners and streams resolve to.
+enum Target<'a, H> {
+    Listener(&'a mut Listener<H>),
+    Stream(&'a mut Stream<H>),
+}
+
 impl<H> State<H> {
-    fn entry_mut(&mut self, id: Id) -> Result<&mut Entry<H>, Error> {
-        self.entries.get_mut(id).ok_or(Error::Stale)
+    fn target(&mut self, id: Id) -> Result<Target<'_, H>, Error> {
+        match self.entries.get_mut(id) {
+            Some(Entry::Listener(l)) => Ok(Target::Listener(l)),
+            Some(Entry::Stream(s)) => Ok(Target::Stream(s)),
+            Some(Entry::Timer(_)) => Err(Error::Kind),
+            Some(Entry::Lingering(_)) | None => Err(Error::Stale),
+        }
     }
 
     fn stream_mut(&mut self, id: Id) -> Result<&mut Stream<H>, Error> {
-        match self.entry_mut(id)? {
-            Entry::Stream(s) => Ok(s),
-            Entry::Listener(_) => Err(Error::Kind),
-            Entry::Lingering(_) => Err(Error::Stale),
+        match self.target(id)? {
+            Target::Stream(s) => Ok(s),
+            Target::Listener(_) => Err(Error::Kind),
         }
     }
 
@@ -597,11 +935,36 @@ impl<H> State<H> {
         }
     }
 
+    /// Adds a deadline for `id`; returns its arming order.
+    fn arm(&mut self, deadline: Instant, id: Id) -> u64 {
+        self.seq += 1;
+        self.timers.push(Reverse((deadline, self.seq, id)));
+        self.seq
+    }
+
+    /// Arms a stream's idle check, superseding any earlier one.
+    fn arm_idle(&mut self, id: Id, due: Instant) {
+        let seq = self.arm(due, id);
+        if let Some(Entry::Stream(s)) = self.entries.get_mut(id) {
+            s.idle_seq = seq;
+        }
+    }
+
+    /// Sets a stream's phase deadline (connect or graceful-close flush).
     fn arm_deadline(&mut self, id: Id, deadline: Instant) {
         if let Some(Entry::Stream(s)) = self.entries.get_mut(id) {
             s.deadline = Some(deadline);
         }
-        self.timers.push(Reverse((deadline, id)));
+        self.arm(deadline, id);
+    }
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Flow {
+            low: DEFAULT_LOW_WATER,
+            high: DEFAULT_HIGH_WATER,
+        }
     }
 }
 
@@ -638,11 +1001,18 @@ impl<H> Stream<H> {
             deadline: None,
             failed: None,
             in_service: false,
+            idle: None,
+            last_active: Instant::now(),
+            idle_seq: 0,
+            connecting: false,
         }
     }
 
     /// The epoll interest this stream's state calls for.
     fn wanted_interest(&self) -> u32 {
+        if self.connecting {
+            return ev::OUT | if self.opts.edge { ev::ET } else { 0 };
+        }
         let reading = self.readable && !self.read_eof && (!self.paused || self.user_closed);
         let mut interest = if reading { ev::IN | ev::RDHUP } else { 0 };
         if !self.out.is_empty() {
@@ -670,22 +1040,38 @@ impl<H> Stream<H> {
         }
     }
 
-    /// Writes as much of the queue as the kernel takes now.
-    fn write_queue(&mut self) {
+    /// Records progress for the idle timeout (a clock read only when one is set).
+    fn touch(&mut self) {
+        if self.idle.is_some() {
+            self.last_active = Instant::now();
+        }
+    }
+
+    /// Writes as much of the queue as the kernel takes now; returns the bytes written.
+    fn write_queue(&mut self) -> usize {
+        let mut written = 0;
         while !self.out.is_empty() {
             let (head, tail) = self.out.as_slices();
             let queued = self.out.len();
             match self.write(&[head, tail]) {
                 Ok(n) => {
                     self.out.drain(..n);
+                    written += n;
                     if n < queued {
-                        return;
+                        break;
                     }
                 }
-                Err(sys::EAGAIN) => return,
-                Err(errno) => return self.fail(errno),
+                Err(sys::EAGAIN) => break,
+                Err(errno) => {
+                    self.fail(errno);
+                    break;
+                }
             }
         }
+        if written > 0 {
+            self.touch();
+        }
+        written
     }
 
     /// Records a failed write: nothing more can be sent; close once reads are exhausted.

@@ -14,7 +14,10 @@ pub struct Slab<T> {
 
 impl<T> Slab<T> {
     pub fn new() -> Self {
-        Slab { slots: Vec::new(), free: Vec::new() }
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
     }
 
     fn split(id: Id) -> (usize, u32) {
@@ -103,6 +106,10 @@ mod tests {
         let old = (u64::from(RETIRED - 1) << 32) | (id & 0xffff_ffff);
         assert_eq!(slab.remove(old), Some(1));
         let next = slab.insert(2);
-        assert_ne!(next & 0xffff_ffff, 0, "a retired slot is never handed out again");
+        assert_ne!(
+            next & 0xffff_ffff,
+            0,
+            "a retired slot is never handed out again"
+        );
     }
 }

@@ -49,18 +49,33 @@ pub enum ep_close_reason {
 pub struct ep_callbacks {
     /// A listener accepted `conn`. The connection inherits the listener's callbacks, user pointer,
     /// EP_EDGE/EP_HALF_CLOSE flags and watermarks; call ep_set_user() here to attach state.
-    pub on_accept: Option<unsafe extern "C" fn(lp: *mut ep_loop, listener: ep_id, conn: ep_id, user: *mut c_void)>,
+    pub on_accept: Option<
+        unsafe extern "C" fn(lp: *mut ep_loop, listener: ep_id, conn: ep_id, user: *mut c_void),
+    >,
     /// Bytes arrived. `data` is valid only during the call (it points into the loop's single read
     /// buffer): copy what you keep. With EP_HALF_CLOSE, data == NULL and len == 0 means the peer's
     /// EOF. Without it, len is never 0.
-    pub on_data:
-        Option<unsafe extern "C" fn(lp: *mut ep_loop, conn: ep_id, data: *const u8, len: usize, user: *mut c_void)>,
+    pub on_data: Option<
+        unsafe extern "C" fn(
+            lp: *mut ep_loop,
+            conn: ep_id,
+            data: *const u8,
+            len: usize,
+            user: *mut c_void,
+        ),
+    >,
     /// The output queue drained to its low-water mark after ep_send() had returned 1.
     pub on_writable: Option<unsafe extern "C" fn(lp: *mut ep_loop, conn: ep_id, user: *mut c_void)>,
     /// The registration ended. Called exactly once per id, after every byte the kernel would still
     /// hand over was delivered. Nothing is called for `conn` afterwards; free your state here.
     pub on_close: Option<
-        unsafe extern "C" fn(lp: *mut ep_loop, conn: ep_id, reason: ep_close_reason, err: c_int, user: *mut c_void),
+        unsafe extern "C" fn(
+            lp: *mut ep_loop,
+            conn: ep_id,
+            reason: ep_close_reason,
+            err: c_int,
+            user: *mut c_void,
+        ),
     >,
 }
 
@@ -73,7 +88,10 @@ pub const EP_BORROW: u32 = 2;
 /// it with ep_close() or ep_shutdown(). Without it, the peer's EOF flushes what is queued and ends
 /// the connection with EP_CLOSE_PEER_EOF.
 pub const EP_HALF_CLOSE: u32 = 4;
-const ALL_FLAGS: u32 = EP_EDGE | EP_BORROW | EP_HALF_CLOSE;
+/// ep_listen()/ep_listen_unix(): set SO_REUSEPORT, so several loops (one per thread) can listen on
+/// the same port and the kernel spreads connections across them.
+pub const EP_REUSEPORT: u32 = 8;
+const ALL_FLAGS: u32 = EP_EDGE | EP_BORROW | EP_HALF_CLOSE | EP_REUSEPORT;
 
 /// Unknown or stale id (including any id after its on_close).
 pub const EP_ESTALE: c_int = -4001;
@@ -105,10 +123,58 @@ struct LoopBox {
     poisoned: Cell<bool>,
 }
 
+/// A timer's callback: `timer` is the id ep_timer_start() returned, `user` its user pointer.
+pub type ep_timer_cb =
+    Option<unsafe extern "C" fn(lp: *mut ep_loop, timer: ep_id, user: *mut c_void)>;
+
+/// A function posted to a loop with ep_post(); runs on the loop's thread.
+pub type ep_post_cb = Option<unsafe extern "C" fn(lp: *mut ep_loop, user: *mut c_void)>;
+
+/// Counters of a loop's life (see ep_get_stats()).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ep_stats {
+    /// Registrations open now: listeners, connections, other fds (not timers).
+    pub open: u64,
+    /// Sockets the loop is still draining after a graceful close.
+    pub lingering: u64,
+    /// Timers pending.
+    pub timers: u64,
+    /// Connections accepted since the loop was created.
+    pub accepted: u64,
+    /// Connections reset at accept, or accept pauses, because fds or memory ran out (EMFILE...).
+    pub accept_overloads: u64,
+    /// Events dropped because their registration ended earlier in the same epoll batch.
+    pub stale_events: u64,
+    /// Bytes delivered through on_data.
+    pub bytes_in: u64,
+    /// Bytes handed to the kernel.
+    pub bytes_out: u64,
+    /// on_close calls so far, indexed by ep_close_reason (index 0 unused).
+    pub closes: [u64; 8],
+}
+
 #[derive(Clone, Copy)]
 struct FfiHandler {
     cbs: ep_callbacks,
+    timer: ep_timer_cb,
     user: *mut c_void,
+}
+
+impl FfiHandler {
+    fn new(cbs: ep_callbacks, user: *mut c_void) -> Self {
+        FfiHandler {
+            cbs,
+            timer: None,
+            user,
+        }
+    }
+}
+
+/// What ep_post() hands across threads: a function and an opaque word.
+struct FfiPost {
+    cb: unsafe extern "C" fn(lp: *mut ep_loop, user: *mut c_void),
+    user: usize,
 }
 
 fn loop_ptr(lp: &Engine) -> *mut ep_loop {
@@ -128,6 +194,21 @@ fn c_reason(reason: CloseReason) -> ep_close_reason {
 }
 
 impl Handler for FfiHandler {
+    type Posted = FfiPost;
+
+    fn on_timer(&self, lp: &Engine, timer: u64) {
+        if let Some(cb) = self.timer {
+            // SAFETY: the caller passed this function pointer to ep_timer_start with this
+            // signature; the loop pointer is live for the duration of the call.
+            unsafe { cb(loop_ptr(lp), timer, self.user) }
+        }
+    }
+
+    fn run_posted(lp: &Engine, posted: FfiPost) {
+        // SAFETY: the caller passed this function pointer to ep_post with this signature.
+        unsafe { (posted.cb)(loop_ptr(lp), posted.user as *mut c_void) }
+    }
+
     fn on_accept(&self, lp: &Engine, listener: u64, conn: u64) {
         if let Some(cb) = self.cbs.on_accept {
             // SAFETY: the caller registered this function pointer with this signature; the loop
@@ -138,7 +219,11 @@ impl Handler for FfiHandler {
 
     fn on_data(&self, lp: &Engine, conn: u64, data: &[u8]) {
         if let Some(cb) = self.cbs.on_data {
-            let ptr = if data.is_empty() { std::ptr::null() } else { data.as_ptr() };
+            let ptr = if data.is_empty() {
+                std::ptr::null()
+            } else {
+                data.as_ptr()
+            };
             // SAFETY: as above; `data` outlives the call.
             unsafe { cb(loop_ptr(lp), conn, ptr, data.len(), self.user) }
         }
@@ -166,6 +251,7 @@ fn code(err: Error) -> c_int {
         Error::Closing => EP_ECLOSING,
         Error::Kind => EP_EKIND,
         Error::Busy => EP_EBUSY,
+        Error::Null => EP_ENULL,
         Error::Os(errno) => -errno,
     }
 }
@@ -187,8 +273,14 @@ unsafe fn loop_box<'a>(lp: *mut ep_loop) -> Option<&'a LoopBox> {
 }
 
 /// Runs `body` on a live, unpoisoned loop inside the panic boundary. A panic poisons the loop.
-fn with_loop<T>(boxed: Option<&LoopBox>, fail: impl Fn(c_int) -> T, body: impl FnOnce(&Engine) -> T) -> T {
-    let Some(boxed) = boxed else { return fail(EP_ENULL) };
+fn with_loop<T>(
+    boxed: Option<&LoopBox>,
+    fail: impl Fn(c_int) -> T,
+    body: impl FnOnce(&Engine) -> T,
+) -> T {
+    let Some(boxed) = boxed else {
+        return fail(EP_ENULL);
+    };
     if boxed.poisoned.get() {
         return fail(EP_EPANIC);
     }
@@ -209,6 +301,7 @@ fn options(flags: u32) -> Result<Options, Error> {
         edge: flags & EP_EDGE != 0,
         borrow: flags & EP_BORROW != 0,
         half_close: flags & EP_HALF_CLOSE != 0,
+        reuse_port: flags & EP_REUSEPORT != 0,
     })
 }
 
@@ -218,7 +311,11 @@ fn options(flags: u32) -> Result<Options, Error> {
 #[no_mangle]
 pub extern "C" fn ep_loop_new() -> *mut ep_loop {
     catch_unwind(|| match Engine::new() {
-        Ok(engine) => Box::into_raw(Box::new(LoopBox { engine, poisoned: Cell::new(false) })).cast(),
+        Ok(engine) => Box::into_raw(Box::new(LoopBox {
+            engine,
+            poisoned: Cell::new(false),
+        }))
+        .cast(),
         Err(errno) => {
             // SAFETY: __errno_location returns the calling thread's errno slot.
             unsafe { *libc::__errno_location() = errno };
@@ -238,24 +335,74 @@ pub extern "C" fn ep_loop_new() -> *mut ep_loop {
 #[no_mangle]
 pub unsafe extern "C" fn ep_loop_free(lp: *mut ep_loop) {
     // SAFETY: `lp` is NULL or a live loop (this function's contract).
-    let Some(boxed) = (unsafe { loop_box(lp) }) else { return };
+    let Some(boxed) = (unsafe { loop_box(lp) }) else {
+        return;
+    };
     if boxed.engine.in_callback() {
         return;
     }
     let _ = catch_unwind(AssertUnwindSafe(|| boxed.engine.close_all()));
-    // SAFETY: `lp` came from Box::into_raw in ep_loop_new and no callback is on the stack.
-    let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(lp.cast::<LoopBox>()) })));
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `lp` came from Box::into_raw in ep_loop_new and no callback is on the stack.
+        drop(unsafe { Box::from_raw(lp.cast::<LoopBox>()) })
+    }));
+}
+
+/// The shape of every export that creates a registration: loop and NULL checks, flags, handler,
+/// panic boundary, id or error code.
+///
+/// # Safety
+/// `lp` NULL or a live loop; `cbs` NULL or pointing at a valid ep_callbacks.
+unsafe fn create(
+    lp: *mut ep_loop,
+    flags: u32,
+    cbs: *const ep_callbacks,
+    user: *mut c_void,
+    make: impl FnOnce(&Engine, Options, FfiHandler) -> Result<u64, Error>,
+) -> i64 {
+    // SAFETY: `lp` is NULL or a live loop (this function's contract).
+    with_loop(unsafe { loop_box(lp) }, i64::from, |engine| {
+        // SAFETY: a non-NULL `cbs` points at a valid ep_callbacks (contract); it is copied.
+        let Some(cbs) = (unsafe { cbs.as_ref() }) else {
+            return i64::from(EP_ENULL);
+        };
+        match options(flags).and_then(|opts| make(engine, opts, FfiHandler::new(*cbs, user))) {
+            Ok(id) => id as i64,
+            Err(e) => i64::from(code(e)),
+        }
+    })
+}
+
+/// The bytes of a C string argument.
+///
+/// # Safety
+/// `ptr` NULL or a NUL-terminated string that outlives the returned slice.
+unsafe fn text<'a>(ptr: *const c_char) -> Result<&'a [u8], Error> {
+    if ptr.is_null() {
+        return Err(Error::Null);
+    }
+    // SAFETY: non-NULL and NUL-terminated (contract).
+    Ok(unsafe { CStr::from_ptr(ptr) }.to_bytes())
+}
+
+fn host_str(host: &[u8]) -> Result<&str, Error> {
+    std::str::from_utf8(host).map_err(|_| Error::Os(libc::EINVAL))
+}
+
+fn millis(ms: u32) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
 }
 
 /// Adopts `fd` into the loop and returns its id (> 0), or a negative error.
 ///
 /// Works with any pollable fd: a listening socket (detected with SO_ACCEPTCONN; its accepted
-/// connections inherit `cbs`, `user`, EP_EDGE/EP_HALF_CLOSE and its watermarks), a connected stream
-/// socket, a pipe end, a tty, an eventfd or an inotify fd. The fd is made non-blocking (its original
-/// mode is restored when the loop lets go of it). The loop owns and eventually closes it unless
-/// `flags` has EP_BORROW. `cbs` is copied (it need not outlive the call) and must not be NULL.
-/// Errors: EP_ENULL, -EBADF (not an open fd), -EEXIST (already in this loop), -EPERM (not pollable,
-/// e.g. a regular file), -EINVAL (unknown flags). May be called from callbacks.
+/// connections inherit `cbs`, `user`, EP_EDGE/EP_HALF_CLOSE, its watermarks and idle timeout), a
+/// connected stream socket, a pipe end, a tty, an eventfd or an inotify fd. The fd is made
+/// non-blocking (its original mode is restored when the loop lets go of it). The loop owns and
+/// eventually closes it unless `flags` has EP_BORROW. `cbs` is copied (it need not outlive the
+/// call) and must not be NULL. Errors: EP_ENULL, -EBADF (not an open fd), -EEXIST (already in this
+/// loop), -EPERM (not pollable, e.g. a regular file), -EINVAL (unknown flags). May be called from
+/// callbacks.
 ///
 /// # Safety
 /// `lp` as for ep_loop_free(); `cbs` NULL or pointing at a valid ep_callbacks.
@@ -267,28 +414,23 @@ pub unsafe extern "C" fn ep_register(
     cbs: *const ep_callbacks,
     user: *mut c_void,
 ) -> i64 {
-    {
-        // SAFETY: `lp` is NULL or a live loop (this function's contract).
-        with_loop(unsafe { loop_box(lp) }, i64::from, |engine| {
-            // SAFETY: a non-NULL `cbs` points at a valid ep_callbacks (contract); it is copied.
-            let Some(cbs) = (unsafe { cbs.as_ref() }) else { return i64::from(EP_ENULL) };
-            let handler = FfiHandler { cbs: *cbs, user };
-            match options(flags).and_then(|opts| engine.register(fd, opts, handler)) {
-                Ok(id) => id as i64,
-                Err(e) => i64::from(code(e)),
-            }
+    // SAFETY: forwarded contract.
+    unsafe {
+        create(lp, flags, cbs, user, |engine, opts, handler| {
+            engine.register(fd, opts, handler)
         })
     }
 }
 
-/// Creates a TCP listening socket (non-blocking, close-on-exec, SO_REUSEADDR) on `host`:`port` and
-/// registers it. `host` is a numeric IPv4 or IPv6 address ("127.0.0.1", "::1", "0.0.0.0", "::") or
-/// "localhost"; "" means every address (IPv6 and IPv4). `port` 0 picks a free port: read it with
-/// ep_local_port(). `backlog` <= 0 means SOMAXCONN. Returns the listener's id or a negative error
-/// (EP_ENULL, -EINVAL for an unparsable host, -EADDRINUSE, ...). EP_BORROW is ignored.
+/// Creates a TCP listening socket (non-blocking, close-on-exec, SO_REUSEADDR; SO_REUSEPORT with
+/// EP_REUSEPORT) on `host`:`port` and registers it. `host` is a numeric IPv4 or IPv6 address
+/// ("127.0.0.1", "::1", "0.0.0.0", "::") or "localhost"; "" means every address (IPv6 and IPv4).
+/// `port` 0 picks a free port: read it with ep_local_port(). `backlog` <= 0 means SOMAXCONN.
+/// Returns the listener's id or a negative error (EP_ENULL, -EINVAL for an unparsable host,
+/// -EADDRINUSE, ...). EP_BORROW is ignored.
 ///
 /// # Safety
-/// `lp` as for ep_loop_free(); `host` a NUL-terminated string; `cbs` as for ep_register().
+/// `lp` as for ep_loop_free(); `host` NULL or NUL-terminated; `cbs` as for ep_register().
 #[no_mangle]
 pub unsafe extern "C" fn ep_listen(
     lp: *mut ep_loop,
@@ -299,23 +441,156 @@ pub unsafe extern "C" fn ep_listen(
     cbs: *const ep_callbacks,
     user: *mut c_void,
 ) -> i64 {
-    {
-        // SAFETY: `lp` is NULL or a live loop (this function's contract).
-        with_loop(unsafe { loop_box(lp) }, i64::from, |engine| {
-            // SAFETY: a non-NULL `cbs` points at a valid ep_callbacks (contract); it is copied.
-            let Some(cbs) = (unsafe { cbs.as_ref() }) else { return i64::from(EP_ENULL) };
-            if host.is_null() {
-                return i64::from(EP_ENULL);
-            }
-            // SAFETY: `host` is a NUL-terminated string (contract).
-            let Ok(host) = (unsafe { CStr::from_ptr(host) }).to_str() else { return -i64::from(libc::EINVAL) };
-            let handler = FfiHandler { cbs: *cbs, user };
-            match options(flags).and_then(|opts| engine.listen(host, port, backlog, opts, handler)) {
-                Ok(id) => id as i64,
-                Err(e) => i64::from(code(e)),
-            }
+    // SAFETY: `host` is NULL or NUL-terminated (contract).
+    let host = unsafe { text(host) };
+    // SAFETY: forwarded contract.
+    unsafe {
+        create(lp, flags, cbs, user, |engine, opts, handler| {
+            engine.listen(host_str(host?)?, port, backlog, opts, handler)
         })
     }
+}
+
+/// Like ep_listen() on a Unix stream socket at `path` (a leading '@' names an abstract socket). A
+/// stale socket file at `path` is replaced; any other existing file is an error (-EADDRINUSE).
+/// The loop does not unlink the file when the listener closes.
+///
+/// # Safety
+/// `lp` as for ep_loop_free(); `path` NULL or NUL-terminated; `cbs` as for ep_register().
+#[no_mangle]
+pub unsafe extern "C" fn ep_listen_unix(
+    lp: *mut ep_loop,
+    path: *const c_char,
+    backlog: c_int,
+    flags: u32,
+    cbs: *const ep_callbacks,
+    user: *mut c_void,
+) -> i64 {
+    // SAFETY: `path` is NULL or NUL-terminated (contract).
+    let path = unsafe { text(path) };
+    // SAFETY: forwarded contract.
+    unsafe {
+        create(lp, flags, cbs, user, |engine, opts, handler| {
+            engine.listen_at(&engine::unix_addr(path?), backlog, opts, handler)
+        })
+    }
+}
+
+/// Connects to `host`:`port` (numeric IPv4/IPv6 or "localhost") without blocking and returns the
+/// new connection's id at once. Success is reported as on_accept(loop, 0, conn, user) — listener 0
+/// means "outbound" — after which it is an ordinary connection; failure (ECONNREFUSED, ...) as its
+/// one on_close (EP_CLOSE_ERROR or EP_CLOSE_PEER_RESET with the errno), and if `timeout_ms` (0 =
+/// none) passes first, as on_close(EP_CLOSE_TIMEOUT, ETIMEDOUT). ep_send() before the connection is
+/// up queues the bytes. Returns the id, or a negative error when no socket could be made (EP_ENULL,
+/// -EINVAL for a bad host, -EMFILE).
+///
+/// # Safety
+/// `lp` as for ep_loop_free(); `host` NULL or NUL-terminated; `cbs` as for ep_register().
+#[no_mangle]
+pub unsafe extern "C" fn ep_connect(
+    lp: *mut ep_loop,
+    host: *const c_char,
+    port: u16,
+    timeout_ms: u32,
+    flags: u32,
+    cbs: *const ep_callbacks,
+    user: *mut c_void,
+) -> i64 {
+    // SAFETY: `host` is NULL or NUL-terminated (contract).
+    let host = unsafe { text(host) };
+    // SAFETY: forwarded contract.
+    unsafe {
+        create(lp, flags, cbs, user, |engine, opts, handler| {
+            let addr = engine::connect_addr(host_str(host?)?, port)?;
+            engine.connect(&addr, millis(timeout_ms), opts, handler)
+        })
+    }
+}
+
+/// Like ep_connect() to the Unix stream socket at `path` (leading '@': abstract socket).
+///
+/// # Safety
+/// `lp` as for ep_loop_free(); `path` NULL or NUL-terminated; `cbs` as for ep_register().
+#[no_mangle]
+pub unsafe extern "C" fn ep_connect_unix(
+    lp: *mut ep_loop,
+    path: *const c_char,
+    timeout_ms: u32,
+    flags: u32,
+    cbs: *const ep_callbacks,
+    user: *mut c_void,
+) -> i64 {
+    // SAFETY: `path` is NULL or NUL-terminated (contract).
+    let path = unsafe { text(path) };
+    // SAFETY: forwarded contract.
+    unsafe {
+        create(lp, flags, cbs, user, |engine, opts, handler| {
+            engine.connect(&engine::unix_addr(path?), millis(timeout_ms), opts, handler)
+        })
+    }
+}
+
+/// Starts a timer: `cb` runs on the loop's thread after `timeout_ms`, then every `repeat_ms` if it
+/// is not 0 (at fixed rate: a late loop skips missed periods instead of bursting). Timers with
+/// equal deadlines fire in the order they were started. A pending timer keeps ep_run() running.
+/// Returns the timer's id (cancel it with ep_timer_cancel()) or a negative error (EP_ENULL for a
+/// NULL cb). Timers get no on_close; ep_set_user() works on them. May be called from callbacks.
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_timer_start(
+    lp: *mut ep_loop,
+    timeout_ms: u64,
+    repeat_ms: u64,
+    cb: ep_timer_cb,
+    user: *mut c_void,
+) -> i64 {
+    // SAFETY: `lp` is NULL or a live loop (this function's contract).
+    with_loop(unsafe { loop_box(lp) }, i64::from, |engine| {
+        if cb.is_none() {
+            return i64::from(EP_ENULL);
+        }
+        let handler = FfiHandler {
+            timer: cb,
+            ..FfiHandler::new(NO_CALLBACKS, user)
+        };
+        let repeat = (repeat_ms > 0).then(|| Duration::from_millis(repeat_ms));
+        match engine.timer_start(Duration::from_millis(timeout_ms), repeat, handler) {
+            Ok(id) => id as i64,
+            Err(e) => i64::from(code(e)),
+        }
+    })
+}
+
+const NO_CALLBACKS: ep_callbacks = ep_callbacks {
+    on_accept: None,
+    on_data: None,
+    on_writable: None,
+    on_close: None,
+};
+
+/// Runs `cb(loop, user)` on the loop's thread at its next step, waking it. Every successful post
+/// runs exactly once, in posting order, even if the loop is then freed (ep_loop_free() runs what
+/// is pending). Callable from any thread (not from signal handlers: it takes a lock) while the
+/// loop is alive. Returns 0, EP_ENULL, or -errno of the wakeup.
+///
+/// # Safety
+/// `lp` must be a live loop that is not freed concurrently with this call.
+#[no_mangle]
+pub unsafe extern "C" fn ep_post(lp: *mut ep_loop, cb: ep_post_cb, user: *mut c_void) -> c_int {
+    let Some(cb) = cb else { return EP_ENULL };
+    if lp.is_null() {
+        return EP_ENULL;
+    }
+    // SAFETY: `lp` points at a live LoopBox (contract). Only the thread-safe `remote` field is
+    // referenced; the rest of the loop may be in use by its own thread.
+    let remote = unsafe { &*std::ptr::addr_of!((*lp.cast::<LoopBox>()).engine.remote) };
+    let posted = FfiPost {
+        cb,
+        user: user as usize,
+    };
+    catch_unwind(AssertUnwindSafe(|| status(remote.post(posted)))).unwrap_or(EP_EPANIC)
 }
 
 fn run_code(result: Result<RunState, Error>) -> c_int {
@@ -336,7 +611,11 @@ fn run_code(result: Result<RunState, Error>) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn ep_run(lp: *mut ep_loop) -> c_int {
     // SAFETY: `lp` is NULL or a live loop (this function's contract).
-    with_loop(unsafe { loop_box(lp) }, |c| c, |engine| run_code(engine.run()))
+    with_loop(
+        unsafe { loop_box(lp) },
+        |c| c,
+        |engine| run_code(engine.run()),
+    )
 }
 
 /// Waits at most `timeout_ms` (-1 = until something happens, 0 = poll) and dispatches what
@@ -349,7 +628,11 @@ pub unsafe extern "C" fn ep_run(lp: *mut ep_loop) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn ep_run_once(lp: *mut ep_loop, timeout_ms: c_int) -> c_int {
     // SAFETY: `lp` is NULL or a live loop (this function's contract).
-    with_loop(unsafe { loop_box(lp) }, |c| c, |engine| run_code(engine.run_once(timeout_ms.max(-1))))
+    with_loop(
+        unsafe { loop_box(lp) },
+        |c| c,
+        |engine| run_code(engine.run_once(timeout_ms.max(-1))),
+    )
 }
 
 /// Asks ep_run()/ep_run_once() to return (EP_RUN_STOPPED) at the end of the current step, waking
@@ -381,7 +664,12 @@ pub unsafe extern "C" fn ep_stop(lp: *mut ep_loop) -> c_int {
 /// # Safety
 /// `lp` as for ep_loop_free(); `buf` readable for `len` bytes (or NULL with `len` 0).
 #[no_mangle]
-pub unsafe extern "C" fn ep_send(lp: *mut ep_loop, id: ep_id, buf: *const c_void, len: usize) -> c_int {
+pub unsafe extern "C" fn ep_send(
+    lp: *mut ep_loop,
+    id: ep_id,
+    buf: *const c_void,
+    len: usize,
+) -> c_int {
     {
         with_loop(
             // SAFETY: `lp` is NULL or a live loop (this function's contract).
@@ -408,57 +696,180 @@ pub unsafe extern "C" fn ep_send(lp: *mut ep_loop, id: ep_id, buf: *const c_void
     }
 }
 
-macro_rules! id_op {
-    ($(#[$doc:meta])* $name:ident => $method:ident $(($($arg:expr),*))?) => {
-        $(#[$doc])*
-        ///
-        /// # Safety
-        /// `lp` as for ep_loop_free().
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(lp: *mut ep_loop, id: ep_id) -> c_int {
-            // SAFETY: `lp` is NULL or a live loop (this function's contract).
-            with_loop(unsafe { loop_box(lp) }, |c| c, |engine| status(engine.$method(id $($(, $arg)*)?)))
-        }
+/// The shape of the exports that act on one id and return a status.
+///
+/// # Safety
+/// `lp` NULL or a live loop.
+unsafe fn on_id(lp: *mut ep_loop, op: impl FnOnce(&Engine) -> Result<(), Error>) -> c_int {
+    // SAFETY: `lp` is NULL or a live loop (this function's contract).
+    with_loop(unsafe { loop_box(lp) }, |c| c, |engine| status(op(engine)))
+}
+
+/// Sends FIN once the queued output has been written; reading continues, and the peer's EOF
+/// then ends the connection (on_close EP_CLOSE_LOCAL). Later ep_send() calls return -ESHUTDOWN.
+/// Returns 0, EP_ESTALE, EP_EKIND (listener), EP_ECLOSING, -ENOTSOCK (pipe, tty).
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_shutdown(lp: *mut ep_loop, id: ep_id) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { on_id(lp, |engine| engine.shutdown(id)) }
+}
+
+/// Graceful close: flushes the queue, sends FIN, then the loop alone reads and discards until
+/// the peer's EOF or the linger time (so the peer gets everything even if it left request bytes
+/// unread). on_close(EP_CLOSE_LOCAL) comes once the data was handed to the kernel and FIN sent,
+/// always later, never from inside this call; from then on the id is stale. If the queue cannot
+/// drain within the linger time the connection is reset (EP_CLOSE_TIMEOUT). Closing a listener
+/// stops accepting at once. Returns 0, EP_ESTALE, EP_EKIND (a timer), or EP_ECLOSING (already
+/// closing).
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_close(lp: *mut ep_loop, id: ep_id) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { on_id(lp, |engine| engine.close(id)) }
+}
+
+/// Aborts: RST now (SO_LINGER 0), queued data dropped; on_close(EP_CLOSE_ABORT) follows,
+/// deferred. Also allowed while a graceful close is flushing. Returns 0 or EP_ESTALE.
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_abort(lp: *mut ep_loop, id: ep_id) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { on_id(lp, |engine| engine.abort(id)) }
+}
+
+/// Read flow control: no on_data until ep_resume_reading() (a listener stops accepting). If the
+/// connection fails or hangs up meanwhile, what remains is delivered before on_close.
+/// Returns 0 or EP_ESTALE.
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_pause_reading(lp: *mut ep_loop, id: ep_id) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { on_id(lp, |engine| engine.pause_reading(id, true)) }
+}
+
+/// Undoes ep_pause_reading(); data that arrived meanwhile is delivered in the next step.
+/// Returns 0 or EP_ESTALE.
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_resume_reading(lp: *mut ep_loop, id: ep_id) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { on_id(lp, |engine| engine.pause_reading(id, false)) }
+}
+
+/// Cancels a pending timer; its callback will not run again. Works from any callback, including
+/// the timer's own. Returns 0, EP_ESTALE (already fired one-shot, or cancelled), or EP_EKIND (not a
+/// timer).
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_timer_cancel(lp: *mut ep_loop, id: ep_id) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { on_id(lp, |engine| engine.timer_cancel(id)) }
+}
+
+/// Ends a connection with on_close(EP_CLOSE_TIMEOUT, ETIMEDOUT) once `ms` pass without a byte read
+/// or written (0 disables): the answer for peers that silently vanished. On a listener, sets the
+/// timeout of the connections it accepts from now on. Returns 0, EP_ESTALE or EP_EKIND.
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_set_idle_timeout(lp: *mut ep_loop, id: ep_id, ms: u32) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { on_id(lp, |engine| engine.set_idle_timeout(id, millis(ms))) }
+}
+
+/// TCP keepalive on a connection: probes after `idle_s` seconds of silence, every `interval_s`,
+/// `count` times, then the connection fails (on_close EP_CLOSE_ERROR, ETIMEDOUT). `idle_s` 0
+/// turns keepalive off. Returns 0, EP_ESTALE, -ENOTSOCK, -EINVAL.
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_set_keepalive(
+    lp: *mut ep_loop,
+    id: ep_id,
+    idle_s: c_int,
+    interval_s: c_int,
+    count: c_int,
+) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe {
+        on_id(lp, |engine| {
+            engine.set_keepalive(id, idle_s, interval_s, count)
+        })
+    }
+}
+
+/// TCP_USER_TIMEOUT on a connection: sent data unacknowledged for `ms` fails the connection.
+/// Returns 0, EP_ESTALE, -ENOTSOCK.
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_set_user_timeout(lp: *mut ep_loop, id: ep_id, ms: u32) -> c_int {
+    let ms = c_int::try_from(ms).unwrap_or(c_int::MAX);
+    // SAFETY: forwarded contract.
+    unsafe { on_id(lp, |engine| engine.set_user_timeout(id, ms)) }
+}
+
+/// Graceful server shutdown: closes every listener now (on_close EP_CLOSE_LOCAL), lets open
+/// connections finish on their own for `grace_ms`, then closes the remaining ones gracefully
+/// (ep_close); those that cannot flush within the linger time are reset (EP_CLOSE_TIMEOUT).
+/// ep_run() then returns EP_RUN_EMPTY once nothing is left (pending timers keep it running).
+/// Returns 0 or EP_EBUSY.
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_drain(lp: *mut ep_loop, grace_ms: u32) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe {
+        on_id(lp, |engine| {
+            engine.drain(Duration::from_millis(u64::from(grace_ms)))
+        })
+    }
+}
+
+/// Copies the loop's counters into `*out`. Returns 0 or EP_ENULL.
+///
+/// # Safety
+/// `lp` as for ep_loop_free(); `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ep_get_stats(lp: *mut ep_loop, out: *mut ep_stats) -> c_int {
+    // SAFETY: a non-NULL `out` is writable (contract).
+    let Some(out) = (unsafe { out.as_mut() }) else {
+        return EP_ENULL;
     };
-}
-
-id_op! {
-    /// Sends FIN once the queued output has been written; reading continues, and the peer's EOF
-    /// then ends the connection (on_close EP_CLOSE_LOCAL). Later ep_send() calls return -ESHUTDOWN.
-    /// Returns 0, EP_ESTALE, EP_EKIND (listener), EP_ECLOSING, -ENOTSOCK (pipe, tty).
-    ep_shutdown => shutdown
-}
-
-id_op! {
-    /// Graceful close: flushes the queue, sends FIN, then the loop alone reads and discards until
-    /// the peer's EOF or the linger time (so the peer gets everything even if it left request
-    /// bytes unread). on_close(EP_CLOSE_LOCAL) comes once the data was handed to the kernel and FIN
-    /// sent, always later, never from inside this call; from then the id is stale. If the queue
-    /// cannot drain within the linger time the connection is reset (EP_CLOSE_TIMEOUT). Closing a
-    /// listener stops accepting at once. Returns 0, EP_ESTALE, or EP_ECLOSING (already closing).
-    ep_close => close
-}
-
-id_op! {
-    /// Aborts: RST now (SO_LINGER 0), queued data dropped; on_close(EP_CLOSE_ABORT) follows, deferred.
-    /// Also allowed while a graceful close is flushing. Returns 0 or EP_ESTALE.
-    ep_abort => abort
-}
-
-id_op! {
-    /// Read flow control: no on_data until ep_resume_reading() (a listener stops accepting). If
-    /// the connection fails or hangs up meanwhile, what remains is delivered before on_close.
-    ep_pause_reading => pause_reading(true)
-}
-
-id_op! {
-    /// Undoes ep_pause_reading(); data that arrived meanwhile is delivered in the next step.
-    ep_resume_reading => resume_reading
-}
-
-impl Engine {
-    fn resume_reading(&self, id: ep_id) -> Result<(), Error> {
-        self.pause_reading(id, false)
+    // SAFETY: forwarded contract.
+    unsafe {
+        on_id(lp, |engine| {
+            let stats = engine.stats();
+            *out = ep_stats {
+                open: stats.open,
+                lingering: stats.lingering,
+                timers: stats.timers,
+                accepted: stats.accepted,
+                accept_overloads: stats.accept_overloads,
+                stale_events: stats.stale_events,
+                bytes_in: stats.bytes_in,
+                bytes_out: stats.bytes_out,
+                closes: stats.closes,
+            };
+            Ok(())
+        })
     }
 }
 
@@ -470,7 +881,11 @@ impl Engine {
 #[no_mangle]
 pub unsafe extern "C" fn ep_set_user(lp: *mut ep_loop, id: ep_id, user: *mut c_void) -> c_int {
     // SAFETY: `lp` is NULL or a live loop (this function's contract).
-    with_loop(unsafe { loop_box(lp) }, |c| c, |engine| status(engine.with_handler(id, |h| h.user = user)))
+    with_loop(
+        unsafe { loop_box(lp) },
+        |c| c,
+        |engine| status(engine.with_handler(id, |h| h.user = user)),
+    )
 }
 
 /// The user pointer of a live registration, or NULL if `id` is stale (or the pointer is NULL).
@@ -481,7 +896,15 @@ pub unsafe extern "C" fn ep_set_user(lp: *mut ep_loop, id: ep_id, user: *mut c_v
 pub unsafe extern "C" fn ep_get_user(lp: *mut ep_loop, id: ep_id) -> *mut c_void {
     {
         // SAFETY: `lp` is NULL or a live loop (this function's contract).
-        with_loop(unsafe { loop_box(lp) }, |_| std::ptr::null_mut(), |engine| engine.with_handler(id, |h| h.user).unwrap_or(std::ptr::null_mut()))
+        with_loop(
+            unsafe { loop_box(lp) },
+            |_| std::ptr::null_mut(),
+            |engine| {
+                engine
+                    .with_handler(id, |h| h.user)
+                    .unwrap_or(std::ptr::null_mut())
+            },
+        )
     }
 }
 
@@ -534,9 +957,18 @@ pub unsafe extern "C" fn ep_local_port(lp: *mut ep_loop, id: ep_id) -> c_int {
 /// # Safety
 /// `lp` as for ep_loop_free().
 #[no_mangle]
-pub unsafe extern "C" fn ep_set_watermarks(lp: *mut ep_loop, id: ep_id, low: usize, high: usize) -> c_int {
+pub unsafe extern "C" fn ep_set_watermarks(
+    lp: *mut ep_loop,
+    id: ep_id,
+    low: usize,
+    high: usize,
+) -> c_int {
     // SAFETY: `lp` is NULL or a live loop (this function's contract).
-    with_loop(unsafe { loop_box(lp) }, |c| c, |engine| status(engine.set_watermarks(id, low, high)))
+    with_loop(
+        unsafe { loop_box(lp) },
+        |c| c,
+        |engine| status(engine.set_watermarks(id, low, high)),
+    )
 }
 
 /// Bounds, for the whole loop, both how long a graceful close may wait for its queue to drain and
@@ -571,7 +1003,8 @@ pub extern "C" fn ep_strerror(code: c_int) -> *const c_char {
         EP_ECLOSING => c"Close already in progress on this id",
         EP_EKIND => c"Operation does not apply to this kind of registration",
         EP_EPANIC => c"Internal panic caught; the loop is poisoned",
-        _ => crate::sys::errno_description(code.checked_abs().unwrap_or(0)).unwrap_or(c"Unknown error code"),
+        _ => crate::sys::errno_description(code.checked_abs().unwrap_or(0))
+            .unwrap_or(c"Unknown error code"),
     };
     text.as_ptr()
 }
@@ -580,9 +1013,10 @@ pub extern "C" fn ep_strerror(code: c_int) -> *const c_char {
 /// EP_VERSION_MAJOR to check that the header and the loaded library agree.
 #[no_mangle]
 pub extern "C" fn ep_version() -> *const c_char {
-    const VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-        Ok(version) => version,
-        Err(_) => panic!("the crate version contains NUL"),
-    };
+    const VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(version) => version,
+            Err(_) => panic!("the crate version contains NUL"),
+        };
     VERSION.as_ptr()
 }

@@ -15,8 +15,8 @@ pub type Errno = i32;
 pub type SysResult<T> = Result<T, Errno>;
 
 pub use libc::{
-    EAGAIN, EBADF, ECONNABORTED, ECONNRESET, EINTR, EINVAL, EIO, EMFILE, ENFILE, ENOBUFS,
-    ENOMEM, ENOTSOCK, EPIPE, ESHUTDOWN, ETIMEDOUT,
+    EAGAIN, EBADF, ECONNABORTED, ECONNRESET, EINTR, EINVAL, EIO, EMFILE, ENFILE, ENOBUFS, ENOMEM,
+    ENOTSOCK, EPIPE, ESHUTDOWN, ETIMEDOUT,
 };
 
 /// epoll event bits, as `u32` for the engine's bit arithmetic.
@@ -30,7 +30,9 @@ pub mod ev {
 }
 
 fn errno() -> Errno {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Calls a libc function that reports failure as -1 and errno.
@@ -67,7 +69,9 @@ pub struct EventBuf {
 
 impl EventBuf {
     pub fn with_capacity(capacity: usize) -> Self {
-        EventBuf { raw: vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)] }
+        EventBuf {
+            raw: vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)],
+        }
     }
     pub fn capacity(&self) -> usize {
         self.raw.len()
@@ -75,7 +79,8 @@ impl EventBuf {
     /// Grows the buffer (used when a wait filled it completely: load is high).
     pub fn grow(&mut self, capacity: usize) {
         if capacity > self.raw.len() {
-            self.raw.resize(capacity, libc::epoll_event { events: 0, u64: 0 });
+            self.raw
+                .resize(capacity, libc::epoll_event { events: 0, u64: 0 });
         }
     }
     /// The i-th ready event as (event bits, token).
@@ -163,7 +168,10 @@ pub fn set_cloexec(fd: Fd) -> SysResult<()> {
 
 pub fn open_devnull() -> SysResult<Fd> {
     // The path is a NUL-terminated static string.
-    syscall!(open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC))
+    syscall!(open(
+        c"/dev/null".as_ptr(),
+        libc::O_RDONLY | libc::O_CLOEXEC
+    ))
 }
 
 /// Reads into `buf`; Ok(0) is end of file.
@@ -181,7 +189,10 @@ pub fn recv(fd: Fd, buf: &mut [u8]) -> SysResult<usize> {
 fn iovecs<'a>(bufs: &'a [&'a [u8]]) -> Vec<libc::iovec> {
     bufs.iter()
         .filter(|b| !b.is_empty())
-        .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() })
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut _,
+            iov_len: b.len(),
+        })
         .collect()
 }
 
@@ -190,7 +201,13 @@ pub fn send_vectored(fd: Fd, bufs: &[&[u8]]) -> SysResult<usize> {
     if let [only] = bufs {
         // The pointer and length describe `only`, readable for the duration of the call.
         return retry(|| {
-            syscall!(send(fd, only.as_ptr().cast(), only.len(), libc::MSG_NOSIGNAL)).map(|n| n as usize)
+            syscall!(send(
+                fd,
+                only.as_ptr().cast(),
+                only.len(),
+                libc::MSG_NOSIGNAL
+            ))
+            .map(|n| n as usize)
         });
     }
     let mut iov = iovecs(bufs);
@@ -240,7 +257,11 @@ impl SigpipeGuard {
             libc::pthread_sigmask(libc::SIG_BLOCK, &pipe_set, &mut old_mask);
             was
         };
-        SigpipeGuard { old_mask, was_pending, pipe_set }
+        SigpipeGuard {
+            old_mask,
+            was_pending,
+            pipe_set,
+        }
     }
 
     /// Swallows the SIGPIPE this thread's failed write raised, unless one was already pending.
@@ -248,7 +269,10 @@ impl SigpipeGuard {
         if self.was_pending {
             return;
         }
-        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: pipe_set is initialised; a zero timeout makes sigtimedwait poll, not block.
         unsafe {
             libc::sigtimedwait(&self.pipe_set, std::ptr::null_mut(), &zero);
@@ -272,14 +296,27 @@ fn getsockopt_int(fd: Fd, level: c_int, name: c_int) -> SysResult<c_int> {
     let mut value: c_int = 0;
     let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
     // value/len describe an int-sized writable buffer.
-    syscall!(getsockopt(fd, level, name, (&mut value as *mut c_int).cast(), &mut len))?;
+    syscall!(getsockopt(
+        fd,
+        level,
+        name,
+        (&mut value as *mut c_int).cast(),
+        &mut len
+    ))?;
     Ok(value)
 }
 
 fn setsockopt_int(fd: Fd, level: c_int, name: c_int, value: c_int) -> SysResult<()> {
     let len = std::mem::size_of::<c_int>() as libc::socklen_t;
     // value is an int-sized readable buffer.
-    syscall!(setsockopt(fd, level, name, (&value as *const c_int).cast(), len)).map(drop)
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (&value as *const c_int).cast(),
+        len
+    ))
+    .map(drop)
 }
 
 /// What kind of descriptor `ep_register` was handed.
@@ -310,18 +347,32 @@ pub fn shutdown_write(fd: Fd) -> SysResult<()> {
 
 /// Makes the next close(2) send RST instead of FIN and drop unsent data.
 pub fn set_linger_zero(fd: Fd) -> SysResult<()> {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     let len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
     // `linger` is a readable struct linger.
-    syscall!(setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), len))
-        .map(drop)
+    syscall!(setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        (&linger as *const libc::linger).cast(),
+        len
+    ))
+    .map(drop)
 }
 
 /// Accepts one connection, non-blocking and close-on-exec from birth.
 pub fn accept(fd: Fd) -> SysResult<Fd> {
     retry(|| {
         // NULL address arguments are allowed: the peer address is not wanted here.
-        syscall!(accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC))
+        syscall!(accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+        ))
     })
 }
 
@@ -333,7 +384,9 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
@@ -345,7 +398,9 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
@@ -356,14 +411,89 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-/// Creates a non-blocking, close-on-exec TCP listening socket with SO_REUSEADDR.
-pub fn listen_tcp(addr: &SocketAddr, backlog: c_int) -> SysResult<Fd> {
-    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    let fd = syscall!(socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0))?;
-    let (storage, len) = sockaddr_of(addr);
-    let setup = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+/// A socket address of any family eploop speaks: IPv4, IPv6, or a Unix path.
+pub enum Addr {
+    Ip(SocketAddr),
+    /// A filesystem path, or an abstract name when it starts with '@'.
+    Unix(Vec<u8>),
+}
+
+fn sockaddr_un_of(path: &[u8]) -> SysResult<(libc::sockaddr_storage, libc::socklen_t)> {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    // One byte stays NUL for a path; an abstract name uses the leading NUL instead of '@'.
+    if path.is_empty() || path.len() >= sun.sun_path.len() || path.contains(&0) {
+        return Err(if path.is_empty() || path.contains(&0) {
+            EINVAL
+        } else {
+            libc::ENAMETOOLONG
+        });
+    }
+    for (dst, src) in sun.sun_path.iter_mut().zip(path) {
+        *dst = *src as libc::c_char;
+    }
+    let abstract_name = path[0] == b'@';
+    if abstract_name {
+        sun.sun_path[0] = 0;
+    }
+    let base = std::mem::size_of::<libc::sa_family_t>();
+    let len = if abstract_name {
+        base + path.len()
+    } else {
+        base + path.len() + 1
+    };
+    // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_un.
+    unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sun) };
+    Ok((storage, len as libc::socklen_t))
+}
+
+fn socket_for(addr: &Addr) -> SysResult<(Fd, libc::sockaddr_storage, libc::socklen_t)> {
+    let (domain, (storage, len)) = match addr {
+        Addr::Ip(ip) => (
+            if ip.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            },
+            sockaddr_of(ip),
+        ),
+        Addr::Unix(path) => (libc::AF_UNIX, sockaddr_un_of(path)?),
+    };
+    let fd = syscall!(socket(
+        domain,
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        0
+    ))?;
+    Ok((fd, storage, len))
+}
+
+/// Creates a non-blocking, close-on-exec listening socket (SO_REUSEADDR for IP, and SO_REUSEPORT
+/// when asked). A stale Unix socket file at the path is replaced; any other file is an error.
+pub fn listen(addr: &Addr, backlog: c_int, reuse_port: bool) -> SysResult<Fd> {
+    let (fd, storage, len) = socket_for(addr)?;
+    let mut setup = Ok(());
+    if let Addr::Ip(_) = addr {
+        setup = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+        if reuse_port {
+            setup =
+                setup.and_then(|()| setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1));
+        }
+    }
+    if let Addr::Unix(path) = addr {
+        remove_stale_unix_socket(path);
+    }
+    let setup = setup
         // storage/len describe a valid socket address of the socket's family.
-        .and_then(|()| syscall!(bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len)))
+        .and_then(|()| {
+            syscall!(bind(
+                fd,
+                (&storage as *const libc::sockaddr_storage).cast(),
+                len
+            ))
+        })
         .and_then(|_| syscall!(listen(fd, backlog)));
     match setup {
         Ok(_) => Ok(fd),
@@ -374,22 +504,74 @@ pub fn listen_tcp(addr: &SocketAddr, backlog: c_int) -> SysResult<Fd> {
     }
 }
 
+fn remove_stale_unix_socket(path: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    if path.first() == Some(&b'@') {
+        return;
+    }
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Starts a non-blocking connect. Ok(fd) means connected or in progress (EINPROGRESS); the
+/// outcome is then reported by writability and SO_ERROR. Err((fd, errno)) is an immediate
+/// failure of the connect itself, with the socket still open (the caller reports and closes it).
+pub fn connect(addr: &Addr) -> Result<Fd, (Option<Fd>, Errno)> {
+    let (fd, storage, len) = socket_for(addr).map_err(|e| (None, e))?;
+    // storage/len describe a valid socket address of the socket's family.
+    match syscall!(connect(
+        fd,
+        (&storage as *const libc::sockaddr_storage).cast(),
+        len
+    )) {
+        Ok(_) | Err(libc::EINPROGRESS) => Ok(fd),
+        // A Unix socket whose listener's backlog is full.
+        Err(EAGAIN) => Err((Some(fd), EAGAIN)),
+        Err(e) => Err((Some(fd), e)),
+    }
+}
+
+/// TCP keepalive: probes after `idle_s` of silence, every `interval_s`, `count` times; idle_s 0 disables.
+pub fn set_keepalive(fd: Fd, idle_s: c_int, interval_s: c_int, count: c_int) -> SysResult<()> {
+    if idle_s == 0 {
+        return setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 0);
+    }
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_s)?;
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval_s)?;
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
+}
+
+/// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the connection fails.
+pub fn set_user_timeout(fd: Fd, ms: c_int) -> SysResult<()> {
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)
+}
+
 /// The local port a socket is bound to.
 pub fn local_port(fd: Fd) -> SysResult<u16> {
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // storage/len describe a writable buffer large enough for any address.
-    syscall!(getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len))?;
+    syscall!(getsockname(
+        fd,
+        (&mut storage as *mut libc::sockaddr_storage).cast(),
+        &mut len
+    ))?;
     match c_int::from(storage.ss_family) {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in, as ss_family says.
-            let sin: libc::sockaddr_in = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
             Ok(u16::from_be(sin.sin_port))
         }
         libc::AF_INET6 => {
             // SAFETY: the kernel wrote a sockaddr_in6, as ss_family says.
-            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
             Ok(u16::from_be(sin6.sin6_port))
         }
         _ => Err(libc::EAFNOSUPPORT),
