@@ -1,5 +1,15 @@
-# eploop build helper. `make demo` builds and runs the echo demo; `make test` runs every test.
+# eploop build helper. `make demo` builds and runs the echo demo; `make test` runs every test;
+# `make install` installs the C library (PREFIX=/usr/local and DESTDIR= honoured).
 ROOT     := $(abspath .)
+# The crate version is the single source of the version.
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+MAJOR    := $(firstword $(subst ., ,$(VERSION)))
+PREFIX   ?= /usr/local
+LIBDIR_I  = $(DESTDIR)$(PREFIX)/lib
+INCDIR_I  = $(DESTDIR)$(PREFIX)/include
+PCDIR_I   = $(LIBDIR_I)/pkgconfig
+# What a program linking libeploop.a also needs (rustc --print native-static-libs).
+STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 LIBDIR   := $(ROOT)/target/release
 CC       ?= gcc
 CFLAGS   ?= -O2 -g
@@ -9,13 +19,13 @@ EXAMPLES := $(patsubst c-examples/%.c,c-examples/build/%,$(wildcard c-examples/*
 VENV     := $(ROOT)/target/venv
 PY       := $(VENV)/bin/python
 
-.PHONY: all lib examples demo test test-rust test-python venv clean
+.PHONY: all lib examples demo test test-rust test-python venv clean install uninstall
 all: lib examples
 
 # The soname is libeploop.so.MAJOR: programs linked in the tree need that name beside the library.
 lib:
 	cargo build --release
-	ln -sf libeploop.so $(LIBDIR)/libeploop.so.0
+	ln -sf libeploop.so $(LIBDIR)/libeploop.so.$(MAJOR)
 
 examples: lib $(EXAMPLES)
 
@@ -45,3 +55,27 @@ test-python: examples venv
 clean:
 	cargo clean
 	rm -rf c-examples/build
+
+# Installs libeploop.so.X.Y.Z with its soname link (libeploop.so.X) and dev link (libeploop.so),
+# libeploop.a, eploop.h and eploop.pc; writes the list of installed files to
+# $(PREFIX)/share/eploop/install-manifest.txt, which `make uninstall` removes.
+install: lib
+	install -d $(LIBDIR_I) $(INCDIR_I) $(PCDIR_I) $(DESTDIR)$(PREFIX)/share/eploop
+	install -m 755 -s target/release/libeploop.so $(LIBDIR_I)/libeploop.so.$(VERSION)
+	ln -sf libeploop.so.$(VERSION) $(LIBDIR_I)/libeploop.so.$(MAJOR)
+	ln -sf libeploop.so.$(MAJOR) $(LIBDIR_I)/libeploop.so
+	install -m 644 target/release/libeploop.a $(LIBDIR_I)/libeploop.a
+	strip --strip-debug $(LIBDIR_I)/libeploop.a
+	install -m 644 include/eploop.h $(INCDIR_I)/eploop.h
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' '' \
+	  'Name: eploop' 'Description: Linux epoll as a callback event loop with one normalized on_close' \
+	  'Version: $(VERSION)' 'Libs: -L$${libdir} -leploop' 'Libs.private: $(STATIC_LIBS)' \
+	  'Cflags: -I$${includedir}' > $(PCDIR_I)/eploop.pc
+	printf '%s\n' lib/libeploop.so.$(VERSION) lib/libeploop.so.$(MAJOR) lib/libeploop.so lib/libeploop.a \
+	  include/eploop.h lib/pkgconfig/eploop.pc share/eploop/install-manifest.txt \
+	  | sed 's|^|$(PREFIX)/|' > $(DESTDIR)$(PREFIX)/share/eploop/install-manifest.txt
+
+uninstall:
+	@test -f $(DESTDIR)$(PREFIX)/share/eploop/install-manifest.txt || { echo "no eploop install under $(DESTDIR)$(PREFIX)"; exit 1; }
+	sed 's|^|$(DESTDIR)|' $(DESTDIR)$(PREFIX)/share/eploop/install-manifest.txt | xargs rm -f
+	rmdir $(DESTDIR)$(PREFIX)/share/eploop 2>/dev/null || true
