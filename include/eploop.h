@@ -80,7 +80,8 @@
 #define EP_EBUSY -4003
 
 /*
- ep_close() was already called on this id.
+ The id is closing: ep_close() was already called, or its on_close is decided and will be
+ delivered at the end of the current step (ep_get_user()/ep_set_user() still work until then).
  */
 #define EP_ECLOSING -4004
 
@@ -445,7 +446,8 @@ int ep_shutdown(struct ep_loop *lp, ep_id id);
  Graceful close: flushes the queue, sends FIN, then the loop alone reads and discards until
  the peer's EOF or the linger time (so the peer gets everything even if it left request bytes
  unread). on_close(EP_CLOSE_LOCAL) comes once the data was handed to the kernel and FIN sent,
- always later, never from inside this call; from then on the id is stale. If the queue cannot
+ always later, never from inside this call. Until then calls with the id return EP_ECLOSING
+ (ep_abort() still resets it); once on_close runs they return EP_ESTALE. If the queue cannot
  drain within the linger time the connection is reset (EP_CLOSE_TIMEOUT). Closing a listener
  stops accepting at once. Returns 0, EP_ESTALE, EP_EKIND (a timer), or EP_ECLOSING (already
  closing).

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{
-    CloseReason, Entry, Error, FdFate, Handler, Id, Lingering, Loop, PendingClose, RunState,
-    ACCEPT_BACKOFF, ACCEPT_BUDGET, DRAIN_TOKEN, READ_BUDGET, WAKE_TOKEN,
+    CloseReason, Closed, Entry, Error, FdFate, Handler, Id, Lingering, Loop, PendingClose,
+    RunState, ACCEPT_BACKOFF, ACCEPT_BUDGET, DRAIN_TOKEN, READ_BUDGET, WAKE_TOKEN,
 };
 use crate::sys::{self, ev, Errno};
 
@@ -116,7 +116,7 @@ impl<H: Handler> Loop<H> {
             Entry::Listener(_) => Some(Kind::Listener),
             Entry::Stream(_) => Some(Kind::Stream),
             Entry::Lingering(_) => Some(Kind::Lingering),
-            Entry::Timer(_) => None,
+            Entry::Timer(_) | Entry::Closed(_) => None,
         }
     }
 
@@ -234,13 +234,21 @@ impl<H: Handler> Loop<H> {
     /// Delivers every close decided so far; closes decided by these callbacks are delivered too.
     pub(super) fn deliver_closes(&self) {
         loop {
-            let Some(pending) = self.state.borrow_mut().closes.pop_front() else {
-                return;
+            let (pending, closed) = {
+                let mut st = self.state.borrow_mut();
+                let Some(pending) = st.closes.pop_front() else {
+                    return;
+                };
+                // From here on the id is stale, inside on_close too.
+                let Some(Entry::Closed(closed)) = st.entries.remove(pending.id) else {
+                    unreachable!("a pending close keeps its Closed entry")
+                };
+                (pending, closed)
             };
             self.call(|| {
                 pending
                     .handler
-                    .on_close(self, pending.id, pending.reason, pending.err)
+                    .on_close(self, pending.id, closed.reason, closed.err)
             });
         }
     }
@@ -606,8 +614,14 @@ impl<H: Handler> Loop<H> {
         ) {
             return;
         }
-        let handler = match st.entries.remove(id) {
-            Some(Entry::Stream(s)) => {
+        // The id stays resolvable (as "closing") until its on_close is delivered.
+        let closed = Entry::Closed(Closed { reason, err });
+        let entry = match st.entries.get_mut(id) {
+            Some(slot) => std::mem::replace(slot, closed),
+            None => return,
+        };
+        let handler = match entry {
+            Entry::Stream(s) => {
                 let handler = s.handler;
                 if fate == FdFate::Linger {
                     let deadline = Instant::now() + st.linger;
@@ -633,20 +647,15 @@ impl<H: Handler> Loop<H> {
                 }
                 handler
             }
-            Some(Entry::Listener(l)) => {
+            Entry::Listener(l) => {
                 release(self.epfd, l.fd, l.opts.borrow, l.adopted_status, false);
                 l.handler
             }
-            _ => return,
+            _ => unreachable!("checked above: a stream or a listener"),
         };
         st.live -= 1;
         st.stats.closes[reason as usize] += 1;
-        st.closes.push_back(PendingClose {
-            id,
-            handler,
-            reason,
-            err,
-        });
+        st.closes.push_back(PendingClose { id, handler });
     }
 
     fn linger_pass(&self, id: Id) {

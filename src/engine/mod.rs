@@ -243,6 +243,8 @@ enum Entry<H> {
     /// Closed for the user (on_close decided); the loop alone drains it until EOF or the deadline.
     Lingering(Lingering),
     Timer(Timer<H>),
+    /// on_close decided and queued: calls get Error::Closing until it is delivered.
+    Closed(Closed),
 }
 
 /// How a terminated registration's descriptor is let go.
@@ -254,9 +256,15 @@ enum FdFate {
     Linger,
 }
 
+/// A close decided but not delivered yet. The handler travels here; the reason stays in the
+/// id's `Closed` entry.
 struct PendingClose<H> {
     id: Id,
     handler: H,
+}
+
+/// What an id whose close is decided holds until its on_close runs.
+struct Closed {
     reason: CloseReason,
     err: Errno,
 }
@@ -630,8 +638,15 @@ impl<H: Handler> Loop<H> {
 
     /// RST now, queued data dropped.
     pub fn abort(&self, id: Id) -> Result<(), Error> {
-        self.state.borrow_mut().target(id)?;
-        self.terminate(id, CloseReason::Abort, 0, FdFate::Reset);
+        // The first cause wins: a connection that already failed keeps its failure's reason.
+        let failed = match self.state.borrow_mut().target(id)? {
+            Target::Stream(s) => s.failed,
+            Target::Listener(_) => None,
+        };
+        match failed {
+            Some(errno) => self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Reset),
+            None => self.terminate(id, CloseReason::Abort, 0, FdFate::Reset),
+        }
         Ok(())
     }
 
@@ -746,7 +761,7 @@ impl<H: Handler> Loop<H> {
         let mut st = self.state.borrow_mut();
         match st.entries.get(id) {
             Some(Entry::Timer(_)) => {}
-            Some(Entry::Lingering(_)) | None => return Err(Error::Stale),
+            Some(Entry::Lingering(_) | Entry::Closed(_)) | None => return Err(Error::Stale),
             Some(_) => return Err(Error::Kind),
         }
         st.entries.remove(id);
@@ -804,6 +819,7 @@ impl<H: Handler> Loop<H> {
             Some(Entry::Listener(l)) => Ok(f(&mut l.handler)),
             Some(Entry::Stream(s)) => Ok(f(&mut s.handler)),
             Some(Entry::Timer(t)) => Ok(f(&mut t.handler)),
+            Some(Entry::Closed(_)) => Err(Error::Closing),
             Some(Entry::Lingering(_)) | None => Err(Error::Stale),
         }
     }
@@ -908,6 +924,7 @@ impl<H> State<H> {
             Some(Entry::Listener(l)) => Ok(Target::Listener(l)),
             Some(Entry::Stream(s)) => Ok(Target::Stream(s)),
             Some(Entry::Timer(_)) => Err(Error::Kind),
+            Some(Entry::Closed(_)) => Err(Error::Closing),
             Some(Entry::Lingering(_)) | None => Err(Error::Stale),
         }
     }

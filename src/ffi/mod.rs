@@ -99,7 +99,8 @@ pub const EP_ESTALE: c_int = -4001;
 pub const EP_ENULL: c_int = -4002;
 /// Not allowed now: ep_run()/ep_run_once() from inside a callback, or any call during ep_loop_free().
 pub const EP_EBUSY: c_int = -4003;
-/// ep_close() was already called on this id.
+/// The id is closing: ep_close() was already called, or its on_close is decided and will be
+/// delivered at the end of the current step (ep_get_user()/ep_set_user() still work until then).
 pub const EP_ECLOSING: c_int = -4004;
 /// The operation does not apply to this kind of registration (e.g. ep_send() on a listener).
 pub const EP_EKIND: c_int = -4005;
@@ -720,7 +721,8 @@ pub unsafe extern "C" fn ep_shutdown(lp: *mut ep_loop, id: ep_id) -> c_int {
 /// Graceful close: flushes the queue, sends FIN, then the loop alone reads and discards until
 /// the peer's EOF or the linger time (so the peer gets everything even if it left request bytes
 /// unread). on_close(EP_CLOSE_LOCAL) comes once the data was handed to the kernel and FIN sent,
-/// always later, never from inside this call; from then on the id is stale. If the queue cannot
+/// always later, never from inside this call. Until then calls with the id return EP_ECLOSING
+/// (ep_abort() still resets it); once on_close runs they return EP_ESTALE. If the queue cannot
 /// drain within the linger time the connection is reset (EP_CLOSE_TIMEOUT). Closing a listener
 /// stops accepting at once. Returns 0, EP_ESTALE, EP_EKIND (a timer), or EP_ECLOSING (already
 /// closing).
