@@ -147,7 +147,8 @@ typedef enum ep_close_reason {
    */
   EP_CLOSE_ABORT = 5,
   /*
-   A graceful close could not flush within the linger time (`err` = ETIMEDOUT); RST sent.
+   Idle or connect timeout, or a graceful close that made no progress for the linger time
+   (`err` = ETIMEDOUT).
    */
   EP_CLOSE_TIMEOUT = 6,
   /*
@@ -280,8 +281,8 @@ void ep_loop_free(struct ep_loop *lp);
  non-blocking (its original mode is restored when the loop lets go of it). The loop owns and
  eventually closes it unless `flags` has EP_BORROW. `cbs` is copied (it need not outlive the
  call) and must not be NULL. Errors: EP_ENULL, -EBADF (not an open fd), -EEXIST (already in this
- loop), -EPERM (not pollable, e.g. a regular file), -EINVAL (unknown flags). May be called from
- callbacks.
+ loop), -EPERM (not pollable, e.g. a regular file), -EINVAL (unknown flags, or EP_REUSEPORT, which
+ only applies to listening). May be called from callbacks.
 
  # Safety
  `lp` as for ep_loop_free(); `cbs` NULL or pointing at a valid ep_callbacks.
@@ -447,8 +448,8 @@ int ep_shutdown(struct ep_loop *lp, ep_id id);
  the peer's EOF or the linger time (so the peer gets everything even if it left request bytes
  unread). on_close(EP_CLOSE_LOCAL) comes once the data was handed to the kernel and FIN sent,
  always later, never from inside this call. Until then calls with the id return EP_ECLOSING
- (ep_abort() still resets it); once on_close runs they return EP_ESTALE. If the queue cannot
- drain within the linger time the connection is reset (EP_CLOSE_TIMEOUT). Closing a listener
+ (ep_abort() still resets it); once on_close runs they return EP_ESTALE. If the queue makes no
+ progress for a whole linger time the connection is reset (EP_CLOSE_TIMEOUT). Closing a listener
  stops accepting at once. Returns 0, EP_ESTALE, EP_EKIND (a timer), or EP_ECLOSING (already
  closing).
 
@@ -592,8 +593,9 @@ int ep_local_port(struct ep_loop *lp, ep_id id);
 int ep_set_watermarks(struct ep_loop *lp, ep_id id, size_t low, size_t high);
 
 /*
- Bounds, for the whole loop, both how long a graceful close may wait for its queue to drain and
- how long the loop then lingers reading the peer's leftovers (default 5000 ms). Returns 0.
+ Bounds, for the whole loop, both how long a graceful close (or a flush after the peer's EOF) may
+ go without progress before the connection is reset (EP_CLOSE_TIMEOUT), and how long the loop
+ then lingers reading the peer's leftovers after FIN (default 5000 ms). Returns 0.
 
  # Safety
  `lp` as for ep_loop_free().

@@ -138,7 +138,9 @@ impl<H: Handler> Loop<H> {
             if let Some(Entry::Stream(s)) = self.state.borrow_mut().entries.get_mut(id) {
                 s.in_service = false;
             }
-            self.dispatch(id, ev::IN);
+            // No short read proves the socket drained here (the FIN may already have been
+            // reported by an earlier edge), so read like after RDHUP: to EAGAIN or EOF.
+            self.dispatch(id, ev::IN | ev::RDHUP);
         }
     }
 
@@ -197,6 +199,12 @@ impl<H: Handler> Loop<H> {
                 self.call(|| handler.on_timer(self, id));
             }
             Some(Entry::Stream(s)) if s.deadline.is_some_and(|d| d <= now) => {
+                // A flush that is still making progress gets another linger period.
+                if std::mem::take(&mut s.flushed_since_deadline) {
+                    let next = now + st.linger;
+                    st.arm_deadline(id, next);
+                    return;
+                }
                 drop(st);
                 self.terminate(id, CloseReason::Timeout, sys::ETIMEDOUT, FdFate::Reset);
             }
@@ -406,15 +414,15 @@ impl<H: Handler> Loop<H> {
         drop(st);
         self.call(|| handler.on_accept(self, 0, id));
         // Bytes queued while connecting (and a wanted FIN or close) go out now.
-        if self.flush(id) {
-            self.stream_pass(id, ev::OUT);
-        }
+        self.stream_pass(id, ev::OUT);
     }
 
     /// Reads and delivers up to the budget. Data keeps flowing after RDHUP/HUP/ERR until the
     /// kernel reports EOF or the error itself: those bits mean "read now", never "close now".
     fn read_pass(&self, id: Id, bits: u32) {
+        // A short read proves nothing once the peer may have closed: read to EOF or EAGAIN.
         let must_drain = bits & (ev::RDHUP | ev::HUP | ev::ERR) != 0;
+        let hangup = bits & (ev::HUP | ev::ERR) != 0;
         for _ in 0..READ_BUDGET {
             let (fd, is_socket, discard, handler) = {
                 let st = self.state.borrow();
@@ -422,7 +430,7 @@ impl<H: Handler> Loop<H> {
                     return;
                 };
                 // Pause is honoured until the connection cannot live on (hangup or failed send).
-                let forced = must_drain || s.failed.is_some();
+                let forced = hangup || s.failed.is_some();
                 if !s.readable || s.read_eof || (s.paused && !s.user_closed && !forced) {
                     return;
                 }

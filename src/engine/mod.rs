@@ -212,6 +212,8 @@ struct Stream<H> {
     /// Flush the queue, then close with this reason.
     closing: Option<CloseReason>,
     deadline: Option<Instant>,
+    /// Output went out since the phase deadline was armed: a live slow reader is not a dead one.
+    flushed_since_deadline: bool,
     /// The connection failed (e.g. EPIPE on send); close once what can be read was delivered.
     failed: Option<Errno>,
     in_service: bool,
@@ -971,6 +973,7 @@ impl<H> State<H> {
     fn arm_deadline(&mut self, id: Id, deadline: Instant) {
         if let Some(Entry::Stream(s)) = self.entries.get_mut(id) {
             s.deadline = Some(deadline);
+            s.flushed_since_deadline = false;
         }
         self.arm(deadline, id);
     }
@@ -1016,6 +1019,7 @@ impl<H> Stream<H> {
             user_closed: false,
             closing: None,
             deadline: None,
+            flushed_since_deadline: false,
             failed: None,
             in_service: false,
             idle: None,
@@ -1087,6 +1091,7 @@ impl<H> Stream<H> {
         }
         if written > 0 {
             self.touch();
+            self.flushed_since_deadline = true;
         }
         written
     }

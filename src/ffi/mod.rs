@@ -34,7 +34,8 @@ pub enum ep_close_reason {
     EP_CLOSE_LOCAL = 4,
     /// ep_abort(): RST sent, queued data dropped.
     EP_CLOSE_ABORT = 5,
-    /// A graceful close could not flush within the linger time (`err` = ETIMEDOUT); RST sent.
+    /// Idle or connect timeout, or a graceful close that made no progress for the linger time
+    /// (`err` = ETIMEDOUT).
     EP_CLOSE_TIMEOUT = 6,
     /// ep_loop_free() ran while the registration was still open.
     EP_CLOSE_LOOP_FREED = 7,
@@ -402,8 +403,8 @@ fn millis(ms: u32) -> Option<Duration> {
 /// non-blocking (its original mode is restored when the loop lets go of it). The loop owns and
 /// eventually closes it unless `flags` has EP_BORROW. `cbs` is copied (it need not outlive the
 /// call) and must not be NULL. Errors: EP_ENULL, -EBADF (not an open fd), -EEXIST (already in this
-/// loop), -EPERM (not pollable, e.g. a regular file), -EINVAL (unknown flags). May be called from
-/// callbacks.
+/// loop), -EPERM (not pollable, e.g. a regular file), -EINVAL (unknown flags, or EP_REUSEPORT, which
+/// only applies to listening). May be called from callbacks.
 ///
 /// # Safety
 /// `lp` as for ep_loop_free(); `cbs` NULL or pointing at a valid ep_callbacks.
@@ -415,6 +416,9 @@ pub unsafe extern "C" fn ep_register(
     cbs: *const ep_callbacks,
     user: *mut c_void,
 ) -> i64 {
+    if flags & EP_REUSEPORT != 0 {
+        return -i64::from(libc::EINVAL);
+    }
     // SAFETY: forwarded contract.
     unsafe {
         create(lp, flags, cbs, user, |engine, opts, handler| {
@@ -722,8 +726,8 @@ pub unsafe extern "C" fn ep_shutdown(lp: *mut ep_loop, id: ep_id) -> c_int {
 /// the peer's EOF or the linger time (so the peer gets everything even if it left request bytes
 /// unread). on_close(EP_CLOSE_LOCAL) comes once the data was handed to the kernel and FIN sent,
 /// always later, never from inside this call. Until then calls with the id return EP_ECLOSING
-/// (ep_abort() still resets it); once on_close runs they return EP_ESTALE. If the queue cannot
-/// drain within the linger time the connection is reset (EP_CLOSE_TIMEOUT). Closing a listener
+/// (ep_abort() still resets it); once on_close runs they return EP_ESTALE. If the queue makes no
+/// progress for a whole linger time the connection is reset (EP_CLOSE_TIMEOUT). Closing a listener
 /// stops accepting at once. Returns 0, EP_ESTALE, EP_EKIND (a timer), or EP_ECLOSING (already
 /// closing).
 ///
@@ -973,8 +977,9 @@ pub unsafe extern "C" fn ep_set_watermarks(
     )
 }
 
-/// Bounds, for the whole loop, both how long a graceful close may wait for its queue to drain and
-/// how long the loop then lingers reading the peer's leftovers (default 5000 ms). Returns 0.
+/// Bounds, for the whole loop, both how long a graceful close (or a flush after the peer's EOF) may
+/// go without progress before the connection is reset (EP_CLOSE_TIMEOUT), and how long the loop
+/// then lingers reading the peer's leftovers after FIN (default 5000 ms). Returns 0.
 ///
 /// # Safety
 /// `lp` as for ep_loop_free().
