@@ -31,7 +31,7 @@ enum Kind {
 
 impl<H: Handler> Loop<H> {
     /// Runs a handler with no borrow of the loop's state held.
-    fn call(&self, f: impl FnOnce()) {
+    pub(super) fn call(&self, f: impl FnOnce()) {
         self.depth.set(self.depth.get() + 1);
         let _guard = DepthGuard(&self.depth);
         f();
@@ -88,7 +88,7 @@ impl<H: Handler> Loop<H> {
 
     fn has_work(&self) -> bool {
         let st = self.state.borrow();
-        st.live + st.lingering > 0 || !st.closes.is_empty()
+        st.live + st.lingering > 0 || !st.closes.is_empty() || self.remote.has_posted()
     }
 
     fn wait_timeout(&self, timeout_ms: i32) -> i32 {
@@ -233,7 +233,7 @@ impl<H: Handler> Loop<H> {
 
     /// Runs what other threads posted, each exactly once, in posting order.
     pub(super) fn run_posted(&self) {
-        for posted in self.remote.take_posted() {
+        for posted in self.remote.take_posted(false) {
             self.call(|| H::run_posted(self, posted));
             self.deliver_closes();
         }
@@ -410,9 +410,12 @@ impl<H: Handler> Loop<H> {
         s.deadline = None;
         s.touch();
         s.update_interest(self.epfd, id);
-        let handler = s.handler.clone();
+        let handler = (!s.user_closed).then(|| s.handler.clone());
         drop(st);
-        self.call(|| handler.on_accept(self, 0, id));
+        // Closed while connecting with bytes queued: no on_accept, just the graceful close.
+        if let Some(handler) = handler {
+            self.call(|| handler.on_accept(self, 0, id));
+        }
         // Bytes queued while connecting (and a wanted FIN or close) go out now.
         self.stream_pass(id, ev::OUT);
     }
@@ -495,12 +498,12 @@ impl<H: Handler> Loop<H> {
             let done = s.fin_sent;
             drop(st);
             if done {
-                return self.terminate(id, CloseReason::PeerEof, 0, FdFate::Close);
+                return self.terminate(id, CloseReason::Local, 0, FdFate::Close);
             }
             return self.call(|| handler.on_data(self, id, &[]));
         }
         if s.closing.is_none() {
-            s.closing = Some(CloseReason::PeerEof);
+            s.closing = Some(s.eof_reason());
         }
         if s.out.is_empty() || s.failed.is_some() {
             drop(st);
@@ -514,12 +517,18 @@ impl<H: Handler> Loop<H> {
     /// HUP or ERR after the read pass: if the stream is still here and nothing more can come,
     /// end it now (level-triggered HUP/ERR would otherwise be reported forever).
     fn settle_hangup(&self, id: Id, bits: u32) {
-        let (fd, read_eof, idle, readable) = {
+        let (fd, read_eof, idle, readable, eof_reason) = {
             let st = self.state.borrow();
             let Some(Entry::Stream(s)) = st.entries.get(id) else {
                 return;
             };
-            (s.fd, s.read_eof, s.out.is_empty(), s.readable)
+            (
+                s.fd,
+                s.read_eof,
+                s.out.is_empty(),
+                s.readable,
+                s.eof_reason(),
+            )
         };
         if bits & ev::ERR != 0 {
             let errno = match sys::take_socket_error(fd) {
@@ -534,7 +543,7 @@ impl<H: Handler> Loop<H> {
             };
             self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
         } else if (read_eof || !readable) && idle {
-            self.terminate(id, CloseReason::PeerEof, 0, FdFate::Close);
+            self.terminate(id, eof_reason, 0, FdFate::Close);
         }
     }
 

@@ -122,7 +122,8 @@ const DRAIN_TOKEN: Id = 0;
 pub struct Remote<P> {
     stop: AtomicBool,
     wake_fd: Fd,
-    posted: Mutex<Vec<P>>,
+    /// Values posted and not run yet; None once the loop is being freed (posting is over).
+    posted: Mutex<Option<Vec<P>>>,
 }
 
 impl<P> Remote<P> {
@@ -132,22 +133,36 @@ impl<P> Remote<P> {
         sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
     }
 
-    /// Hands `posted` to the loop's thread and wakes it. Callable from any thread.
+    /// Hands `posted` to the loop's thread and wakes it. Callable from any thread. Fails with
+    /// Busy once the loop is being freed: every accepted post is run exactly once.
     pub fn post(&self, posted: P) -> Result<(), Error> {
-        self.posted
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .push(posted);
+        match self.lock_posted().as_mut() {
+            Some(queue) => queue.push(posted),
+            None => return Err(Error::Busy),
+        }
         sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
     }
 
-    fn take_posted(&self) -> Vec<P> {
-        std::mem::take(
-            &mut *self
-                .posted
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner()),
-        )
+    fn lock_posted(&self) -> std::sync::MutexGuard<'_, Option<Vec<P>>> {
+        self.posted
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Takes what was posted; `last` also ends posting (the loop is being freed).
+    fn take_posted(&self, last: bool) -> Vec<P> {
+        let mut guard = self.lock_posted();
+        if last {
+            guard.take().unwrap_or_default()
+        } else {
+            guard.as_mut().map(std::mem::take).unwrap_or_default()
+        }
+    }
+
+    fn has_posted(&self) -> bool {
+        self.lock_posted()
+            .as_ref()
+            .is_some_and(|queue| !queue.is_empty())
     }
 }
 
@@ -322,7 +337,7 @@ impl<H: Handler> Loop<H> {
             remote: Remote {
                 stop: AtomicBool::new(false),
                 wake_fd,
-                posted: Mutex::new(Vec::new()),
+                posted: Mutex::new(Some(Vec::new())),
             },
             epfd,
             state: RefCell::new(State {
@@ -624,7 +639,7 @@ impl<H: Handler> Loop<H> {
         if s.closing.is_none() {
             s.closing = Some(CloseReason::Local);
         }
-        if s.connecting {
+        if s.connecting && s.out.is_empty() {
             drop(st);
             self.terminate(id, CloseReason::Local, 0, FdFate::Close);
         } else if s.out.is_empty() || s.failed.is_some() {
@@ -845,7 +860,6 @@ impl<H: Handler> Loop<H> {
             return;
         }
         self.deliver_closes();
-        self.run_posted();
         let ids = self.state.borrow().entries.ids();
         for id in ids {
             let kind = match self.state.borrow().entries.get(id) {
@@ -868,7 +882,11 @@ impl<H: Handler> Loop<H> {
             }
         }
         self.deliver_closes();
-        self.run_posted();
+        // Posting ends here; what was accepted until now runs now, exactly once.
+        for posted in self.remote.take_posted(true) {
+            self.call(|| H::run_posted(self, posted));
+            self.deliver_closes();
+        }
     }
 }
 
@@ -1058,6 +1076,16 @@ impl<H> Stream<H> {
             sys::send_vectored(self.fd, bufs)
         } else {
             sys::write_vectored(self.fd, bufs)
+        }
+    }
+
+    /// How the peer's EOF ends this stream: an orderly close the app asked for with ep_shutdown
+    /// is the app's (Local); otherwise the peer ended it.
+    fn eof_reason(&self) -> CloseReason {
+        if self.shutdown_wanted || self.fin_sent {
+            CloseReason::Local
+        } else {
+            CloseReason::PeerEof
         }
     }
 

@@ -575,10 +575,12 @@ const NO_CALLBACKS: ep_callbacks = ep_callbacks {
     on_close: None,
 };
 
-/// Runs `cb(loop, user)` on the loop's thread at its next step, waking it. Every successful post
-/// runs exactly once, in posting order, even if the loop is then freed (ep_loop_free() runs what
-/// is pending). Callable from any thread (not from signal handlers: it takes a lock) while the
-/// loop is alive. Returns 0, EP_ENULL, or -errno of the wakeup.
+/// Runs `cb(loop, user)` on the loop's thread at its next step, waking it; a pending post counts as
+/// work, so ep_run()/ep_run_once() run it even if nothing is registered. Every successful post runs
+/// exactly once, in posting order, even if the loop is then freed (ep_loop_free() runs what is
+/// pending). Callable from any thread (not from signal handlers: it takes a lock) while the loop is
+/// alive. Returns 0, EP_ENULL, EP_EBUSY (ep_loop_free() has started: this post will not run), or
+/// -errno of the wakeup.
 ///
 /// # Safety
 /// `lp` must be a live loop that is not freed concurrently with this call.
