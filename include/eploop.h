@@ -65,6 +65,13 @@
 #define EP_REUSEPORT 8
 
 /*
+ Record this registration's events (and those of the connections it accepts) for ep_poll()
+ instead of calling callbacks; `cbs` may then be NULL. For language bindings: one crossing per
+ loop step instead of one per event.
+ */
+#define EP_QUEUE 16
+
+/*
  Unknown or stale id (including any id after its on_close).
  */
 #define EP_ESTALE -4001
@@ -109,6 +116,32 @@
  ep_run()/ep_run_once(): returned because of ep_stop(); the stop request is consumed.
  */
 #define EP_RUN_STOPPED 2
+
+/*
+ ep_event kinds.
+ */
+#define EP_EVENT_ACCEPT 1
+
+#define EP_EVENT_DATA 2
+
+#define EP_EVENT_WRITABLE 3
+
+#define EP_EVENT_CLOSE 4
+
+/*
+ ep_command operations: each behaves exactly like the function of the same name.
+ */
+#define EP_CMD_SEND 1
+
+#define EP_CMD_CLOSE 2
+
+#define EP_CMD_ABORT 3
+
+#define EP_CMD_SHUTDOWN 4
+
+#define EP_CMD_PAUSE 5
+
+#define EP_CMD_RESUME 6
 
 
 
@@ -250,6 +283,78 @@ typedef struct ep_stats {
   uint64_t closes[8];
 } ep_stats;
 
+/*
+ One operation for ep_poll() to apply before it waits.
+ */
+typedef struct ep_command {
+  /*
+   EP_CMD_SEND, EP_CMD_CLOSE, EP_CMD_ABORT, EP_CMD_SHUTDOWN, EP_CMD_PAUSE or EP_CMD_RESUME.
+   */
+  uint32_t op;
+  uint32_t reserved;
+  ep_id id;
+  /*
+   EP_CMD_SEND: the bytes are cmdbuf[offset .. offset + len].
+   */
+  uint64_t offset;
+  uint64_t len;
+} ep_command;
+
+/*
+ An event recorded for an EP_QUEUE registration; ep_poll() hands them out in callback order.
+ */
+typedef struct ep_event {
+  /*
+   EP_EVENT_ACCEPT, EP_EVENT_DATA, EP_EVENT_WRITABLE or EP_EVENT_CLOSE.
+   */
+  uint32_t kind;
+  /*
+   EP_EVENT_CLOSE: the ep_close_reason; otherwise 0.
+   */
+  uint32_t reason;
+  /*
+   EP_EVENT_CLOSE: the errno; otherwise 0.
+   */
+  int err;
+  uint32_t reserved;
+  /*
+   The connection (or listener, for its own close).
+   */
+  ep_id id;
+  /*
+   EP_EVENT_ACCEPT: the listener, or 0 for an outbound connection (ep_connect); otherwise 0.
+   */
+  ep_id listener;
+  /*
+   EP_EVENT_DATA: where the bytes are in ep_poll_result.data. `len` 0 is the peer's EOF
+   (EP_HALF_CLOSE only).
+   */
+  uint64_t offset;
+  uint64_t len;
+  /*
+   The registration's user pointer at the time of the event.
+   */
+  void *user;
+} ep_event;
+
+/*
+ What ep_poll() returns. The arrays belong to the loop and stay valid until the next ep_poll()
+ or ep_loop_free() on that loop.
+ */
+typedef struct ep_poll_result {
+  const struct ep_event *events;
+  size_t count;
+  /*
+   The bytes of every EP_EVENT_DATA of this step, one after the other.
+   */
+  const uint8_t *data;
+  size_t data_len;
+  /*
+   EP_RUN_MORE, EP_RUN_EMPTY or EP_RUN_STOPPED, as ep_run_once() would return.
+   */
+  int state;
+} ep_poll_result;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -280,7 +385,7 @@ void ep_loop_free(struct ep_loop *lp);
  connected stream socket, a pipe end, a tty, an eventfd or an inotify fd. The fd is made
  non-blocking (its original mode is restored when the loop lets go of it). The loop owns and
  eventually closes it unless `flags` has EP_BORROW. `cbs` is copied (it need not outlive the
- call) and must not be NULL. Errors: EP_ENULL, -EBADF (not an open fd), -EEXIST (already in this
+ call) and must not be NULL unless `flags` has EP_QUEUE. Errors: EP_ENULL, -EBADF (not an open fd), -EEXIST (already in this
  loop), -EPERM (not pollable, e.g. a regular file), -EINVAL (unknown flags, or EP_REUSEPORT, which
  only applies to listening). May be called from callbacks.
 
@@ -313,9 +418,10 @@ int64_t ep_listen(struct ep_loop *lp,
                   void *user);
 
 /*
- Like ep_listen() on a Unix stream socket at `path` (a leading '@' names an abstract socket). A
- stale socket file at `path` is replaced; any other existing file is an error (-EADDRINUSE).
- The loop does not unlink the file when the listener closes.
+ Like ep_listen() on a Unix stream socket at `path` (a leading '@' names an abstract socket). An
+ existing socket file at `path` is replaced, as asyncio does — even one a live server still
+ listens on, so pick paths your program owns; any other existing file is an error
+ (-EADDRINUSE). The loop does not unlink the file when the listener closes.
 
  # Safety
  `lp` as for ep_loop_free(); `path` NULL or NUL-terminated; `cbs` as for ep_register().
@@ -511,7 +617,7 @@ int ep_set_idle_timeout(struct ep_loop *lp, ep_id id, uint32_t ms);
 /*
  TCP keepalive on a connection: probes after `idle_s` seconds of silence, every `interval_s`,
  `count` times, then the connection fails (on_close EP_CLOSE_ERROR, ETIMEDOUT). `idle_s` 0
- turns keepalive off. Returns 0, EP_ESTALE, -ENOTSOCK, -EINVAL.
+ turns keepalive off. Returns 0, EP_ESTALE, EP_EKIND (listener or timer), -ENOTSOCK, -EINVAL.
 
  # Safety
  `lp` as for ep_loop_free().
@@ -520,7 +626,7 @@ int ep_set_keepalive(struct ep_loop *lp, ep_id id, int idle_s, int interval_s, i
 
 /*
  TCP_USER_TIMEOUT on a connection: sent data unacknowledged for `ms` fails the connection.
- Returns 0, EP_ESTALE, -ENOTSOCK.
+ Returns 0, EP_ESTALE, EP_EKIND (listener or timer), -ENOTSOCK.
 
  # Safety
  `lp` as for ep_loop_free().
@@ -615,6 +721,30 @@ const char *ep_strerror(int code);
  EP_VERSION_MAJOR to check that the header and the loaded library agree.
  */
 const char *ep_version(void);
+
+/*
+ One loop step for bindings: applies `ncmds` commands in order (EP_CMD_SEND takes its bytes from
+ `cmdbuf`, which is copied), writes each command's return code to `results[i]` (may be NULL),
+ then waits at most `timeout_ms` and dispatches, exactly like ep_run_once(). The events of EP_QUEUE
+ registrations recorded during the step (and any left from closes decided by the commands) are
+ returned in `*out`, in the order callbacks would have run; the previous call's arrays become
+ invalid. Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out`
+ holds what was recorded), EP_EBUSY from inside a callback (nothing applied), EP_ENULL, or another
+ negative error. Same thread rules as ep_run_once(); callback registrations keep their callbacks.
+
+ # Safety
+ `lp` as for ep_loop_free(); `cmds` readable for `ncmds` commands (or NULL with 0); `cmdbuf`
+ readable for `cmdbuf_len` bytes (or NULL with 0); `results` NULL or writable for `ncmds` ints;
+ `out` writable.
+ */
+int ep_poll(struct ep_loop *lp,
+            int timeout_ms,
+            const struct ep_command *cmds,
+            size_t ncmds,
+            const uint8_t *cmdbuf,
+            size_t cmdbuf_len,
+            int *results,
+            struct ep_poll_result *out);
 
 #ifdef __cplusplus
 }  // extern "C"

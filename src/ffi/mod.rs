@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use crate::engine::{self, CloseReason, Error, Handler, Options, RunState, MAX_QUEUE};
 
+mod batch;
+pub use batch::*;
+
 /// An event loop. Opaque. Create with ep_loop_new(), destroy with ep_loop_free(). A loop belongs
 /// to the thread that runs it: only ep_stop() may be called from another thread or a signal handler.
 pub struct ep_loop {
@@ -92,7 +95,11 @@ pub const EP_HALF_CLOSE: u32 = 4;
 /// ep_listen()/ep_listen_unix(): set SO_REUSEPORT, so several loops (one per thread) can listen on
 /// the same port and the kernel spreads connections across them.
 pub const EP_REUSEPORT: u32 = 8;
-const ALL_FLAGS: u32 = EP_EDGE | EP_BORROW | EP_HALF_CLOSE | EP_REUSEPORT;
+/// Record this registration's events (and those of the connections it accepts) for ep_poll()
+/// instead of calling callbacks; `cbs` may then be NULL. For language bindings: one crossing per
+/// loop step instead of one per event.
+pub const EP_QUEUE: u32 = 16;
+const ALL_FLAGS: u32 = EP_EDGE | EP_BORROW | EP_HALF_CLOSE | EP_REUSEPORT | EP_QUEUE;
 
 /// Unknown or stale id (including any id after its on_close).
 pub const EP_ESTALE: c_int = -4001;
@@ -123,6 +130,16 @@ type Engine = engine::Loop<FfiHandler>;
 struct LoopBox {
     engine: Engine,
     poisoned: Cell<bool>,
+    /// Events of EP_QUEUE registrations during the current ep_poll() step.
+    queue: std::cell::RefCell<batch::EventQueue>,
+}
+
+/// The box around an engine created by ep_loop_new (every FfiHandler's loop is one).
+fn box_of(lp: &Engine) -> &LoopBox {
+    // SAFETY: engines driving FfiHandlers are only created inside a LoopBox (ep_loop_new), which
+    // is repr(C) with the engine as its first field, so the addresses coincide and the box lives
+    // at least as long as the borrow of its engine.
+    unsafe { &*(lp as *const Engine).cast::<LoopBox>() }
 }
 
 /// A timer's callback: `timer` is the id ep_timer_start() returned, `user` its user pointer.
@@ -161,6 +178,8 @@ struct FfiHandler {
     cbs: ep_callbacks,
     timer: ep_timer_cb,
     user: *mut c_void,
+    /// EP_QUEUE: record events for ep_poll() instead of calling `cbs`.
+    queued: bool,
 }
 
 impl FfiHandler {
@@ -169,7 +188,13 @@ impl FfiHandler {
             cbs,
             timer: None,
             user,
+            queued: false,
         }
+    }
+
+    fn record<'a>(&self, lp: &'a Engine) -> Option<std::cell::RefMut<'a, batch::EventQueue>> {
+        // The queue is only borrowed for the push: ep_poll reads it after the step.
+        self.queued.then(|| box_of(lp).queue.borrow_mut())
     }
 }
 
@@ -212,7 +237,9 @@ impl Handler for FfiHandler {
     }
 
     fn on_accept(&self, lp: &Engine, listener: u64, conn: u64) {
-        if let Some(cb) = self.cbs.on_accept {
+        if let Some(mut queue) = self.record(lp) {
+            queue.push(EP_EVENT_ACCEPT, conn, self.user).listener = listener;
+        } else if let Some(cb) = self.cbs.on_accept {
             // SAFETY: the caller registered this function pointer with this signature; the loop
             // pointer is live for the duration of the call.
             unsafe { cb(loop_ptr(lp), listener, conn, self.user) }
@@ -220,7 +247,9 @@ impl Handler for FfiHandler {
     }
 
     fn on_data(&self, lp: &Engine, conn: u64, data: &[u8]) {
-        if let Some(cb) = self.cbs.on_data {
+        if let Some(mut queue) = self.record(lp) {
+            queue.push_data(conn, data, self.user);
+        } else if let Some(cb) = self.cbs.on_data {
             let ptr = if data.is_empty() {
                 std::ptr::null()
             } else {
@@ -232,14 +261,20 @@ impl Handler for FfiHandler {
     }
 
     fn on_writable(&self, lp: &Engine, conn: u64) {
-        if let Some(cb) = self.cbs.on_writable {
+        if let Some(mut queue) = self.record(lp) {
+            queue.push(EP_EVENT_WRITABLE, conn, self.user);
+        } else if let Some(cb) = self.cbs.on_writable {
             // SAFETY: as above.
             unsafe { cb(loop_ptr(lp), conn, self.user) }
         }
     }
 
     fn on_close(&self, lp: &Engine, conn: u64, reason: CloseReason, err: i32) {
-        if let Some(cb) = self.cbs.on_close {
+        if let Some(mut queue) = self.record(lp) {
+            let event = queue.push(EP_EVENT_CLOSE, conn, self.user);
+            event.reason = reason as u32;
+            event.err = err;
+        } else if let Some(cb) = self.cbs.on_close {
             // SAFETY: as above.
             unsafe { cb(loop_ptr(lp), conn, c_reason(reason), err, self.user) }
         }
@@ -316,6 +351,7 @@ pub extern "C" fn ep_loop_new() -> *mut ep_loop {
         Ok(engine) => Box::into_raw(Box::new(LoopBox {
             engine,
             poisoned: Cell::new(false),
+            queue: Default::default(),
         }))
         .cast(),
         Err(errno) => {
@@ -364,11 +400,18 @@ unsafe fn create(
 ) -> i64 {
     // SAFETY: `lp` is NULL or a live loop (this function's contract).
     with_loop(unsafe { loop_box(lp) }, i64::from, |engine| {
+        let queued = flags & EP_QUEUE != 0;
         // SAFETY: a non-NULL `cbs` points at a valid ep_callbacks (contract); it is copied.
-        let Some(cbs) = (unsafe { cbs.as_ref() }) else {
-            return i64::from(EP_ENULL);
+        let cbs = match unsafe { cbs.as_ref() } {
+            Some(cbs) => *cbs,
+            None if queued => NO_CALLBACKS,
+            None => return i64::from(EP_ENULL),
         };
-        match options(flags).and_then(|opts| make(engine, opts, FfiHandler::new(*cbs, user))) {
+        let handler = FfiHandler {
+            queued,
+            ..FfiHandler::new(cbs, user)
+        };
+        match options(flags).and_then(|opts| make(engine, opts, handler)) {
             Ok(id) => id as i64,
             Err(e) => i64::from(code(e)),
         }
@@ -402,7 +445,7 @@ fn millis(ms: u32) -> Option<Duration> {
 /// connected stream socket, a pipe end, a tty, an eventfd or an inotify fd. The fd is made
 /// non-blocking (its original mode is restored when the loop lets go of it). The loop owns and
 /// eventually closes it unless `flags` has EP_BORROW. `cbs` is copied (it need not outlive the
-/// call) and must not be NULL. Errors: EP_ENULL, -EBADF (not an open fd), -EEXIST (already in this
+/// call) and must not be NULL unless `flags` has EP_QUEUE. Errors: EP_ENULL, -EBADF (not an open fd), -EEXIST (already in this
 /// loop), -EPERM (not pollable, e.g. a regular file), -EINVAL (unknown flags, or EP_REUSEPORT, which
 /// only applies to listening). May be called from callbacks.
 ///
@@ -456,9 +499,10 @@ pub unsafe extern "C" fn ep_listen(
     }
 }
 
-/// Like ep_listen() on a Unix stream socket at `path` (a leading '@' names an abstract socket). A
-/// stale socket file at `path` is replaced; any other existing file is an error (-EADDRINUSE).
-/// The loop does not unlink the file when the listener closes.
+/// Like ep_listen() on a Unix stream socket at `path` (a leading '@' names an abstract socket). An
+/// existing socket file at `path` is replaced, as asyncio does — even one a live server still
+/// listens on, so pick paths your program owns; any other existing file is an error
+/// (-EADDRINUSE). The loop does not unlink the file when the listener closes.
 ///
 /// # Safety
 /// `lp` as for ep_loop_free(); `path` NULL or NUL-terminated; `cbs` as for ep_register().
@@ -801,7 +845,7 @@ pub unsafe extern "C" fn ep_set_idle_timeout(lp: *mut ep_loop, id: ep_id, ms: u3
 
 /// TCP keepalive on a connection: probes after `idle_s` seconds of silence, every `interval_s`,
 /// `count` times, then the connection fails (on_close EP_CLOSE_ERROR, ETIMEDOUT). `idle_s` 0
-/// turns keepalive off. Returns 0, EP_ESTALE, -ENOTSOCK, -EINVAL.
+/// turns keepalive off. Returns 0, EP_ESTALE, EP_EKIND (listener or timer), -ENOTSOCK, -EINVAL.
 ///
 /// # Safety
 /// `lp` as for ep_loop_free().
@@ -822,7 +866,7 @@ pub unsafe extern "C" fn ep_set_keepalive(
 }
 
 /// TCP_USER_TIMEOUT on a connection: sent data unacknowledged for `ms` fails the connection.
-/// Returns 0, EP_ESTALE, -ENOTSOCK.
+/// Returns 0, EP_ESTALE, EP_EKIND (listener or timer), -ENOTSOCK.
 ///
 /// # Safety
 /// `lp` as for ep_loop_free().

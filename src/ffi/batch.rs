@@ -1,0 +1,214 @@
+//! The batch interface for language bindings: one call per loop step applies a batch of commands
+//! and returns the step's events as an array, instead of one C↔host crossing per callback and per
+//! send. Registrations made with EP_QUEUE record their events here; the engine is the same.
+
+use std::ffi::{c_int, c_void};
+
+use super::{code, ep_id, ep_loop, loop_box, run_code, with_loop, LoopBox, EP_ENULL};
+use crate::engine::Error;
+
+/// An event recorded for an EP_QUEUE registration; ep_poll() hands them out in callback order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ep_event {
+    /// EP_EVENT_ACCEPT, EP_EVENT_DATA, EP_EVENT_WRITABLE or EP_EVENT_CLOSE.
+    pub kind: u32,
+    /// EP_EVENT_CLOSE: the ep_close_reason; otherwise 0.
+    pub reason: u32,
+    /// EP_EVENT_CLOSE: the errno; otherwise 0.
+    pub err: c_int,
+    pub reserved: u32,
+    /// The connection (or listener, for its own close).
+    pub id: ep_id,
+    /// EP_EVENT_ACCEPT: the listener, or 0 for an outbound connection (ep_connect); otherwise 0.
+    pub listener: ep_id,
+    /// EP_EVENT_DATA: where the bytes are in ep_poll_result.data. `len` 0 is the peer's EOF
+    /// (EP_HALF_CLOSE only).
+    pub offset: u64,
+    pub len: u64,
+    /// The registration's user pointer at the time of the event.
+    pub user: *mut c_void,
+}
+
+/// ep_event kinds.
+pub const EP_EVENT_ACCEPT: u32 = 1;
+pub const EP_EVENT_DATA: u32 = 2;
+pub const EP_EVENT_WRITABLE: u32 = 3;
+pub const EP_EVENT_CLOSE: u32 = 4;
+
+/// One operation for ep_poll() to apply before it waits.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ep_command {
+    /// EP_CMD_SEND, EP_CMD_CLOSE, EP_CMD_ABORT, EP_CMD_SHUTDOWN, EP_CMD_PAUSE or EP_CMD_RESUME.
+    pub op: u32,
+    pub reserved: u32,
+    pub id: ep_id,
+    /// EP_CMD_SEND: the bytes are cmdbuf[offset .. offset + len].
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// ep_command operations: each behaves exactly like the function of the same name.
+pub const EP_CMD_SEND: u32 = 1;
+pub const EP_CMD_CLOSE: u32 = 2;
+pub const EP_CMD_ABORT: u32 = 3;
+pub const EP_CMD_SHUTDOWN: u32 = 4;
+pub const EP_CMD_PAUSE: u32 = 5;
+pub const EP_CMD_RESUME: u32 = 6;
+
+/// What ep_poll() returns. The arrays belong to the loop and stay valid until the next ep_poll()
+/// or ep_loop_free() on that loop.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ep_poll_result {
+    pub events: *const ep_event,
+    pub count: usize,
+    /// The bytes of every EP_EVENT_DATA of this step, one after the other.
+    pub data: *const u8,
+    pub data_len: usize,
+    /// EP_RUN_MORE, EP_RUN_EMPTY or EP_RUN_STOPPED, as ep_run_once() would return.
+    pub state: c_int,
+}
+
+/// The events of the current step, for EP_QUEUE registrations.
+#[derive(Default)]
+pub(super) struct EventQueue {
+    events: Vec<ep_event>,
+    data: Vec<u8>,
+}
+
+impl EventQueue {
+    pub(super) fn push(&mut self, kind: u32, id: ep_id, user: *mut c_void) -> &mut ep_event {
+        self.events.push(ep_event {
+            kind,
+            reason: 0,
+            err: 0,
+            reserved: 0,
+            id,
+            listener: 0,
+            offset: 0,
+            len: 0,
+            user,
+        });
+        self.events.last_mut().expect("just pushed")
+    }
+
+    pub(super) fn push_data(&mut self, id: ep_id, data: &[u8], user: *mut c_void) {
+        let offset = self.data.len() as u64;
+        self.data.extend_from_slice(data);
+        let event = self.push(EP_EVENT_DATA, id, user);
+        event.offset = offset;
+        event.len = data.len() as u64;
+    }
+}
+
+fn apply(boxed: &LoopBox, command: &ep_command, cmdbuf: &[u8]) -> c_int {
+    let engine = &boxed.engine;
+    let id = command.id;
+    let result = match command.op {
+        EP_CMD_SEND => {
+            let range = usize::try_from(command.offset)
+                .ok()
+                .zip(usize::try_from(command.len).ok())
+                .and_then(|(offset, len)| Some(offset..offset.checked_add(len)?))
+                .filter(|range| range.end <= cmdbuf.len());
+            return match range {
+                Some(range) => match engine.send(id, &cmdbuf[range]) {
+                    Ok(above_high) => c_int::from(above_high),
+                    Err(e) => code(e),
+                },
+                None => -libc::EINVAL,
+            };
+        }
+        EP_CMD_CLOSE => engine.close(id),
+        EP_CMD_ABORT => engine.abort(id),
+        EP_CMD_SHUTDOWN => engine.shutdown(id),
+        EP_CMD_PAUSE => engine.pause_reading(id, true),
+        EP_CMD_RESUME => engine.pause_reading(id, false),
+        _ => Err(Error::Os(libc::EINVAL)),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => code(e),
+    }
+}
+
+/// One loop step for bindings: applies `ncmds` commands in order (EP_CMD_SEND takes its bytes from
+/// `cmdbuf`, which is copied), writes each command's return code to `results[i]` (may be NULL),
+/// then waits at most `timeout_ms` and dispatches, exactly like ep_run_once(). The events of EP_QUEUE
+/// registrations recorded during the step (and any left from closes decided by the commands) are
+/// returned in `*out`, in the order callbacks would have run; the previous call's arrays become
+/// invalid. Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out`
+/// holds what was recorded), EP_EBUSY from inside a callback (nothing applied), EP_ENULL, or another
+/// negative error. Same thread rules as ep_run_once(); callback registrations keep their callbacks.
+///
+/// # Safety
+/// `lp` as for ep_loop_free(); `cmds` readable for `ncmds` commands (or NULL with 0); `cmdbuf`
+/// readable for `cmdbuf_len` bytes (or NULL with 0); `results` NULL or writable for `ncmds` ints;
+/// `out` writable.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn ep_poll(
+    lp: *mut ep_loop,
+    timeout_ms: c_int,
+    cmds: *const ep_command,
+    ncmds: usize,
+    cmdbuf: *const u8,
+    cmdbuf_len: usize,
+    results: *mut c_int,
+    out: *mut ep_poll_result,
+) -> c_int {
+    if out.is_null() || (cmds.is_null() && ncmds > 0) || (cmdbuf.is_null() && cmdbuf_len > 0) {
+        return EP_ENULL;
+    }
+    let commands: &[ep_command] = if ncmds == 0 {
+        &[]
+    } else {
+        // SAFETY: `cmds` is readable for `ncmds` commands (contract).
+        unsafe { std::slice::from_raw_parts(cmds, ncmds) }
+    };
+    let bytes: &[u8] = if cmdbuf_len == 0 {
+        &[]
+    } else {
+        // SAFETY: `cmdbuf` is readable for `cmdbuf_len` bytes (contract).
+        unsafe { std::slice::from_raw_parts(cmdbuf, cmdbuf_len) }
+    };
+    // SAFETY: `lp` is NULL or a live loop (this function's contract).
+    let boxed = unsafe { loop_box(lp) };
+    with_loop(
+        boxed,
+        |c| c,
+        |engine| {
+            let Some(boxed) = boxed else { return EP_ENULL };
+            if engine.in_callback() {
+                return super::EP_EBUSY;
+            }
+            {
+                let mut queue = boxed.queue.borrow_mut();
+                queue.events.clear();
+                queue.data.clear();
+            }
+            for (i, command) in commands.iter().enumerate() {
+                let result = apply(boxed, command, bytes);
+                if !results.is_null() {
+                    // SAFETY: `results` is writable for `ncmds` ints (contract), i < ncmds.
+                    unsafe { results.add(i).write(result) };
+                }
+            }
+            let step = engine.run_once(timeout_ms.max(-1));
+            let state = run_code(step);
+            let queue = boxed.queue.borrow();
+            let result = ep_poll_result {
+                events: queue.events.as_ptr(),
+                count: queue.events.len(),
+                data: queue.data.as_ptr(),
+                data_len: queue.data.len(),
+                state: state.max(0),
+            };
+            // SAFETY: `out` is writable (contract).
+            unsafe { out.write(result) };
+            state.min(0)
+        },
+    )
+}

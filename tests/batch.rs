@@ -1,0 +1,337 @@
+//! The batch interface (EP_QUEUE + ep_poll): commands in, events out, one call per step, with the
+//! same semantics as the callback interface.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::ptr;
+use std::time::{Duration, Instant};
+
+use eploop::*;
+
+struct Batch {
+    lp: *mut ep_loop,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // SAFETY: the loop was created by ep_loop_new and is freed once.
+        unsafe { ep_loop_free(self.lp) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Ev {
+    Accept { id: u64, listener: u64 },
+    Data { id: u64, bytes: Vec<u8> },
+    Writable(u64),
+    Close { id: u64, reason: u32, err: i32 },
+}
+
+impl Batch {
+    fn new() -> Self {
+        let lp = ep_loop_new();
+        assert!(!lp.is_null());
+        Batch { lp }
+    }
+
+    fn listen(&self) -> (u64, u16) {
+        // SAFETY: live loop; NULL callbacks are allowed with EP_QUEUE.
+        let id = unsafe {
+            ep_listen(
+                self.lp,
+                c"127.0.0.1".as_ptr(),
+                0,
+                16,
+                EP_QUEUE,
+                ptr::null(),
+                ptr::null_mut(),
+            )
+        };
+        assert!(id > 0, "ep_listen: {id}");
+        // SAFETY: live loop.
+        let port = unsafe { ep_local_port(self.lp, id as u64) };
+        (id as u64, port as u16)
+    }
+
+    /// One ep_poll with `cmds` (send payloads taken from `buf`); returns (rc, results, events, state).
+    fn poll(
+        &self,
+        timeout_ms: i32,
+        cmds: &[ep_command],
+        buf: &[u8],
+    ) -> (i32, Vec<i32>, Vec<Ev>, i32) {
+        let mut results = vec![i32::MIN; cmds.len()];
+        let mut out = ep_poll_result {
+            events: ptr::null(),
+            count: 0,
+            data: ptr::null(),
+            data_len: 0,
+            state: -1,
+        };
+        // SAFETY: the slices are valid for their lengths; `out` is writable.
+        let rc = unsafe {
+            ep_poll(
+                self.lp,
+                timeout_ms,
+                cmds.as_ptr(),
+                cmds.len(),
+                buf.as_ptr(),
+                buf.len(),
+                results.as_mut_ptr(),
+                &mut out,
+            )
+        };
+        let events = if out.count == 0 {
+            &[][..]
+        } else {
+            // SAFETY: ep_poll returned `count` events valid until the next call.
+            unsafe { std::slice::from_raw_parts(out.events, out.count) }
+        };
+        let data = if out.data_len == 0 {
+            &[][..]
+        } else {
+            // SAFETY: as above, `data_len` bytes.
+            unsafe { std::slice::from_raw_parts(out.data, out.data_len) }
+        };
+        let evs = events
+            .iter()
+            .map(|e| match e.kind {
+                EP_EVENT_ACCEPT => Ev::Accept {
+                    id: e.id,
+                    listener: e.listener,
+                },
+                EP_EVENT_DATA => Ev::Data {
+                    id: e.id,
+                    bytes: data[e.offset as usize..(e.offset + e.len) as usize].to_vec(),
+                },
+                EP_EVENT_WRITABLE => Ev::Writable(e.id),
+                EP_EVENT_CLOSE => Ev::Close {
+                    id: e.id,
+                    reason: e.reason,
+                    err: e.err,
+                },
+                other => panic!("unknown event kind {other}"),
+            })
+            .collect();
+        (rc, results, evs, out.state)
+    }
+
+    /// Polls (applying `cmds` once) until `done` holds for the events seen so far; bounded.
+    fn poll_until(
+        &self,
+        mut cmds: Vec<ep_command>,
+        buf: &[u8],
+        done: impl Fn(&[Ev]) -> bool,
+    ) -> Vec<Ev> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while !done(&seen) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out; events so far: {seen:?}"
+            );
+            let (rc, results, evs, _) = self.poll(100, &cmds, buf);
+            assert!(rc == 0 || rc == -libc::EINTR, "ep_poll: {rc}");
+            assert!(
+                results.iter().all(|r| *r >= 0),
+                "command results {results:?}"
+            );
+            cmds.clear();
+            seen.extend(evs);
+        }
+        seen
+    }
+}
+
+fn cmd(op: u32, id: u64, offset: u64, len: u64) -> ep_command {
+    ep_command {
+        op,
+        reserved: 0,
+        id,
+        offset,
+        len,
+    }
+}
+
+#[test]
+fn echo_through_commands_and_events_then_one_close() {
+    let b = Batch::new();
+    let (listener, port) = b.listen();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.write_all(b"hello\0world").unwrap();
+    let evs = b.poll_until(vec![], &[], |e| {
+        e.iter().any(|e| matches!(e, Ev::Data { .. }))
+    });
+    let Ev::Accept {
+        id: conn,
+        listener: l,
+    } = evs[0].clone()
+    else {
+        panic!("{evs:?}")
+    };
+    assert_eq!(l, listener);
+    let received: Vec<u8> = evs
+        .iter()
+        .filter_map(|e| {
+            if let Ev::Data { id, bytes } = e {
+                (*id == conn).then(|| bytes.clone())
+            } else {
+                None
+            }
+        })
+        .flatten()
+        .collect();
+    assert_eq!(received, b"hello\0world", "binary-safe, in order");
+    // Echo it back and close gracefully in the same batch: the send goes first.
+    let evs = b.poll_until(
+        vec![cmd(EP_CMD_SEND, conn, 0, 11), cmd(EP_CMD_CLOSE, conn, 0, 0)],
+        &received,
+        |e| e.iter().any(|e| matches!(e, Ev::Close { .. })),
+    );
+    assert_eq!(
+        evs,
+        vec![Ev::Close {
+            id: conn,
+            reason: ep_close_reason::EP_CLOSE_LOCAL as u32,
+            err: 0
+        }]
+    );
+    let mut echoed = Vec::new();
+    client.read_to_end(&mut echoed).unwrap();
+    assert_eq!(echoed, b"hello\0world");
+    // The id is stale afterwards, through either interface.
+    let (_, results, _, _) = b.poll(0, &[cmd(EP_CMD_SEND, conn, 0, 1)], b"x");
+    assert_eq!(results, vec![EP_ESTALE]);
+}
+
+#[test]
+fn peer_eof_after_data_arrives_as_data_then_close() {
+    let b = Batch::new();
+    let (_, port) = b.listen();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(&[7u8; 200_000]).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let evs = b.poll_until(vec![], &[], |e| {
+        e.iter().any(|e| matches!(e, Ev::Close { .. }))
+    });
+    let bytes: usize = evs
+        .iter()
+        .map(|e| {
+            if let Ev::Data { bytes, .. } = e {
+                bytes.len()
+            } else {
+                0
+            }
+        })
+        .sum();
+    assert_eq!(bytes, 200_000, "every byte before the close");
+    assert!(
+        matches!(evs.last(), Some(Ev::Close { reason, err: 0, .. }) if *reason == ep_close_reason::EP_CLOSE_PEER_EOF as u32)
+    );
+    assert_eq!(
+        evs.iter().filter(|e| matches!(e, Ev::Close { .. })).count(),
+        1
+    );
+}
+
+#[test]
+fn bad_commands_report_errors_and_lose_nothing() {
+    let b = Batch::new();
+    let (listener, port) = b.listen();
+    let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let evs = b.poll_until(vec![], &[], |e| !e.is_empty());
+    let Ev::Accept { id: conn, .. } = evs[0] else {
+        panic!("{evs:?}")
+    };
+    let cmds = [
+        cmd(EP_CMD_SEND, conn, 4, 10),    // beyond the buffer
+        cmd(99, conn, 0, 0),              // unknown op
+        cmd(EP_CMD_SEND, listener, 0, 1), // not a connection
+        cmd(EP_CMD_CLOSE, 12345, 0, 0),   // stale id
+        cmd(EP_CMD_SEND, conn, 0, 4),     // fine
+    ];
+    let (rc, results, _, state) = b.poll(0, &cmds, b"ping");
+    assert_eq!(rc, 0);
+    assert_eq!(
+        results,
+        vec![-libc::EINVAL, -libc::EINVAL, EP_EKIND, EP_ESTALE, 0]
+    );
+    assert_eq!(state, EP_RUN_MORE);
+    let mut out = ep_poll_result {
+        events: ptr::null(),
+        count: 0,
+        data: ptr::null(),
+        data_len: 0,
+        state: 0,
+    };
+    // SAFETY: deliberate NULL arguments; the function must refuse them.
+    unsafe {
+        assert_eq!(
+            ep_poll(
+                b.lp,
+                0,
+                ptr::null(),
+                1,
+                ptr::null(),
+                0,
+                ptr::null_mut(),
+                &mut out
+            ),
+            EP_ENULL
+        );
+        assert_eq!(
+            ep_poll(
+                b.lp,
+                0,
+                ptr::null(),
+                0,
+                ptr::null(),
+                0,
+                ptr::null_mut(),
+                ptr::null_mut()
+            ),
+            EP_ENULL
+        );
+        assert_eq!(
+            ep_poll(
+                ptr::null_mut(),
+                0,
+                ptr::null(),
+                0,
+                ptr::null(),
+                0,
+                ptr::null_mut(),
+                &mut out
+            ),
+            EP_ENULL
+        );
+    }
+}
+
+#[test]
+fn queue_mode_needs_no_callbacks_but_callback_mode_does() {
+    let b = Batch::new();
+    // SAFETY: live loop; NULL callbacks without EP_QUEUE must be refused.
+    let refused = unsafe {
+        ep_listen(
+            b.lp,
+            c"127.0.0.1".as_ptr(),
+            0,
+            0,
+            0,
+            ptr::null(),
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(refused, EP_ENULL as i64);
+    let (_, port) = b.listen();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    drop(client);
+    let evs = b.poll_until(vec![], &[], |e| {
+        e.iter().any(|e| matches!(e, Ev::Close { .. }))
+    });
+    assert!(matches!(evs[0], Ev::Accept { .. }));
+}
