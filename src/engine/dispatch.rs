@@ -492,10 +492,12 @@ impl<H: Handler> Loop<H> {
             return;
         };
         s.read_eof = true;
-        s.update_interest(self.epfd, id);
         if s.opts.half_close && !s.user_closed && s.failed.is_none() {
             let handler = s.handler.clone();
             let done = s.fin_sent;
+            if !done {
+                s.update_interest(self.epfd, id);
+            }
             drop(st);
             if done {
                 return self.terminate(id, CloseReason::Local, 0, FdFate::Close);
@@ -506,11 +508,15 @@ impl<H: Handler> Loop<H> {
             s.closing = Some(s.eof_reason());
         }
         if s.out.is_empty() || s.failed.is_some() {
+            // Ends now: no epoll_ctl for a descriptor about to be released.
             drop(st);
             self.after_flush(id);
-        } else if s.deadline.is_none() {
-            let deadline = Instant::now() + st.linger;
-            st.arm_deadline(id, deadline);
+        } else {
+            s.update_interest(self.epfd, id);
+            if s.deadline.is_none() {
+                let deadline = Instant::now() + st.linger;
+                st.arm_deadline(id, deadline);
+            }
         }
     }
 
