@@ -208,8 +208,32 @@ static struct request parse_request(const char *header, size_t len) {
   return req;
 }
 
-/* One ep_send per response: two small writes would meet Nagle's algorithm on the second. */
-static int send_keep_alive_response(ep_loop *loop, ep_id conn, const struct request *req) {
+/* Responses to one batch of pipelined requests, sent with one ep_send (one syscall, and no
+ * small second write meeting Nagle's algorithm). */
+struct batch {
+  char bytes[16384];
+  size_t len;
+};
+
+/* Sends what the batch holds; returns ep_send's result (0 when empty). */
+static int send_batch(ep_loop *loop, ep_id conn, struct batch *out) {
+  int rc = out->len ? ep_send(loop, conn, out->bytes, out->len) : 0;
+  out->len = 0;
+  return rc;
+}
+
+/* Appends one response, sending the batch first if it would not fit. */
+static int add_response(ep_loop *loop, ep_id conn, struct batch *out, const char *bytes, size_t n) {
+  int rc = 0;
+  if (out->len + n > sizeof out->bytes) rc = send_batch(loop, conn, out);
+  if (rc < 0) return rc;
+  memcpy(out->bytes + out->len, bytes, n);
+  out->len += n;
+  return rc;
+}
+
+static int add_keep_alive_response(ep_loop *loop, ep_id conn, struct batch *out,
+                                   const struct request *req) {
   char response[256];
   const char *connection = !req->keep_alive ? "Connection: close\r\n"
                            : req->http_1_0  ? "Connection: keep-alive\r\n"
@@ -222,13 +246,32 @@ static int send_keep_alive_response(ep_loop *loop, ep_id conn, const struct requ
                    "%s\r\n"
                    "%s",
                    sizeof BODY - 1, connection, req->is_head ? "" : BODY);
-  return ep_send(loop, conn, response, (size_t)n);
+  return add_response(loop, conn, out, response, (size_t)n);
+}
+
+/* Handles ep_send's result; returns 0 to go on, -1 when the connection is done for. */
+static int check_send(ep_loop *loop, ep_id conn, struct conn *c, int rc) {
+  if (rc < 0) {
+    c->closing = 1;
+    if (rc == -EPIPE || rc == -ECONNRESET) return -1; /* peer gone: on_close(PEER_RESET) follows */
+    report(conn, "ep_send", rc);
+    ep_abort(loop, conn);
+    return -1;
+  }
+  if (rc == 1) {
+    /* A pipelining client that does not read: stop reading until the queue drains. */
+    rc = ep_pause_reading(loop, conn);
+    if (rc < 0) report(conn, "ep_pause_reading", rc);
+  }
+  return 0;
 }
 
 /* Answer every complete request in c->buf, in order. */
 static void serve_requests(ep_loop *loop, ep_id conn, struct conn *c) {
   int corked = 0, last = 0;
   size_t header_len;
+  struct batch out;
+  out.len = 0;
   while (!last && c->body_left == 0 && (header_len = header_length(c->buf, c->len)) > 0) {
     if (!g_opt.quiet) print_request(c->buf, header_len);
     if (g_opt.cork && !corked) {
@@ -240,23 +283,12 @@ static void serve_requests(ep_loop *loop, ep_id conn, struct conn *c) {
       struct request req = parse_request(c->buf, header_len);
       last = !req.keep_alive;
       c->body_left = req.body_length;
-      rc = send_keep_alive_response(loop, conn, &req);
+      rc = add_keep_alive_response(loop, conn, &out, &req);
     } else {
       last = 1;
-      rc = ep_send(loop, conn, RESPONSE_1_0, sizeof RESPONSE_1_0 - 1);
+      rc = add_response(loop, conn, &out, RESPONSE_1_0, sizeof RESPONSE_1_0 - 1);
     }
-    if (rc < 0) {
-      c->closing = 1;
-      if (rc == -EPIPE || rc == -ECONNRESET) return; /* peer gone: on_close(PEER_RESET) follows */
-      report(conn, "ep_send", rc);
-      ep_abort(loop, conn);
-      return;
-    }
-    if (rc == 1) {
-      /* A pipelining client that does not read: stop reading until the queue drains. */
-      rc = ep_pause_reading(loop, conn);
-      if (rc < 0) report(conn, "ep_pause_reading", rc);
-    }
+    if (check_send(loop, conn, c, rc) < 0) return;
     memmove(c->buf, c->buf + header_len, c->len - header_len);
     c->len -= header_len;
     size_t skip = c->body_left < c->len ? c->body_left : c->len;
@@ -264,6 +296,7 @@ static void serve_requests(ep_loop *loop, ep_id conn, struct conn *c) {
     c->len -= skip;
     c->body_left -= skip;
   }
+  if (check_send(loop, conn, c, send_batch(loop, conn, &out)) < 0) return;
   if (corked) set_tcp_option(loop, conn, TCP_CORK, 0); /* uncork: push the batch out now */
   if (last) finish(loop, conn, c); /* after uncorking: the fd is not ours after ep_close */
 }
