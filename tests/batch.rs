@@ -335,3 +335,120 @@ fn queue_mode_needs_no_callbacks_but_callback_mode_does() {
     });
     assert!(matches!(evs[0], Ev::Accept { .. }));
 }
+
+/// A request and the peer's FIN arriving together: the reply, sent by the binding only after it
+/// saw the data (in the next ep_poll's commands), must still reach the peer before the close.
+#[test]
+fn reply_to_last_bytes_before_fin_is_delivered_in_both_modes() {
+    for flags in [EP_QUEUE, EP_QUEUE | EP_EDGE] {
+        let b = Batch::new();
+        // SAFETY: live loop; NULL callbacks are allowed with EP_QUEUE.
+        let listener = unsafe {
+            ep_listen(
+                b.lp,
+                c"127.0.0.1".as_ptr(),
+                0,
+                16,
+                flags,
+                ptr::null(),
+                ptr::null_mut(),
+            )
+        };
+        // SAFETY: live loop.
+        let port = unsafe { ep_local_port(b.lp, listener as u64) } as u16;
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client.write_all(b"last request").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // data and FIN are both queued in the kernel
+        let mut pending: Vec<ep_command> = Vec::new();
+        let mut replies = Vec::new();
+        let mut closes = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while closes.is_empty() {
+            assert!(Instant::now() < deadline, "no close");
+            let (rc, results, evs, _) = b.poll(100, &pending, &replies);
+            assert_eq!(rc, 0);
+            assert!(
+                results.iter().all(|r| *r == 0),
+                "reply commands failed: {results:?}"
+            );
+            pending.clear();
+            replies.clear();
+            for e in evs {
+                match e {
+                    Ev::Data { id, bytes } => {
+                        pending.push(cmd(
+                            EP_CMD_SEND,
+                            id,
+                            replies.len() as u64,
+                            bytes.len() as u64 + 6,
+                        ));
+                        replies.extend_from_slice(b"reply:");
+                        replies.extend_from_slice(&bytes);
+                    }
+                    Ev::Close { id, reason, err } => closes.push((id, reason, err)),
+                    Ev::Accept { .. } | Ev::Writable(_) => {}
+                }
+            }
+        }
+        assert_eq!(closes.len(), 1);
+        assert_eq!(
+            closes[0].1,
+            ep_close_reason::EP_CLOSE_PEER_EOF as u32,
+            "flags {flags:#x}"
+        );
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"reply:last request", "flags {flags:#x}");
+    }
+}
+
+/// EP_UNREF: a registration that does not keep the loop running, nor count as open.
+#[test]
+fn unref_registration_does_not_keep_the_loop_alive() {
+    let b = Batch::new();
+    let mut fds = [0; 2];
+    // SAFETY: fds is writable for two ints.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: live loop, open fd.
+    let id = unsafe {
+        ep_register(
+            b.lp,
+            fds[0],
+            EP_QUEUE | EP_UNREF,
+            ptr::null(),
+            ptr::null_mut(),
+        )
+    };
+    assert!(id > 0);
+    let mut stats = ep_stats::default();
+    // SAFETY: live loop, writable stats.
+    assert_eq!(unsafe { ep_get_stats(b.lp, &mut stats) }, 0);
+    assert_eq!(
+        stats.open, 0,
+        "an unref registration is not counted as open"
+    );
+    // SAFETY: live loop.
+    assert_eq!(
+        unsafe { ep_run_once(b.lp, -1) },
+        EP_RUN_EMPTY,
+        "nothing but an unref fd: empty, at once"
+    );
+    // Its events still arrive while other work keeps the loop running.
+    let (_, port) = b.listen();
+    // SAFETY: writing 3 bytes from a static buffer to our pipe.
+    assert_eq!(unsafe { libc::write(fds[1], b"sig".as_ptr().cast(), 3) }, 3);
+    let evs = b.poll_until(vec![], &[], |e| {
+        e.iter().any(|e| matches!(e, Ev::Data { .. }))
+    });
+    assert!(evs.contains(&Ev::Data {
+        id: id as u64,
+        bytes: b"sig".to_vec()
+    }));
+    let _ = port;
+    // SAFETY: closing our write end.
+    unsafe { libc::close(fds[1]) };
+}

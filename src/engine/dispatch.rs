@@ -58,6 +58,14 @@ impl<H: Handler> Loop<H> {
         if !self.has_work() {
             return Ok(RunState::Empty);
         }
+        self.step.set(self.step.get() + 1);
+        {
+            // Peer EOFs held back last step (Handler::delivers_later) are read in this one.
+            let mut st = self.state.borrow_mut();
+            for id in std::mem::take(&mut st.next_step) {
+                st.schedule(id);
+            }
+        }
         let timeout = self.wait_timeout(timeout_ms);
         let mut events = self.events.borrow_mut();
         let n = sys::epoll_wait(self.epfd, &mut events, timeout).map_err(Error::Os)?;
@@ -88,7 +96,9 @@ impl<H: Handler> Loop<H> {
 
     fn has_work(&self) -> bool {
         let st = self.state.borrow();
-        st.live + st.lingering > 0 || !st.closes.is_empty() || self.remote.has_posted()
+        st.live - st.unref_count + st.lingering > 0
+            || !st.closes.is_empty()
+            || self.remote.has_posted()
     }
 
     fn wait_timeout(&self, timeout_ms: i32) -> i32 {
@@ -448,6 +458,16 @@ impl<H: Handler> Loop<H> {
             match result {
                 Ok(0) => {
                     drop(buf);
+                    let mut st = self.state.borrow_mut();
+                    let held = matches!(st.entries.get(id), Some(Entry::Stream(s))
+                        if s.data_step == self.step.get() && s.handler.delivers_later());
+                    if held {
+                        // The handler has not seen this step's data yet: let its reaction (the
+                        // reply to the last request) be applied before the EOF ends the stream.
+                        st.next_step.push(id);
+                        return;
+                    }
+                    drop(st);
                     return self.on_eof(id);
                 }
                 Ok(n) => {
@@ -458,6 +478,7 @@ impl<H: Handler> Loop<H> {
                         st.stats.bytes_in += n as u64;
                         if let Some(Entry::Stream(s)) = st.entries.get_mut(id) {
                             s.touch();
+                            s.data_step = self.step.get();
                         }
                     }
                     if !discard {
@@ -643,6 +664,11 @@ impl<H: Handler> Loop<H> {
             Some(slot) => std::mem::replace(slot, closed),
             None => return,
         };
+        let unref = match &entry {
+            Entry::Stream(s) => s.opts.unref,
+            Entry::Listener(l) => l.opts.unref,
+            _ => false,
+        };
         let handler = match entry {
             Entry::Stream(s) => {
                 let handler = s.handler;
@@ -677,6 +703,7 @@ impl<H: Handler> Loop<H> {
             _ => unreachable!("checked above: a stream or a listener"),
         };
         st.live -= 1;
+        st.unref_count -= usize::from(unref);
         st.stats.closes[reason as usize] += 1;
         st.closes.push_back(PendingClose { id, handler });
     }

@@ -59,6 +59,12 @@ pub trait Handler: Clone {
     fn on_timer(&self, lp: &Loop<Self>, timer: Id);
     /// Runs a posted value on the loop's thread; every posted value is run exactly once.
     fn run_posted(lp: &Loop<Self>, posted: Self::Posted);
+    /// True when this handler only sees its events after the step (a binding's event queue): its
+    /// reaction to data then comes with the next step, so the peer's EOF read in the same step as
+    /// data is processed one step later, after that reaction (e.g. the reply) was applied.
+    fn delivers_later(&self) -> bool {
+        false
+    }
 }
 
 /// Errors of the loop's operations, mapped to C codes by the FFI layer.
@@ -91,6 +97,8 @@ pub struct Options {
     pub borrow: bool,
     pub half_close: bool,
     pub reuse_port: bool,
+    /// Does not keep ep_run running and is not counted as open (libuv's unref).
+    pub unref: bool,
 }
 
 /// What one step of the loop leaves behind.
@@ -239,6 +247,8 @@ struct Stream<H> {
     idle_seq: u64,
     /// An outbound connect is in progress: the first writability (or error) reports its outcome.
     connecting: bool,
+    /// The loop step in which data was last delivered (see Handler::delivers_later).
+    data_step: u64,
 }
 
 struct Timer<H> {
@@ -300,6 +310,10 @@ struct State<H> {
     timers: BinaryHeap<Reverse<(Instant, u64, Id)>>,
     seq: u64,
     timer_count: usize,
+    /// Live registrations made with `unref`: they do not count as work.
+    unref_count: usize,
+    /// Streams whose peer EOF waits for the next step (Handler::delivers_later).
+    next_step: Vec<Id>,
     drain_at: Option<Instant>,
     stats: Stats,
     linger: Duration,
@@ -316,6 +330,8 @@ pub struct Loop<H: Handler> {
     events: RefCell<sys::EventBuf>,
     depth: Cell<u32>,
     freeing: Cell<bool>,
+    /// Counts loop steps (run_once calls that waited).
+    step: Cell<u64>,
 }
 
 impl<H: Handler> Loop<H> {
@@ -349,6 +365,8 @@ impl<H: Handler> Loop<H> {
                 timers: BinaryHeap::new(),
                 seq: 0,
                 timer_count: 0,
+                unref_count: 0,
+                next_step: Vec::new(),
                 drain_at: None,
                 stats: Stats::default(),
                 linger: DEFAULT_LINGER,
@@ -358,6 +376,7 @@ impl<H: Handler> Loop<H> {
             events: RefCell::new(sys::EventBuf::with_capacity(256)),
             depth: Cell::new(0),
             freeing: Cell::new(false),
+            step: Cell::new(0),
         })
     }
 
@@ -520,6 +539,7 @@ impl<H: Handler> Loop<H> {
             return Err(Error::Os(e));
         }
         st.live += 1;
+        st.unref_count += usize::from(opts.unref);
         Ok(id)
     }
 
@@ -527,6 +547,7 @@ impl<H: Handler> Loop<H> {
         let mut st = self.state.borrow_mut();
         let fd = stream.fd;
         let idle = stream.idle;
+        let unref = stream.opts.unref;
         let id = st.entries.insert(Entry::Stream(stream));
         let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
             unreachable!("just inserted")
@@ -538,6 +559,7 @@ impl<H: Handler> Loop<H> {
             return Err(Error::Os(e));
         }
         st.live += 1;
+        st.unref_count += usize::from(unref);
         if let Some(idle) = idle {
             st.arm_idle(id, Instant::now() + idle);
         }
@@ -822,7 +844,7 @@ impl<H: Handler> Loop<H> {
     pub fn stats(&self) -> Stats {
         let st = self.state.borrow();
         Stats {
-            open: (st.live - st.timer_count) as u64,
+            open: (st.live - st.timer_count - st.unref_count) as u64,
             lingering: st.lingering as u64,
             timers: st.timer_count as u64,
             ..st.stats
@@ -1044,6 +1066,7 @@ impl<H> Stream<H> {
             last_active: Instant::now(),
             idle_seq: 0,
             connecting: false,
+            data_step: 0,
         }
     }
 

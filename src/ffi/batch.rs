@@ -139,7 +139,9 @@ fn apply(boxed: &LoopBox, command: &ep_command, cmdbuf: &[u8]) -> c_int {
 /// then waits at most `timeout_ms` and dispatches, exactly like ep_run_once(). The events of EP_QUEUE
 /// registrations recorded during the step (and any left from closes decided by the commands) are
 /// returned in `*out`, in the order callbacks would have run; the previous call's arrays become
-/// invalid. Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out`
+/// invalid. Because an EP_QUEUE registration only reacts to its events in the next call, a peer EOF
+/// read in the same step as data is processed one step later: the commands answering that data
+/// (the reply to a last request) are applied before EOF ends the connection. Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out`
 /// holds what was recorded), EP_EBUSY from inside a callback (nothing applied), EP_ENULL, or another
 /// negative error. Same thread rules as ep_run_once(); callback registrations keep their callbacks.
 ///

@@ -99,7 +99,11 @@ pub const EP_REUSEPORT: u32 = 8;
 /// instead of calling callbacks; `cbs` may then be NULL. For language bindings: one crossing per
 /// loop step instead of one per event.
 pub const EP_QUEUE: u32 = 16;
-const ALL_FLAGS: u32 = EP_EDGE | EP_BORROW | EP_HALF_CLOSE | EP_REUSEPORT | EP_QUEUE;
+/// This registration does not keep ep_run() running and is not counted in ep_stats.open (like
+/// libuv's uv_unref): for a helper fd, such as a binding's signal pipe, that should not by itself
+/// keep the loop alive. Its events are delivered as usual.
+pub const EP_UNREF: u32 = 32;
+const ALL_FLAGS: u32 = EP_EDGE | EP_BORROW | EP_HALF_CLOSE | EP_REUSEPORT | EP_QUEUE | EP_UNREF;
 
 /// Unknown or stale id (including any id after its on_close).
 pub const EP_ESTALE: c_int = -4001;
@@ -231,6 +235,10 @@ impl Handler for FfiHandler {
         }
     }
 
+    fn delivers_later(&self) -> bool {
+        self.queued
+    }
+
     fn run_posted(lp: &Engine, posted: FfiPost) {
         // SAFETY: the caller passed this function pointer to ep_post with this signature.
         unsafe { (posted.cb)(loop_ptr(lp), posted.user as *mut c_void) }
@@ -339,6 +347,7 @@ fn options(flags: u32) -> Result<Options, Error> {
         borrow: flags & EP_BORROW != 0,
         half_close: flags & EP_HALF_CLOSE != 0,
         reuse_port: flags & EP_REUSEPORT != 0,
+        unref: flags & EP_UNREF != 0,
     })
 }
 
