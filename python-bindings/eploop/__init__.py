@@ -1,0 +1,49 @@
+"""eploop: Linux epoll as a callback event loop, where every way a peer goes away becomes
+exactly one ``on_close(reason, errno)``.
+
+    import eploop
+
+    class Echo(eploop.Handler):
+        def on_data(self, data):
+            self.conn.send(data)
+
+    with eploop.Loop() as loop:
+        loop.listen(("127.0.0.1", 8989), Echo)
+        loop.run()
+
+See ``Loop``, ``Handler``, ``Connection`` and ``CloseReason``.
+"""
+
+from ._ffi import LibraryLoadError, library_path, library_version
+from ._loop import (
+    CloseReason,
+    ClosingError,
+    Connection,
+    EploopError,
+    Handler,
+    Listener,
+    Loop,
+    RunResult,
+    StaleError,
+    Stats,
+    Timer,
+)
+from ._version import __version__
+
+__all__ = [
+    "CloseReason",
+    "ClosingError",
+    "Connection",
+    "EploopError",
+    "Handler",
+    "LibraryLoadError",
+    "Listener",
+    "Loop",
+    "RunResult",
+    "StaleError",
+    "Stats",
+    "Timer",
+    "__version__",
+    "library_path",
+    "library_version",
+]

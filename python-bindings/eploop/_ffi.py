@@ -1,0 +1,300 @@
+"""Loading libeploop.so and declaring its C API for ctypes.
+
+Everything ctypes needs to know about the library lives in this module: where to find it,
+the one table of function signatures, the constants, and the callback types. The rest of the
+package never touches ctypes declarations.
+
+Two handles are opened on the same library:
+
+* calls that may block (``ep_run``, ``ep_run_once``) go through a ``ctypes.CDLL`` handle, which
+  releases the GIL for the duration of the call, so other threads run and signals get through;
+* every other call cannot block and goes through a ``ctypes.PyDLL`` handle, which keeps the GIL:
+  the hot path (a send from inside a callback) does not drop and retake it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    c_char_p,
+    c_int,
+    c_int64,
+    c_size_t,
+    c_uint16,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+
+LIBRARY_ENV = "EPLOOP_LIBRARY"
+LIBRARY_NAME = "libeploop.so"
+
+# ---------------------------------------------------------------------------------------------
+# Constants (mirroring include/eploop.h)
+
+EP_EDGE = 1
+EP_BORROW = 2
+EP_HALF_CLOSE = 4
+EP_REUSEPORT = 8
+EP_QUEUE = 16
+
+EP_EVENT_ACCEPT = 1
+EP_EVENT_DATA = 2
+EP_EVENT_WRITABLE = 3
+EP_EVENT_CLOSE = 4
+
+EP_CMD_SEND = 1
+EP_CMD_CLOSE = 2
+EP_CMD_ABORT = 3
+EP_CMD_SHUTDOWN = 4
+EP_CMD_PAUSE = 5
+EP_CMD_RESUME = 6
+
+EP_ESTALE = -4001
+EP_ENULL = -4002
+EP_EBUSY = -4003
+EP_ECLOSING = -4004
+EP_EKIND = -4005
+EP_EPANIC = -4006
+
+EP_RUN_EMPTY = 0
+EP_RUN_MORE = 1
+EP_RUN_STOPPED = 2
+
+# ---------------------------------------------------------------------------------------------
+# Callback types and the callbacks struct
+
+ON_ACCEPT = CFUNCTYPE(None, c_void_p, c_uint64, c_uint64, c_void_p)
+ON_DATA = CFUNCTYPE(None, c_void_p, c_uint64, c_void_p, c_size_t, c_void_p)
+ON_WRITABLE = CFUNCTYPE(None, c_void_p, c_uint64, c_void_p)
+ON_CLOSE = CFUNCTYPE(None, c_void_p, c_uint64, c_int, c_int, c_void_p)
+TIMER_CB = CFUNCTYPE(None, c_void_p, c_uint64, c_void_p)
+POST_CB = CFUNCTYPE(None, c_void_p, c_void_p)
+
+
+class Callbacks(Structure):
+    """``struct ep_callbacks``."""
+
+    _fields_ = [
+        ("on_accept", ON_ACCEPT),
+        ("on_data", ON_DATA),
+        ("on_writable", ON_WRITABLE),
+        ("on_close", ON_CLOSE),
+    ]
+
+
+class Stats(Structure):
+    """``struct ep_stats``."""
+
+    _fields_ = [
+        ("open", c_uint64),
+        ("lingering", c_uint64),
+        ("timers", c_uint64),
+        ("accepted", c_uint64),
+        ("accept_overloads", c_uint64),
+        ("stale_events", c_uint64),
+        ("bytes_in", c_uint64),
+        ("bytes_out", c_uint64),
+        ("closes", c_uint64 * 8),
+    ]
+
+
+class Command(Structure):
+    """``struct ep_command``: one operation for ``ep_poll`` to apply before it waits."""
+
+    _fields_ = [
+        ("op", c_uint32),
+        ("reserved", c_uint32),
+        ("id", c_uint64),
+        ("offset", c_uint64),
+        ("len", c_uint64),
+    ]
+
+
+class Event(Structure):
+    """``struct ep_event``: one event of an EP_QUEUE registration, as ``ep_poll`` reports it."""
+
+    _fields_ = [
+        ("kind", c_uint32),
+        ("reason", c_uint32),
+        ("err", c_int),
+        ("reserved", c_uint32),
+        ("id", c_uint64),
+        ("listener", c_uint64),
+        ("offset", c_uint64),
+        ("len", c_uint64),
+        ("user", c_void_p),
+    ]
+
+
+class PollResult(Structure):
+    """``struct ep_poll_result``: the events and data of one ``ep_poll`` step."""
+
+    _fields_ = [
+        ("events", POINTER(Event)),
+        ("count", c_size_t),
+        ("data", c_void_p),
+        ("data_len", c_size_t),
+        ("state", c_int),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The one declarative table: every exported C function, its restype and argtypes.
+# A test parses include/eploop.h and fails if a function is missing here or its types differ.
+
+LOOP = c_void_p  # ep_loop *, opaque
+ID = c_uint64  # ep_id
+
+SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "ep_loop_new": (LOOP, ()),
+    "ep_loop_free": (None, (LOOP,)),
+    "ep_register": (c_int64, (LOOP, c_int, c_uint32, POINTER(Callbacks), c_void_p)),
+    "ep_listen": (
+        c_int64,
+        (LOOP, c_char_p, c_uint16, c_int, c_uint32, POINTER(Callbacks), c_void_p),
+    ),
+    "ep_listen_unix": (c_int64, (LOOP, c_char_p, c_int, c_uint32, POINTER(Callbacks), c_void_p)),
+    "ep_connect": (
+        c_int64,
+        (LOOP, c_char_p, c_uint16, c_uint32, c_uint32, POINTER(Callbacks), c_void_p),
+    ),
+    "ep_connect_unix": (
+        c_int64,
+        (LOOP, c_char_p, c_uint32, c_uint32, POINTER(Callbacks), c_void_p),
+    ),
+    "ep_timer_start": (c_int64, (LOOP, c_uint64, c_uint64, TIMER_CB, c_void_p)),
+    "ep_timer_cancel": (c_int, (LOOP, ID)),
+    "ep_post": (c_int, (LOOP, POST_CB, c_void_p)),
+    "ep_run": (c_int, (LOOP,)),
+    "ep_run_once": (c_int, (LOOP, c_int)),
+    "ep_stop": (c_int, (LOOP,)),
+    "ep_send": (c_int, (LOOP, ID, c_void_p, c_size_t)),
+    "ep_shutdown": (c_int, (LOOP, ID)),
+    "ep_close": (c_int, (LOOP, ID)),
+    "ep_abort": (c_int, (LOOP, ID)),
+    "ep_set_user": (c_int, (LOOP, ID, c_void_p)),
+    "ep_get_user": (c_void_p, (LOOP, ID)),
+    "ep_fd": (c_int, (LOOP, ID)),
+    "ep_local_port": (c_int, (LOOP, ID)),
+    "ep_pause_reading": (c_int, (LOOP, ID)),
+    "ep_resume_reading": (c_int, (LOOP, ID)),
+    "ep_set_watermarks": (c_int, (LOOP, ID, c_size_t, c_size_t)),
+    "ep_set_linger": (c_int, (LOOP, c_uint32)),
+    "ep_set_idle_timeout": (c_int, (LOOP, ID, c_uint32)),
+    "ep_set_keepalive": (c_int, (LOOP, ID, c_int, c_int, c_int)),
+    "ep_set_user_timeout": (c_int, (LOOP, ID, c_uint32)),
+    "ep_drain": (c_int, (LOOP, c_uint32)),
+    "ep_get_stats": (c_int, (LOOP, POINTER(Stats))),
+    "ep_poll": (
+        c_int,
+        (
+            LOOP,
+            c_int,
+            POINTER(Command),
+            c_size_t,
+            c_void_p,
+            c_size_t,
+            POINTER(c_int),
+            POINTER(PollResult),
+        ),
+    ),
+    "ep_strerror": (c_char_p, (c_int,)),
+    "ep_version": (c_char_p, ()),
+}
+
+# Calls that wait in epoll_wait: made through the GIL-releasing handle.
+BLOCKING = frozenset({"ep_run", "ep_run_once", "ep_poll"})
+
+# ---------------------------------------------------------------------------------------------
+# Finding and loading the library
+
+
+class LibraryLoadError(ImportError):
+    """libeploop.so could not be loaded; the message names every path tried and why."""
+
+
+def candidate_paths() -> list[Path]:
+    """Where the library is looked for, in order.
+
+    ``$EPLOOP_LIBRARY`` alone when it is set (an explicit choice is never silently replaced by
+    another copy); otherwise the copy bundled inside the package, then the crate's
+    ``target/release`` when the package is used straight from a source checkout.
+    """
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        return [Path(override)]
+    package_dir = Path(__file__).resolve().parent
+    return [
+        package_dir / LIBRARY_NAME,
+        package_dir.parent.parent / "target" / "release" / LIBRARY_NAME,
+    ]
+
+
+def _load() -> tuple[ctypes.CDLL, ctypes.PyDLL, Path]:
+    failures = []
+    for path in candidate_paths():
+        if not path.is_file():
+            failures.append(f"  {path}: no such file")
+            continue
+        try:
+            return ctypes.CDLL(str(path)), ctypes.PyDLL(str(path)), path
+        except OSError as exc:
+            failures.append(f"  {path}: {exc}")
+    hint = (
+        f"set {LIBRARY_ENV} to the path of {LIBRARY_NAME}, "
+        "or reinstall the package with `pip install ./python-bindings` from the eploop checkout"
+    )
+    raise LibraryLoadError(
+        f"cannot load {LIBRARY_NAME}; tried:\n" + "\n".join(failures) + f"\n{hint}"
+    )
+
+
+def compatible(library_version: str, package_version: str) -> bool:
+    """Cargo's rule: versions agree on their leftmost non-zero component (0.1.x ~ 0.1.y)."""
+
+    def key(version: str) -> tuple[int, ...]:
+        parts = tuple(int(p) for p in version.split("-")[0].split(".")[:3])
+        return parts[:1] if parts[0] != 0 else parts[:2]
+
+    return key(library_version) == key(package_version)
+
+
+class _Lib:
+    """The C functions as attributes, each with its argtypes and restype set."""
+
+    def __init__(self, nogil: ctypes.CDLL, gil: ctypes.PyDLL) -> None:
+        for name, (restype, argtypes) in SIGNATURES.items():
+            function = getattr(nogil if name in BLOCKING else gil, name)
+            function.restype = restype
+            function.argtypes = argtypes
+            setattr(self, name, function)
+
+    def __getattr__(self, name: str) -> Any:  # only reached for names missing from SIGNATURES
+        raise AttributeError(f"{name} is not declared in eploop._ffi.SIGNATURES")
+
+
+_nogil, _gil, library_path = _load()
+lib: Any = _Lib(_nogil, _gil)
+library_version: str = lib.ep_version().decode()
+
+if not compatible(library_version, __version__):
+    raise LibraryLoadError(
+        f"{library_path} is libeploop {library_version}, but this eploop package "
+        f"{__version__} needs a compatible library ({__version__.rsplit('.', 1)[0]}.x); "
+        f"rebuild with `pip install ./python-bindings` or point {LIBRARY_ENV} at a matching library"
+    )
+
+
+def strerror(code: int) -> str:
+    """``ep_strerror``: the text for a negative error code."""
+    text: bytes = lib.ep_strerror(code)
+    return text.decode(errors="replace")

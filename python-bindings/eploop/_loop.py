@@ -1,0 +1,1090 @@
+"""The Pythonic layer: Loop, Listener, Connection, Handler, CloseReason, errors.
+
+How events reach Python: every registration is made with EP_QUEUE, so during a loop step the
+library records events instead of calling back, and one ``ep_poll()`` call per step hands them
+all over (an array of ``ep_event`` and one data buffer). The handlers then run in Python, in the
+order callbacks would have run. Only timers and ``call_soon_threadsafe`` callbacks come through
+ctypes callbacks: two ``CFUNCTYPE`` objects created once, at import, kept at module level, whose
+``user`` pointer is an integer key, so nothing C can call or hold is ever garbage-collected.
+Each loop keeps its registrations in a dict keyed by ``ep_id`` (ids are never reused).
+
+Exception policy: an exception raised by a handler method (or a handler factory) is never
+swallowed. The connection whose handler raised is aborted (RST: its state is suspect, so the
+peer must not take what it got as complete); the rest of the step's events are still delivered;
+then ``run()``/``run_once()`` (or ``close()``) re-raises the exception. Other connections are
+untouched: the loop can be run again. If several handlers raise in the same step, the first
+exception is raised and the others are attached to it as notes.
+
+Signals (Ctrl-C): while ``run()``/``run_once()`` runs in the main thread, Python-level signal
+handlers are deferred: a signal is queued and its real handler called from ``run()`` itself
+between steps, so ``KeyboardInterrupt`` (or ``SystemExit`` from a SIGTERM handler) propagates
+from ``run()``, never from the middle of a step, where it would lose the step's other events
+(or, inside a timer callback, be swallowed by ctypes). During ``run()``,
+``signal.set_wakeup_fd`` points at a pipe the loop watches, so a signal arriving at any instant
+wakes ``epoll_wait`` at once.
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]  # getsignal without the enum conversion
+import ctypes
+import dataclasses
+import enum
+import errno
+import itertools
+import math
+import os
+import signal
+import socket
+import struct
+import threading
+import weakref
+from collections.abc import Callable
+from ctypes import byref, c_char, string_at
+from typing import Any
+
+from . import _ffi
+from ._ffi import lib
+
+__all__ = [
+    "CloseReason",
+    "ClosingError",
+    "Connection",
+    "EploopError",
+    "Handler",
+    "Listener",
+    "Loop",
+    "RunResult",
+    "StaleError",
+    "Stats",
+    "Timer",
+]
+
+
+class CloseReason(enum.IntEnum):
+    """Why a connection ended (``ep_close_reason``); ``str()`` gives the event-log name."""
+
+    PEER_EOF = 1  #: the peer closed its side (FIN)
+    PEER_RESET = 2  #: ECONNRESET / ECONNABORTED / EPIPE (RST)
+    ERROR = 3  #: another I/O error; ``errno`` tells which
+    LOCAL = 4  #: ``close()`` finished: everything queued was handed to the kernel, FIN sent
+    ABORT = 5  #: ``abort()``: RST sent, queue dropped
+    TIMEOUT = 6  #: a graceful close could not flush within the linger time
+    LOOP_FREED = 7  #: the loop was closed while the connection was open
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+class RunResult(enum.IntEnum):
+    """What ``Loop.run_once()`` found."""
+
+    EMPTY = _ffi.EP_RUN_EMPTY  #: nothing is registered any more
+    MORE = _ffi.EP_RUN_MORE  #: the loop still has registrations
+    STOPPED = _ffi.EP_RUN_STOPPED  #: ``stop()`` was called
+
+
+_REASONS: dict[int, Any] = {reason.value: reason for reason in CloseReason}
+
+
+class EploopError(OSError):
+    """A negative result from libeploop.
+
+    ``errno`` is the positive error number (an ``errno`` value such as ``EADDRINUSE``, or
+    4001..4006 for the library's own codes), ``strerror`` is ``ep_strerror``'s text and ``code``
+    the raw negative value the C function returned.
+    """
+
+    def __init__(self, code: int, function: str) -> None:
+        super().__init__(-code, _ffi.strerror(code))
+        self.code = code
+        self.function = function
+
+    def __str__(self) -> str:
+        return f"[Errno {self.errno}] {self.function}: {self.strerror}"
+
+
+class StaleError(EploopError):
+    """The connection or listener has already ended (its ``on_close`` ran): EP_ESTALE."""
+
+
+class ClosingError(EploopError):
+    """``close()`` was already called on this connection: EP_ECLOSING."""
+
+
+def _error(code: int, function: str) -> EploopError:
+    if code == _ffi.EP_ESTALE:
+        return StaleError(code, function)
+    if code == _ffi.EP_ECLOSING:
+        return ClosingError(code, function)
+    return EploopError(code, function)
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers
+
+
+class Handler:
+    """Base class for connection handlers: subclass it and override what you need.
+
+    One handler object serves one connection; ``self.conn`` is set before any method runs.
+    Methods run on the loop's thread and must not block. Any of them may call any ``Connection``
+    or ``Loop`` method except ``run``/``run_once``/``close`` of its own loop.
+    """
+
+    conn: Connection
+
+    def on_accept(self) -> None:
+        """The connection is up: a listener accepted it, or ``Loop.connect`` succeeded.
+
+        Not called for ``Loop.register``: a socket you register is connected already.
+        """
+
+    def on_data(self, data: bytes) -> None:
+        """Bytes arrived (never empty)."""
+
+    def on_eof(self) -> None:
+        """The peer sent FIN (only with ``half_close=True``); we can still send.
+
+        The default closes gracefully once everything queued is flushed.
+        """
+        self.conn.close()
+
+    def on_writable(self) -> None:
+        """The send queue drained to its low-water mark after ``send()`` returned False."""
+
+    def on_close(self, reason: CloseReason, errno: int) -> None:
+        """The connection ended; called exactly once, after every byte was delivered."""
+
+
+def _ignore(*_args: object) -> None:
+    pass
+
+
+def _ms(seconds: float) -> int:
+    """Seconds to whole milliseconds, rounded up so a short wait never becomes a busy poll."""
+    return max(0, math.ceil(seconds * 1000))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registrations
+
+
+def _with_socket(fd: int, use: Callable[[socket.socket], Any]) -> Any:
+    """Apply ``use`` to a temporary socket object over ``fd`` without ever closing ``fd``."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return use(sock)
+    finally:
+        sock.detach()
+
+
+class _Registration:
+    """What listeners and connections share: an id in a loop, and its fd."""
+
+    __slots__ = ("__weakref__", "_borrowed", "_lp", "id", "loop")
+
+    def __init__(self, loop: Loop, reg_id: int, borrowed: object = None) -> None:
+        self.loop = loop
+        self.id = reg_id
+        self._lp: int | None = loop._lp
+        self._borrowed = borrowed  # the caller's socket/file object, kept alive while registered
+
+    @property
+    def closed(self) -> bool:
+        """True once ``on_close`` has run."""
+        return self._lp is None
+
+    def _check(self, code: int, function: str) -> int:
+        if code < 0:
+            if self._lp is None:
+                code = _ffi.EP_ESTALE
+            raise _error(code, function)
+        return code
+
+    def fileno(self) -> int:
+        """The fd (owned by the loop: do not close it or change its blocking mode)."""
+        return self._check(lib.ep_fd(self._lp, self.id), "ep_fd")
+
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        """``socket.setsockopt`` on the connection's socket (TCP_NODELAY, TCP_CORK, ...)."""
+        _with_socket(self.fileno(), lambda s: s.setsockopt(level, option, value))
+
+    def getsockopt(self, level: int, option: int, buflen: int = 0) -> Any:
+        """``socket.getsockopt`` on the connection's socket."""
+        args = (level, option, buflen) if buflen else (level, option)
+        return _with_socket(self.fileno(), lambda s: s.getsockopt(*args))
+
+    @property
+    def sockname(self) -> Any:
+        """The local address, as ``socket.getsockname()`` gives it."""
+        return _with_socket(self.fileno(), lambda s: s.getsockname())
+
+    def set_idle_timeout(self, seconds: float | None) -> None:
+        """End the connection with ``on_close(TIMEOUT, ETIMEDOUT)`` after ``seconds`` without a
+        byte read or written (None disables). On a listener: for the connections it accepts."""
+        self._check(
+            lib.ep_set_idle_timeout(self._lp, self.id, _ms(seconds or 0)), "ep_set_idle_timeout"
+        )
+
+    def set_watermarks(self, low: int, high: int) -> None:
+        """Flow-control thresholds in bytes (default 16 KiB / 64 KiB): ``send()`` returns False
+        above ``high``; ``on_writable`` fires at ``low``. On a listener: for its connections."""
+        self._check(lib.ep_set_watermarks(self._lp, self.id, low, high), "ep_set_watermarks")
+
+    def _ended(self) -> None:
+        self._lp = None
+        self._borrowed = None
+
+
+class Listener(_Registration):
+    """A listening socket; every connection it accepts gets a handler from ``factory()``."""
+
+    __slots__ = ("factory", "half_close")
+
+    def __init__(
+        self,
+        loop: Loop,
+        reg_id: int,
+        factory: Callable[[], Any],
+        half_close: bool,
+        borrowed: object = None,
+    ) -> None:
+        super().__init__(loop, reg_id, borrowed)
+        self.factory = factory
+        self.half_close = half_close
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (useful after listening on port 0)."""
+        return self._check(lib.ep_local_port(self._lp, self.id), "ep_local_port")
+
+    def close(self) -> None:
+        """Stop listening; connections already accepted are not affected. Idempotent."""
+        if self._lp is not None:
+            code = lib.ep_close(self._lp, self.id)
+            if code not in (0, _ffi.EP_ESTALE, _ffi.EP_ECLOSING):
+                raise _error(code, "ep_close")
+
+    def pause(self) -> None:
+        """Stop accepting (connections wait in the kernel backlog)."""
+        self._check(lib.ep_pause_reading(self._lp, self.id), "ep_pause_reading")
+
+    def resume(self) -> None:
+        """Accept again after ``pause()``."""
+        self._check(lib.ep_resume_reading(self._lp, self.id), "ep_resume_reading")
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"port={self.port}"
+        return f"<eploop.Listener id={self.id} {state}>"
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer`` (stable ABI since 3.11): a pointer into a read-only buffer."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+_release_buffer.restype = None
+
+_ep_send = lib.ep_send
+_ep_poll = lib.ep_poll
+
+
+class Connection(_Registration):
+    """One connected stream (or pipe/tty) in a loop.
+
+    ``handler`` is its handler object; ``user`` is free for application state.
+    """
+
+    __slots__ = (
+        "_closed_for_peer_eof",
+        "_on_close",
+        "_on_data",
+        "_on_eof",
+        "_on_writable",
+        "_peername",
+        "handler",
+        "user",
+    )
+
+    def __init__(self, loop: Loop, reg_id: int, borrowed: object = None) -> None:
+        super().__init__(loop, reg_id, borrowed)
+        self.handler: Any = None
+        self.user: Any = None
+        self._peername: Any = None
+        self._on_data: Callable[[bytes], object] = _ignore
+        self._on_eof: Callable[[], object] = self._on_peer_eof
+        self._on_writable: Callable[[], object] = _ignore
+        self._on_close: Callable[[CloseReason, int], object] = _ignore
+        self._closed_for_peer_eof = False
+
+    def _attach(self, handler: Any, half_close: bool) -> None:
+        handler.conn = self
+        self.handler = handler
+        self._on_data = getattr(handler, "on_data", _ignore)
+        if half_close:
+            self._on_eof = getattr(handler, "on_eof", self.close)
+        self._on_writable = getattr(handler, "on_writable", _ignore)
+        self._on_close = getattr(handler, "on_close", _ignore)
+
+    def _on_peer_eof(self) -> None:
+        """The peer's EOF without half-close: flush what the handlers queued, then end it.
+
+        The library would do this itself within the step that read the EOF, before ep_poll()
+        returns, i.e. before the handlers of that step's data could reply (notes/bugs.md,
+        "EP_QUEUE: a reply to the peer's last bytes is lost"). So every registration is made
+        with EP_HALF_CLOSE and the close happens here, after them; it is reported as PEER_EOF.
+        """
+        if lib.ep_close(self._lp, self.id) == 0:
+            self._closed_for_peer_eof = True
+
+    def send(self, data: bytes | bytearray | memoryview) -> bool:
+        """Queue ``data`` (any bytes-like object) for sending; never blocks, never partial.
+
+        Returns True while the send queue is at or below its high-water mark, False once it is
+        above: stop producing and wait for ``on_writable``. Raises ``StaleError`` after
+        ``on_close``, ``ClosingError`` after ``close()``, ``EploopError`` otherwise.
+        """
+        if type(data) is bytes:
+            code = _ep_send(self._lp, self.id, data, len(data))
+        else:
+            code = self._send_buffer(data)
+        if code == 0:
+            return True
+        if code == 1:
+            return False
+        return bool(self._check(code, "ep_send"))
+
+    def _send_buffer(self, data: Any) -> int:
+        view = memoryview(data)
+        size = view.nbytes
+        if size == 0:
+            return _ep_send(self._lp, self.id, None, 0)  # type: ignore[no-any-return]
+        if not view.c_contiguous:
+            raise BufferError("send() needs a C-contiguous buffer")
+        if not view.readonly:
+            return _ep_send(self._lp, self.id, byref(c_char.from_buffer(view)), size)  # type: ignore[no-any-return]
+        buffer = _PyBuffer()
+        _get_buffer(view, byref(buffer), 0)
+        try:
+            return _ep_send(self._lp, self.id, buffer.buf, size)  # type: ignore[no-any-return]
+        finally:
+            _release_buffer(byref(buffer))
+
+    def shutdown(self) -> None:
+        """Send FIN once the queue is flushed; keep reading until the peer closes too."""
+        self._check(lib.ep_shutdown(self._lp, self.id), "ep_shutdown")
+
+    def close(self) -> None:
+        """Graceful close: flush the queue, send FIN, then ``on_close(LOCAL)``. Idempotent."""
+        if self._lp is not None:
+            code = lib.ep_close(self._lp, self.id)
+            if code not in (0, _ffi.EP_ESTALE, _ffi.EP_ECLOSING):
+                raise _error(code, "ep_close")
+
+    def abort(self) -> None:
+        """Reset now (RST), dropping the queue; ``on_close(ABORT)`` follows. Idempotent."""
+        if self._lp is not None:
+            code = lib.ep_abort(self._lp, self.id)
+            if code not in (0, _ffi.EP_ESTALE, _ffi.EP_ECLOSING):
+                raise _error(code, "ep_abort")
+
+    def pause_reading(self) -> None:
+        """Stop delivering ``on_data`` (the kernel buffers, then the peer is throttled)."""
+        self._check(lib.ep_pause_reading(self._lp, self.id), "ep_pause_reading")
+
+    def resume_reading(self) -> None:
+        """Deliver ``on_data`` again after ``pause_reading()``."""
+        self._check(lib.ep_resume_reading(self._lp, self.id), "ep_resume_reading")
+
+    def set_keepalive(self, idle: int, interval: int, count: int) -> None:
+        """TCP keepalive: probe after ``idle`` s of silence, every ``interval`` s, ``count``
+        times; then the connection ends with ``on_close(ERROR, ETIMEDOUT)``. ``idle`` 0: off."""
+        self._check(
+            lib.ep_set_keepalive(self._lp, self.id, idle, interval, count), "ep_set_keepalive"
+        )
+
+    def set_user_timeout(self, seconds: float) -> None:
+        """TCP_USER_TIMEOUT: sent data unacknowledged for ``seconds`` fails the connection."""
+        self._check(lib.ep_set_user_timeout(self._lp, self.id, _ms(seconds)), "ep_set_user_timeout")
+
+    @property
+    def peername(self) -> Any:
+        """The peer's address, as ``socket.getpeername()`` gives it (cached)."""
+        if self._peername is None:
+            self._peername = _with_socket(self.fileno(), lambda s: s.getpeername())
+        return self._peername
+
+    def __repr__(self) -> str:
+        return f"<eploop.Connection id={self.id}{' closed' if self.closed else ''}>"
+
+
+class Timer:
+    """A pending ``Loop.call_later`` callback; ``cancel()`` it if it is no longer wanted."""
+
+    __slots__ = ("callback", "id", "loop", "repeat")
+
+    def __init__(
+        self, loop: Loop, timer_id: int, callback: Callable[[], object], repeat: float | None
+    ) -> None:
+        self.loop = loop
+        self.id = timer_id
+        self.callback = callback
+        self.repeat = repeat
+
+    @property
+    def active(self) -> bool:
+        """True until a one-shot timer fired, or the timer was cancelled."""
+        return self.id in self.loop._timers
+
+    def cancel(self) -> None:
+        """The callback will not run again. Idempotent."""
+        if self.active and self.loop._lp is not None:
+            lib.ep_timer_cancel(self.loop._lp, self.id)
+        self._finished()
+
+    def _finished(self) -> None:
+        self.loop._timers.pop(self.id, None)
+
+    def __repr__(self) -> str:
+        return f"<eploop.Timer id={self.id}{'' if self.active else ' done'}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """A loop's counters (``Loop.stats()``)."""
+
+    open: int  #: registrations open now (listeners, connections, other fds)
+    lingering: int  #: sockets still draining after a graceful close
+    timers: int  #: timers pending
+    accepted: int  #: connections accepted since the loop was created
+    accept_overloads: int  #: accepts refused or paused because fds or memory ran out
+    stale_events: int  #: events dropped because their registration had just ended
+    bytes_in: int  #: bytes delivered through on_data
+    bytes_out: int  #: bytes handed to the kernel
+    closes: dict[CloseReason, int]  #: on_close calls so far, by reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Events: how C reaches the handlers.
+#
+# Every registration is made with EP_QUEUE: during a loop step the library records its events
+# (accept, data, writable, close) instead of calling back, and ep_poll() hands the whole step
+# over at once, as an array of ep_event and one buffer holding all the data. One C call per step
+# instead of one ctypes callback per event; the handlers then run here, in Python, in the order
+# callbacks would have run.
+
+_EVENT = struct.Struct("@IIiIQQQQP")  # struct ep_event
+assert _EVENT.size == ctypes.sizeof(_ffi.Event)
+_ACCEPT, _DATA, _WRITABLE, _CLOSE = (
+    _ffi.EP_EVENT_ACCEPT,
+    _ffi.EP_EVENT_DATA,
+    _ffi.EP_EVENT_WRITABLE,
+    _ffi.EP_EVENT_CLOSE,
+)
+
+
+def _dispatch(loop: Loop, result: _ffi.PollResult) -> None:
+    """Run the handlers for one step's events. A handler that raises is dealt with by
+    ``loop._handler_failed`` and the remaining events of the step are still delivered."""
+    raw = string_at(result.events, result.count * _EVENT.size)
+    data = string_at(result.data, result.data_len) if result.data_len else b""
+    registrations = loop._registrations
+    for kind, reason, err, _, reg_id, listener_id, offset, size, _ in _EVENT.iter_unpack(raw):
+        conn: Any = registrations.get(reg_id)
+        try:
+            if kind == _DATA:
+                if conn is None:
+                    continue  # the loop's own wakeup pipe
+                if size:
+                    conn._on_data(data[offset : offset + size])
+                else:
+                    conn._on_eof()
+            elif kind == _WRITABLE:
+                if conn is not None:
+                    conn._on_writable()
+            elif kind == _ACCEPT:
+                if conn is None:  # outbound connections (listener 0) exist already
+                    conn = Connection(loop, reg_id)
+                    registrations[reg_id] = conn
+                    listener: Any = registrations[listener_id]
+                    conn._attach(listener.factory(), listener.half_close)
+                on_accept = getattr(conn.handler, "on_accept", None)
+                if on_accept is not None:
+                    on_accept()
+            elif kind == _CLOSE and conn is not None:
+                del registrations[reg_id]
+                _closed(conn, reason, err)
+                conn = None  # nothing left to abort if its on_close raises
+        except BaseException as exc:
+            loop._handler_failed(conn, exc)
+
+
+def _closed(registration: _Registration, reason: int, err: int) -> None:
+    """A registration's one on_close."""
+    try:
+        if isinstance(registration, Connection):
+            if reason == CloseReason.LOCAL and registration._closed_for_peer_eof:
+                reason = CloseReason.PEER_EOF
+                registration.loop._peer_eof_closes += 1
+            registration._on_close(_REASONS.get(reason, reason), err)
+    finally:
+        registration._ended()
+
+
+# Timers and calls from other threads still come as callbacks (they carry no data), through two
+# CFUNCTYPE objects created once, at import, and kept at module level so they are never freed.
+# Their ``user`` pointer is not a pointer but an integer key: nothing C holds refers to a
+# Python object.
+
+_loops: dict[int, weakref.ReferenceType[Loop]] = {}
+_loop_keys = itertools.count(1)
+
+
+def _find(user: int | None) -> Loop | None:
+    ref = _loops.get(user)  # type: ignore[arg-type]
+    return ref() if ref is not None else None
+
+
+def _on_timer(_lp: int, timer_id: int, user: int) -> None:
+    try:
+        loop = _find(user)
+        timer = loop._timers.get(timer_id) if loop is not None else None
+        if timer is None:
+            return
+        if not timer.repeat:
+            timer._finished()
+        timer.callback()
+    except BaseException as exc:
+        _failed(user, exc)
+
+
+_posts: dict[int, tuple[int, Callable[[], object]]] = {}  # post key -> (loop key, callback)
+_post_keys = itertools.count(1)
+
+
+def _on_post(_lp: int, post_key: int) -> None:
+    loop_key = 0
+    try:
+        loop_key, callback = _posts.pop(post_key)
+        callback()
+    except BaseException as exc:
+        _failed(loop_key, exc)
+
+
+def _failed(user: int, exc: BaseException) -> None:
+    """A callback raised inside C: keep the exception for run() to raise."""
+    loop = _find(user)
+    if loop is not None:  # (None: the loop is being garbage-collected; nobody is left to tell)
+        loop._handler_failed(None, exc)
+
+
+_TIMER_TRAMPOLINE = _ffi.TIMER_CB(_on_timer)
+_POST_TRAMPOLINE = _ffi.POST_CB(_on_post)
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+_WAKE_POLL_MS = 100  # bound on signal latency when no wakeup fd can be armed
+_SIGNALS = tuple(signal.valid_signals())
+
+
+class Loop:
+    """An epoll event loop; a context manager that closes every connection on exit.
+
+    A loop belongs to the thread that runs it. Only ``stop()`` and ``call_soon_threadsafe()``
+    may be called from other threads (``stop()`` also from a signal handler).
+    """
+
+    def __init__(self, *, linger: float | None = None) -> None:
+        lp = lib.ep_loop_new()
+        if not lp:
+            raise OSError(errno.ENOMEM, "ep_loop_new failed")
+        self._lp: int | None = lp
+        self._key = next(_loop_keys)
+        self._registrations: dict[int, _Registration] = {}
+        self._timers: dict[int, Timer] = {}
+        self._error: BaseException | None = None
+        self._running = False
+        self._lock = threading.RLock()  # orders stop() from other threads against close()
+        self._wake_pipe: tuple[int, int] | None = None
+        self._guard: _SignalGuard | None = None  # while run() runs
+        self._hidden_aborts = 0  # ABORT closes of the internal wakeup pipe, kept out of stats()
+        self._peer_eof_closes = 0  # LOCAL closes reported as PEER_EOF (Connection._on_peer_eof)
+        self._poll_result = _ffi.PollResult()
+        self._poll_result_ref = byref(self._poll_result)
+        _loops[self._key] = weakref.ref(self)
+        if linger is not None:
+            self.set_linger(linger)
+
+    # -- context manager and lifetime
+
+    def __enter__(self) -> Loop:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a loop nobody closed; at exit, module globals may be gone
+        lp = getattr(self, "_lp", None)
+        if lp is not None and lib is not None and _loops is not None:
+            self._lp = None
+            _loops.pop(self._key, None)  # nobody is left to hear: no handler runs
+            lib.ep_loop_free(lp)
+        if getattr(self, "_wake_pipe", None) and os is not None:
+            for fd in self._wake_pipe:  # type: ignore[union-attr]
+                os.close(fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._lp is None
+
+    def close(self) -> None:
+        """Close every connection and free the loop. Idempotent.
+
+        Closes already under way are delivered first (one more step, without waiting); every
+        connection still open then gets ``on_close(LOOP_FREED)``. Re-raises an exception a
+        handler raised meanwhile.
+        """
+        if self._running:
+            raise RuntimeError("Loop.close() called while the loop is running (use stop())")
+        with self._lock:
+            lp = self._lp
+            if lp is None:
+                return
+            self._running = True
+            try:
+                self._settle(lp)
+            finally:
+                self._running = False
+                lib.ep_loop_free(lp)  # EP_QUEUE registrations: nothing is called back
+                self._lp = None
+                _loops.pop(self._key, None)
+                still_open = list(self._registrations.values())
+                self._registrations.clear()
+                for registration in still_open:
+                    try:
+                        _closed(registration, CloseReason.LOOP_FREED, 0)
+                    except BaseException as exc:
+                        self._handler_failed(None, exc)
+                self._timers.clear()
+                if self._wake_pipe is not None:
+                    for fd in self._wake_pipe:
+                        os.close(fd)
+                    self._wake_pipe = None
+        self._raise_pending()
+
+    def _settle(self, lp: int) -> None:
+        """Deliver what is already decided (a close() with nothing left to flush, data that
+        arrived) before the loop is freed: a few steps without waiting, until one is quiet."""
+        result = self._poll_result
+        for _ in range(3):
+            code = _ep_poll(lp, 0, None, 0, None, 0, None, self._poll_result_ref)
+            if (code < 0 and code != -errno.EINTR) or not result.count:
+                return
+            _dispatch(self, result)
+
+    def _open_lp(self) -> int:
+        if self._lp is None:
+            raise ValueError("the loop is closed")
+        return self._lp
+
+    # -- registering
+
+    def listen(
+        self,
+        addr: tuple[str, int] | str | socket.socket,
+        handler_factory: Callable[[], Any],
+        *,
+        backlog: int = 0,
+        edge: bool = False,
+        half_close: bool = False,
+        reuse_port: bool = False,
+    ) -> Listener:
+        """Listen on ``(host, port)``, on a Unix socket path, or adopt a listening socket.
+
+        ``host`` is a numeric IPv4/IPv6 address, ``"localhost"``, or ``""`` for every address;
+        port 0 picks a free one (see ``Listener.port``). A ``str`` is a Unix socket path (a
+        leading ``@`` names an abstract socket). ``backlog`` <= 0 means SOMAXCONN.
+        ``reuse_port`` sets SO_REUSEPORT so several loops (threads) can share the port.
+        ``handler_factory()`` is called once per accepted connection and returns its handler.
+        """
+        if isinstance(addr, socket.socket):
+            return self._register(
+                addr, handler_factory, edge=edge, half_close=half_close, listening=True
+            )  # type: ignore[return-value]
+        flags = self._flags(edge) | (_ffi.EP_REUSEPORT if reuse_port else 0)
+        lp = self._open_lp()
+        if isinstance(addr, str):
+            code = lib.ep_listen_unix(lp, addr.encode(), backlog, flags, None, self._key)
+        else:
+            host, port = addr
+            code = lib.ep_listen(lp, host.encode(), port, backlog, flags, None, self._key)
+        if code < 0:
+            raise _error(code, f"listen {addr!r}")
+        listener = Listener(self, code, handler_factory, half_close)
+        self._registrations[code] = listener
+        return listener
+
+    def connect(
+        self,
+        addr: tuple[str, int] | str,
+        handler: Any,
+        *,
+        timeout: float | None = None,
+        edge: bool = False,
+        half_close: bool = False,
+    ) -> Connection:
+        """Connect to ``(host, port)`` (numeric address or "localhost") or a Unix socket path
+        without blocking; returns the Connection at once.
+
+        ``handler.on_accept()`` runs once connected; a failure (refused, unreachable) is the
+        connection's one ``on_close`` (ERROR or PEER_RESET with the errno), and after
+        ``timeout`` seconds ``on_close(TIMEOUT)``. What you ``send()`` before is queued.
+        """
+        lp = self._open_lp()
+        timeout_ms = _ms(timeout) if timeout else 0
+        flags = self._flags(edge)
+        if isinstance(addr, str):
+            code = lib.ep_connect_unix(lp, addr.encode(), timeout_ms, flags, None, self._key)
+        else:
+            host, port = addr
+            code = lib.ep_connect(lp, host.encode(), port, timeout_ms, flags, None, self._key)
+        if code < 0:
+            raise _error(code, f"connect {addr!r}")
+        conn = Connection(self, code)
+        conn._attach(handler, half_close)
+        self._registrations[code] = conn
+        return conn
+
+    def register(
+        self,
+        sock_or_fd: Any,
+        handler: Any,
+        *,
+        edge: bool = False,
+        half_close: bool = False,
+    ) -> Any:
+        """Adopt a connected socket, pipe, tty... (or a listening socket) into the loop.
+
+        Pass the socket (or file) object you created: the loop borrows its fd and keeps the
+        object alive until ``on_close``; it never closes it, and you must not close it while it
+        is registered. A plain int fd is handed over instead: the loop owns and closes it.
+
+        For a connected stream, ``handler`` is its handler object and a ``Connection`` is
+        returned (``on_accept`` is not called). For a listening socket, ``handler`` is a
+        handler factory, as for ``listen()``, and a ``Listener`` is returned.
+        """
+        return self._register(sock_or_fd, handler, edge=edge, half_close=half_close, listening=None)
+
+    def _register(
+        self,
+        sock_or_fd: Any,
+        handler: Any,
+        *,
+        edge: bool,
+        half_close: bool,
+        listening: bool | None,
+    ) -> Connection | Listener:
+        lp = self._open_lp()
+        if isinstance(sock_or_fd, int):
+            fd, borrowed, flags = sock_or_fd, None, 0
+        else:
+            fd, borrowed, flags = sock_or_fd.fileno(), sock_or_fd, _ffi.EP_BORROW
+        is_listener = _is_listening(fd)
+        if listening and not is_listener:
+            raise ValueError("listen() needs a listening socket (call sock.listen() first)")
+        flags |= self._flags(edge)
+        code = lib.ep_register(lp, fd, flags, None, self._key)
+        if code < 0:
+            raise _error(code, "ep_register")
+        registration: Connection | Listener
+        if is_listener:
+            registration = Listener(self, code, handler, half_close, borrowed)
+        else:
+            registration = Connection(self, code, borrowed)
+            registration._attach(handler, half_close)
+        self._registrations[code] = registration
+        return registration
+
+    @staticmethod
+    def _flags(edge: bool) -> int:
+        # EP_QUEUE: events come back from ep_poll(), see _dispatch. EP_HALF_CLOSE always: the
+        # peer's EOF is then acted on after the step's handlers ran (Connection._on_peer_eof).
+        return _ffi.EP_QUEUE | _ffi.EP_HALF_CLOSE | (_ffi.EP_EDGE if edge else 0)
+
+    @property
+    def connections(self) -> list[Connection]:
+        """The open connections."""
+        return [r for r in self._registrations.values() if isinstance(r, Connection)]
+
+    def set_linger(self, seconds: float) -> None:
+        """Bound how long a graceful close may flush and then linger (default 5 s)."""
+        lib.ep_set_linger(self._open_lp(), _ms(seconds))
+
+    # -- timers, other threads, shutdown, counters
+
+    def call_later(
+        self, delay: float, callback: Callable[[], object], *, repeat: float | None = None
+    ) -> Timer:
+        """Run ``callback()`` on the loop's thread after ``delay`` seconds, then every
+        ``repeat`` seconds if given (at a fixed rate). A pending timer keeps ``run()`` going.
+        An exception from ``callback`` is re-raised from ``run()``."""
+        lp = self._open_lp()
+        code = lib.ep_timer_start(
+            lp, _ms(delay), _ms(repeat) if repeat else 0, _TIMER_TRAMPOLINE, self._key
+        )
+        if code < 0:
+            raise _error(code, "ep_timer_start")
+        timer = Timer(self, code, callback, repeat)
+        self._timers[code] = timer
+        return timer
+
+    def call_soon_threadsafe(self, callback: Callable[[], object]) -> None:
+        """Run ``callback()`` on the loop's thread at its next step (from any thread)."""
+        key = next(_post_keys)
+        _posts[key] = (self._key, callback)
+        with self._lock:
+            code = (
+                lib.ep_post(self._lp, _POST_TRAMPOLINE, key)
+                if self._lp is not None
+                else _ffi.EP_ENULL
+            )
+        if code < 0:
+            del _posts[key]
+            if self._lp is None:
+                raise ValueError("the loop is closed")
+            raise _error(code, "ep_post")
+
+    def drain(self, grace: float) -> None:
+        """Graceful shutdown: close every listener now, give open connections ``grace`` seconds
+        to finish, then close the rest gracefully; ``run()`` returns once nothing is left."""
+        lp = self._open_lp()
+        if self._guard is not None:
+            self._guard.disarm()  # the wakeup pipe must not hold the drain up
+        code = lib.ep_drain(lp, _ms(grace))
+        if code < 0:
+            raise _error(code, "ep_drain")
+
+    def stats(self) -> Stats:
+        """The loop's counters."""
+        raw = _ffi.Stats()
+        code = lib.ep_get_stats(self._open_lp(), byref(raw))
+        if code < 0:
+            raise _error(code, "ep_get_stats")
+        closes = {reason: raw.closes[reason.value] for reason in CloseReason}
+        closes[CloseReason.ABORT] -= self._hidden_aborts
+        closes[CloseReason.LOCAL] -= self._peer_eof_closes
+        closes[CloseReason.PEER_EOF] += self._peer_eof_closes
+        return Stats(
+            open=raw.open - (1 if self._guard is not None and self._guard.armed else 0),
+            lingering=raw.lingering,
+            timers=raw.timers,
+            accepted=raw.accepted,
+            accept_overloads=raw.accept_overloads,
+            stale_events=raw.stale_events,
+            bytes_in=raw.bytes_in,
+            bytes_out=raw.bytes_out,
+            closes=closes,
+        )
+
+    # -- running
+
+    def run(self) -> None:
+        """Run until ``stop()`` or until nothing is registered any more.
+
+        Re-raises an exception raised by a handler (its connection has been aborted; the loop
+        can be run again). Ctrl-C raises ``KeyboardInterrupt`` from here, never from inside a
+        handler; a ``with Loop()`` block then closes every connection.
+        """
+        lp = self._open_lp()
+        self._enter()
+        guard = self._guard = _SignalGuard(self, wake=True)
+        try:
+            while True:
+                state = self._step(lp, guard.timeout_ms)
+                if guard.pending:
+                    guard.deliver()
+                if state == _ffi.EP_RUN_MORE:
+                    if guard.armed and not (self._registrations or self._timers):
+                        guard.disarm()  # let the loop see it is empty once lingering ends
+                    continue
+                return
+        finally:
+            guard.restore()
+            self._guard = None
+            self._running = False
+
+    def run_once(self, timeout: float | None = None) -> RunResult:
+        """Wait up to ``timeout`` seconds (None: until something happens) and dispatch.
+
+        Raises like ``run()``. A signal that interrupts the wait returns ``RunResult.MORE``
+        after Python has run its handler.
+        """
+        lp = self._open_lp()
+        self._enter()
+        guard = _SignalGuard(self, wake=False)
+        try:
+            state = self._step(lp, -1 if timeout is None else _ms(timeout))
+            guard.deliver()
+        finally:
+            guard.restore()
+            self._running = False
+        return RunResult(state)
+
+    def _step(self, lp: int, timeout_ms: int) -> int:
+        """One ep_poll() step and its handlers; returns EP_RUN_MORE, _EMPTY or _STOPPED
+        (MORE after a signal interrupted the wait). Raises what a handler raised."""
+        result = self._poll_result
+        code = _ep_poll(lp, timeout_ms, None, 0, None, 0, None, self._poll_result_ref)
+        if code < 0 and code != -errno.EINTR:
+            raise _error(code, "ep_poll")
+        if result.count:
+            _dispatch(self, result)
+        if self._error is not None:
+            self._raise_pending()
+        return _ffi.EP_RUN_MORE if code == -errno.EINTR else int(result.state)
+
+    def _handler_failed(self, conn: Connection | None, exc: BaseException) -> None:
+        """A handler raised: abort its connection, keep the exception for run() to raise."""
+        if conn is not None and not conn.closed:
+            lib.ep_abort(conn._lp, conn.id)  # its on_close(ABORT) follows
+        if self._error is None:
+            self._error = exc
+        elif self._error is not exc:
+            self._error.add_note(f"eploop: another handler also raised in the same step: {exc!r}")
+
+    def stop(self) -> None:
+        """Make ``run()`` return after the current step (a request made while the loop is not
+        running stops the next ``run()``). Any thread; safe in signal handlers."""
+        with self._lock:
+            if self._lp is not None:
+                lib.ep_stop(self._lp)
+
+    def _enter(self) -> None:
+        if self._running:
+            raise _error(_ffi.EP_EBUSY, "run")
+        self._running = True
+
+    def _raise_pending(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    # -- the wakeup pipe used during run()
+
+    def _wake_fds(self) -> tuple[int, int]:
+        if self._wake_pipe is None:
+            self._wake_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        return self._wake_pipe
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._registrations)} registrations"
+        return f"<eploop.Loop {state}>"
+
+
+def _is_listening(fd: int) -> bool:
+    try:
+        return bool(
+            _with_socket(fd, lambda s: s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+        )
+    except OSError:  # not a socket: a pipe, a tty, an eventfd...
+        return False
+
+
+class _SignalGuard:
+    """Signal handling while a loop runs in the main thread (see the module docstring).
+
+    * Every signal with a Python-level handler (SIGINT's ``default_int_handler``, a SIGTERM
+      handler calling ``sys.exit``...) gets, for the duration, a stand-in that only queues the
+      signal; run() calls the real handler between steps, from its own frame, so whatever it
+      raises propagates from run(). A handler called inside a callback could raise before the
+      trampoline's ``try`` and the exception would be lost (ctypes only prints it).
+    * With ``wake``, the read end of a pipe is registered in the loop and made Python's wakeup
+      fd, so a signal arriving at any instant wakes ``epoll_wait``. Without it (no wakeup fd
+      could be had), run() bounds each wait so a signal is noticed within ``_WAKE_POLL_MS``.
+    * Leaving, the real handlers are put back and any signal still queued is raised again.
+    """
+
+    __slots__ = ("handlers", "loop", "pending", "timeout_ms", "wake_id")
+
+    def __init__(self, loop: Loop, wake: bool) -> None:
+        self.loop = loop
+        self.handlers: dict[int, Any] = {}
+        self.pending: list[int] = []
+        self.wake_id = 0
+        self.timeout_ms = -1
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python runs signal handlers in the main thread only
+        for signum in _SIGNALS:
+            handler = _signal.getsignal(signum)  # (signal.getsignal adds an enum conversion)
+            if callable(handler):
+                self.handlers[signum] = handler
+                signal.signal(signum, self._defer)
+        if wake and (loop._registrations or loop._timers):
+            self._arm()
+            if not self.wake_id and self.handlers:
+                self.timeout_ms = _WAKE_POLL_MS
+
+    def _defer(self, signum: int, _frame: object) -> None:
+        self.pending.append(signum)
+
+    def deliver(self) -> None:
+        """Call the real handlers of the signals that arrived (they may raise)."""
+        while self.pending:
+            signum = self.pending.pop(0)
+            self.handlers[signum](signum, None)
+
+    def _arm(self) -> None:
+        read_fd, write_fd = self.loop._wake_fds()
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        if previous != -1:  # someone else's (e.g. asyncio's): leave it alone
+            signal.set_wakeup_fd(previous)
+            return
+        code = lib.ep_register(
+            self.loop._lp, read_fd, _ffi.EP_BORROW | _ffi.EP_QUEUE, None, self.loop._key
+        )
+        if code < 0:
+            signal.set_wakeup_fd(-1)
+            return
+        self.wake_id = code
+
+    @property
+    def armed(self) -> bool:
+        return self.wake_id != 0
+
+    def disarm(self) -> None:
+        if self.wake_id:
+            if lib.ep_abort(self.loop._lp, self.wake_id) == 0:
+                self.loop._hidden_aborts += 1
+            signal.set_wakeup_fd(-1)
+            self.wake_id = 0
+            self.timeout_ms = _WAKE_POLL_MS if self.handlers else -1
+
+    def restore(self) -> None:
+        self.disarm()
+        for signum, handler in self.handlers.items():
+            if signal.getsignal(signum) == self._defer:  # unless a handler replaced it meanwhile
+                signal.signal(signum, handler)
+        self.handlers.clear()
+        pending, self.pending = self.pending, []
+        for signum in pending:
+            signal.raise_signal(signum)  # the real handler runs as soon as run() returns
