@@ -29,7 +29,7 @@ lib:
 
 examples: lib $(EXAMPLES)
 
-c-examples/build/%: c-examples/%.c include/eploop.h | lib
+c-examples/build/%: c-examples/%.c c-examples/eventlog.h include/eploop.h | lib
 	@mkdir -p c-examples/build
 	$(CC) $(CFLAGS) $(EXFLAGS) -o $@ $< $(EXLIBS)
 

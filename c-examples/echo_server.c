@@ -21,6 +21,8 @@
  */
 #include <eploop.h>
 
+#include "eventlog.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -35,43 +37,10 @@ static ep_loop *g_loop; /* read by the signal handler only while ep_run is runni
 static ep_id g_listener;
 static int g_quiet;
 
-static const char *reason_name(ep_close_reason reason) {
-  switch (reason) {
-  case EP_CLOSE_PEER_EOF: return "peer_eof";
-  case EP_CLOSE_PEER_RESET: return "peer_reset";
-  case EP_CLOSE_ERROR: return "error";
-  case EP_CLOSE_LOCAL: return "local";
-  case EP_CLOSE_ABORT: return "abort";
-  case EP_CLOSE_TIMEOUT: return "timeout";
-  case EP_CLOSE_LOOP_FREED: return "loop_freed";
-  }
-  return "unknown";
-}
-
-static void print_accept(ep_loop *loop, ep_id conn) {
-  char ip[INET6_ADDRSTRLEN] = "?";
-  unsigned port = 0;
-  struct sockaddr_storage peer;
-  socklen_t peer_len = sizeof peer;
-  int fd = ep_fd(loop, conn);
-  if (fd >= 0 && getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0) {
-    if (peer.ss_family == AF_INET) {
-      const struct sockaddr_in *sin = (const struct sockaddr_in *)&peer;
-      inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof ip);
-      port = ntohs(sin->sin_port);
-    } else if (peer.ss_family == AF_INET6) {
-      const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&peer;
-      inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof ip);
-      port = ntohs(sin6->sin6_port);
-    }
-  }
-  printf("accept %" PRIu64 " %s:%u\n", conn, ip, port);
-}
-
 static void on_accept(ep_loop *loop, ep_id listener, ep_id conn, void *user) {
   (void)listener;
   (void)user;
-  if (!g_quiet) print_accept(loop, conn);
+  if (!g_quiet) log_accept(loop, conn, conn);
 }
 
 static void on_data(ep_loop *loop, ep_id conn, const uint8_t *data, size_t len, void *user) {
@@ -99,7 +68,7 @@ static void on_close(ep_loop *loop, ep_id id, ep_close_reason reason, int err, v
   (void)loop;
   (void)user;
   if (id == g_listener) return; /* the listener goes away with the loop; not a connection */
-  if (!g_quiet) printf("close %" PRIu64 " %s %d\n", id, reason_name(reason), err);
+  if (!g_quiet) log_close(id, reason, err);
 }
 
 static void on_signal(int signo) {

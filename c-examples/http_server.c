@@ -24,6 +24,8 @@
  */
 #include <eploop.h>
 
+#include "eventlog.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -68,39 +70,6 @@ static struct {
 
 static ep_loop *g_loop; /* read by the signal handler only while ep_run is running */
 static ep_id g_listener;
-
-static const char *reason_name(ep_close_reason reason) {
-  switch (reason) {
-  case EP_CLOSE_PEER_EOF: return "peer_eof";
-  case EP_CLOSE_PEER_RESET: return "peer_reset";
-  case EP_CLOSE_ERROR: return "error";
-  case EP_CLOSE_LOCAL: return "local";
-  case EP_CLOSE_ABORT: return "abort";
-  case EP_CLOSE_TIMEOUT: return "timeout";
-  case EP_CLOSE_LOOP_FREED: return "loop_freed";
-  }
-  return "unknown";
-}
-
-static void print_accept(ep_loop *loop, ep_id conn) {
-  char ip[INET6_ADDRSTRLEN] = "?";
-  unsigned port = 0;
-  struct sockaddr_storage peer;
-  socklen_t peer_len = sizeof peer;
-  int fd = ep_fd(loop, conn);
-  if (fd >= 0 && getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0) {
-    if (peer.ss_family == AF_INET) {
-      const struct sockaddr_in *sin = (const struct sockaddr_in *)&peer;
-      inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof ip);
-      port = ntohs(sin->sin_port);
-    } else if (peer.ss_family == AF_INET6) {
-      const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&peer;
-      inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof ip);
-      port = ntohs(sin6->sin6_port);
-    }
-  }
-  printf("accept %" PRIu64 " %s:%u\n", conn, ip, port);
-}
 
 static void report(ep_id conn, const char *what, int rc) {
   fprintf(stderr, "http_server: connection %" PRIu64 ": %s: %s\n", conn, what, ep_strerror(rc));
@@ -304,7 +273,7 @@ static void serve_requests(ep_loop *loop, ep_id conn, struct conn *c) {
 static void on_accept(ep_loop *loop, ep_id listener, ep_id conn, void *user) {
   (void)listener;
   (void)user;
-  if (!g_opt.quiet) print_accept(loop, conn);
+  if (!g_opt.quiet) log_accept(loop, conn, conn);
   if (g_opt.nodelay) set_tcp_option(loop, conn, TCP_NODELAY, 1);
   struct conn *c = calloc(1, sizeof *c);
   int rc = c ? ep_set_user(loop, conn, c) : -ENOMEM;
@@ -351,7 +320,7 @@ static void on_writable(ep_loop *loop, ep_id conn, void *user) {
 static void on_close(ep_loop *loop, ep_id id, ep_close_reason reason, int err, void *user) {
   (void)loop;
   if (id == g_listener) return; /* the listener goes away with the loop; not a connection */
-  if (!g_opt.quiet) printf("close %" PRIu64 " %s %d\n", id, reason_name(reason), err);
+  if (!g_opt.quiet) log_close(id, reason, err);
   free(user);
 }
 

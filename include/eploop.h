@@ -724,6 +724,13 @@ int ep_set_linger(struct ep_loop *lp, uint32_t ms);
 const char *ep_strerror(int code);
 
 /*
+ The event-log name of a close reason, as DESIGN's log format and the examples print it:
+ "peer_eof", "peer_reset", "error", "local", "abort", "timeout", "loop_freed"; "unknown" for
+ any other value (takes an int, so any value is safe to pass). Static string, never NULL.
+ */
+const char *ep_close_reason_name(int reason);
+
+/*
  The library's version, "MAJOR.MINOR.PATCH" (static string). Compare its major number with
  EP_VERSION_MAJOR to check that the header and the loaded library agree.
  */

@@ -439,3 +439,34 @@ fn adopted_listener_fd_number_is_not_ours_after_failure() {
     close_fd(fd);
     h.finish();
 }
+
+/// The event-log names of the close reasons, for any int (out-of-range values are safe).
+#[test]
+fn close_reason_names() {
+    let name = |reason: i32| {
+        // SAFETY: the function returns a static NUL-terminated string for any int.
+        unsafe { std::ffi::CStr::from_ptr(ep_close_reason_name(reason)) }
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let expected = [
+        "peer_eof",
+        "peer_reset",
+        "error",
+        "local",
+        "abort",
+        "timeout",
+        "loop_freed",
+    ];
+    for (reason, want) in (1..=7).zip(expected) {
+        assert_eq!(name(reason), want);
+    }
+    assert_eq!(
+        name(ep_close_reason::EP_CLOSE_LOOP_FREED as i32),
+        "loop_freed"
+    );
+    for bad in [0, 8, -1, i32::MIN, i32::MAX] {
+        assert_eq!(name(bad), "unknown");
+    }
+}

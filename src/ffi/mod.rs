@@ -1071,6 +1071,24 @@ pub extern "C" fn ep_strerror(code: c_int) -> *const c_char {
     text.as_ptr()
 }
 
+/// The event-log name of a close reason, as DESIGN's log format and the examples print it:
+/// "peer_eof", "peer_reset", "error", "local", "abort", "timeout", "loop_freed"; "unknown" for
+/// any other value (takes an int, so any value is safe to pass). Static string, never NULL.
+#[no_mangle]
+pub extern "C" fn ep_close_reason_name(reason: c_int) -> *const c_char {
+    let name: &'static CStr = match reason {
+        1 => c"peer_eof",
+        2 => c"peer_reset",
+        3 => c"error",
+        4 => c"local",
+        5 => c"abort",
+        6 => c"timeout",
+        7 => c"loop_freed",
+        _ => c"unknown",
+    };
+    name.as_ptr()
+}
+
 /// The library's version, "MAJOR.MINOR.PATCH" (static string). Compare its major number with
 /// EP_VERSION_MAJOR to check that the header and the loaded library agree.
 #[no_mangle]
