@@ -188,7 +188,7 @@ fn abort_while_closing_gracefully() {
     let (_, port) = h.listen("127.0.0.1", 0);
     let c = connect(port);
     let conn = h.accept_for(&c);
-    assert_eq!(send(h.lp, conn, &vec![0u8; 16 << 20]), 1);
+    send_until_queued(h.lp, conn, &[0u8; 1 << 20]);
     assert_eq!(close(h.lp, conn), 0);
     assert_eq!(abort(h.lp, conn), 0);
     assert_eq!(h.run_until_closed(conn).0, ABORT);

@@ -373,18 +373,24 @@ impl<H: Handler> Loop<H> {
             return self.connect_pass(id, bits);
         }
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
-        if bits & (ev::IN | ev::RDHUP) != 0 || hangup {
-            self.read_pass(id, bits);
-        }
+        let drained = if bits & (ev::IN | ev::RDHUP) != 0 || hangup {
+            self.read_pass(id, bits)
+        } else {
+            true
+        };
         let writable_due = if bits & ev::OUT != 0 || hangup {
             self.flush(id)
         } else {
             false
         };
-        if hangup {
-            self.settle_hangup(id, bits);
+        // A hangup or failure ends the stream only once everything readable was delivered.
+        // A recorded send failure names the cause better than SO_ERROR, which that send cleared.
+        if drained {
+            self.settle_failure(id);
+            if hangup {
+                self.settle_hangup(id, bits);
+            }
         }
-        self.settle_failure(id);
         if writable_due {
             let handler = match self.state.borrow().entries.get(id) {
                 Some(Entry::Stream(s)) if s.closing.is_none() && s.failed.is_none() => {
@@ -432,7 +438,9 @@ impl<H: Handler> Loop<H> {
 
     /// Reads and delivers up to the budget. Data keeps flowing after RDHUP/HUP/ERR until the
     /// kernel reports EOF or the error itself: those bits mean "read now", never "close now".
-    fn read_pass(&self, id: Id, bits: u32) {
+    /// Returns false when input may remain (budget spent, or an EOF held for the next step), so
+    /// a hangup must not be settled yet.
+    fn read_pass(&self, id: Id, bits: u32) -> bool {
         // A short read proves nothing once the peer may have closed: read to EOF or EAGAIN.
         let must_drain = bits & (ev::RDHUP | ev::HUP | ev::ERR) != 0;
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
@@ -440,12 +448,12 @@ impl<H: Handler> Loop<H> {
             let (fd, is_socket, discard, handler) = {
                 let st = self.state.borrow();
                 let Some(Entry::Stream(s)) = st.entries.get(id) else {
-                    return;
+                    return true;
                 };
                 // Pause is honoured until the connection cannot live on (hangup or failed send).
                 let forced = hangup || s.failed.is_some();
                 if !s.readable || s.read_eof || (s.paused && !s.user_closed && !forced) {
-                    return;
+                    return true;
                 }
                 (s.fd, s.is_socket, s.user_closed, s.handler.clone())
             };
@@ -465,10 +473,11 @@ impl<H: Handler> Loop<H> {
                         // The handler has not seen this step's data yet: let its reaction (the
                         // reply to the last request) be applied before the EOF ends the stream.
                         st.next_step.push(id);
-                        return;
+                        return false;
                     }
                     drop(st);
-                    return self.on_eof(id);
+                    self.on_eof(id);
+                    return true;
                 }
                 Ok(n) => {
                     let full = n == buf.len();
@@ -486,25 +495,25 @@ impl<H: Handler> Loop<H> {
                         self.call(|| handler.on_data(self, id, &buf[..n]));
                     }
                     if !full && !must_drain {
-                        return;
+                        return true;
                     }
                 }
-                Err(sys::EAGAIN) => return,
+                Err(sys::EAGAIN) => return true,
                 Err(errno) => {
                     drop(buf);
-                    return self.terminate(
-                        id,
-                        CloseReason::from_errno(errno),
-                        errno,
-                        FdFate::Close,
-                    );
+                    self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+                    return true;
                 }
             }
         }
+        // Budget spent with input left. Level-triggered epoll reports it again; edge-triggered
+        // needs a service pass, as does a failed stream (no event may come for it).
         let mut st = self.state.borrow_mut();
-        if matches!(st.entries.get(id), Some(Entry::Stream(s)) if s.opts.edge) {
+        if matches!(st.entries.get(id), Some(Entry::Stream(s)) if s.opts.edge || s.failed.is_some())
+        {
             st.schedule(id);
         }
+        false
     }
 
     fn on_eof(&self, id: Id) {
@@ -602,8 +611,12 @@ impl<H: Handler> Loop<H> {
             // A connection owns memory only while it has queued output.
             s.out = VecDeque::new();
             s.update_interest(self.epfd, id);
+            // A failed write is settled once the input is drained (settle_failure), not here.
+            let failed = s.failed.is_some();
             drop(guard);
-            self.after_flush(id);
+            if !failed {
+                self.after_flush(id);
+            }
         } else {
             s.update_interest(self.epfd, id);
         }

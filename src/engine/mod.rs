@@ -1075,7 +1075,10 @@ impl<H> Stream<H> {
         if self.connecting {
             return ev::OUT | if self.opts.edge { ev::ET } else { 0 };
         }
-        let reading = self.readable && !self.read_eof && (!self.paused || self.user_closed);
+        // A failed stream reads on despite a pause: what remains is delivered before on_close.
+        let reading = self.readable
+            && !self.read_eof
+            && (!self.paused || self.user_closed || self.failed.is_some());
         let mut interest = if reading { ev::IN | ev::RDHUP } else { 0 };
         if !self.out.is_empty() {
             interest |= ev::OUT;

@@ -828,6 +828,21 @@ pub fn send(lp: *mut ep_loop, id: u64, data: &[u8]) -> i32 {
     unsafe { ep_send(lp, id, data.as_ptr() as *const c_void, data.len()) }
 }
 
+/// Sends `chunk` over and over until ep_send says the queue is above its high-water mark (how
+/// much the kernel takes at once depends on its buffer sizes: tcp_rmem's maximum is 32 MiB on
+/// recent kernels). Returns the number of chunks sent; fails after 1 GiB.
+#[allow(dead_code)]
+pub fn send_until_queued(lp: *mut ep_loop, id: u64, chunk: &[u8]) -> usize {
+    for sent in 1..=(1usize << 30) / chunk.len().max(1) {
+        match send(lp, id, chunk) {
+            1 => return sent,
+            0 => continue,
+            err => panic!("ep_send: {err}"),
+        }
+    }
+    panic!("1 GiB went out without ever queueing");
+}
+
 pub fn close(lp: *mut ep_loop, id: u64) -> i32 {
     // SAFETY: plain call.
     unsafe { ep_close(lp, id) }
