@@ -1,0 +1,94 @@
+"""The shipped conformance checker (conform.py) passes against cmd_server in echo mode, in both
+trigger modes, and against the C and Python example echo servers; it fails a broken one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from relharness import HERE, ROOT
+
+
+def run_conform(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HERE / "conform.py"), "--", *command], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("flags", [[], ["--edge"]], ids=["level", "edge"])
+def test_conform_against_cmd_server(bins, flags) -> None:
+    proc = run_conform([str(bins["server"]), "{port}", "--echo", *flags])
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "0 failed" in proc.stdout
+
+
+def test_conform_against_c_example_echo_server() -> None:
+    echo = ROOT / "c-examples" / "build" / "echo_server"
+    if not echo.exists():
+        pytest.fail(f"{echo} is missing: run `make examples` first")
+    proc = run_conform([str(echo), "{port}"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_conform_against_python_example_echo_server() -> None:
+    echo = ROOT / "python-bindings" / "examples" / "echo_server.py"
+    if not echo.exists():
+        pytest.fail(f"{echo} is missing")
+    proc = run_conform([sys.executable, str(echo), "{port}"], env={"PYTHONPATH": str(ROOT / "python-bindings")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_conform_detects_a_broken_server(tmp_path) -> None:
+    """The checker must fail a server that reports closes twice and ignores RST (a seed-style bug)."""
+    broken = tmp_path / "broken_echo.py"
+    broken.write_text(BROKEN_SERVER)
+    proc = run_conform([sys.executable, str(broken), "{port}"])
+    assert proc.returncode == 1, proc.stdout
+    assert "FAIL" in proc.stdout and "PASS" in proc.stdout
+
+
+# A select.epoll echo server with the classic bugs: it logs a close on every EPOLLHUP/EPOLLRDHUP
+# it sees (twice for RST after FIN) and calls every end "peer_eof".
+BROKEN_SERVER = r'''
+import select, signal, socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(128); srv.setblocking(False)
+ep = select.epoll(); ep.register(srv.fileno(), select.EPOLLIN)
+print("listening", srv.getsockname()[1], flush=True)
+conns, ids, next_id = {}, {}, [1]
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+while not stop:
+    try:
+        events = ep.poll(0.1)
+    except InterruptedError:
+        continue
+    for fd, ev in events:
+        if fd == srv.fileno():
+            c, addr = srv.accept(); c.setblocking(False)
+            conns[c.fileno()] = c; ids[c.fileno()] = next_id[0]; next_id[0] += 1
+            ep.register(c.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+            print("accept", ids[c.fileno()], "%s:%d" % addr, flush=True)
+            continue
+        c = conns.get(fd)
+        if c is None:
+            continue
+        if ev & (select.EPOLLRDHUP | select.EPOLLHUP):
+            print("close", ids[fd], "peer_eof", 0, flush=True)
+        try:
+            data = c.recv(65536)
+        except OSError:
+            data = b""
+        if data:
+            try:
+                c.send(data)
+            except OSError:
+                pass
+        elif ev & select.EPOLLIN:
+            ep.unregister(fd); c.close(); del conns[fd]
+for fd, c in conns.items():
+    print("close", ids[fd], "loop_freed", 0, flush=True); c.close()
+'''
