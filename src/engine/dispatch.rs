@@ -85,6 +85,7 @@ impl<H: Handler> Loop<H> {
         self.run_service();
         self.run_timers(Instant::now());
         self.deliver_closes();
+        self.state.borrow_mut().entries.compact();
         if self.remote.stop.swap(false, Ordering::SeqCst) {
             Ok(RunState::Stopped)
         } else if self.has_work() {

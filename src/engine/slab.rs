@@ -10,6 +10,10 @@ const RETIRED: u32 = u32::MAX;
 pub struct Slab<T> {
     slots: Vec<(u32, Option<T>)>,
     free: Vec<u32>,
+    live: usize,
+    /// The generation new slots start at: above every generation of a slot ever cut off the end,
+    /// so compacting never lets an old id come back.
+    floor: u32,
 }
 
 impl<T> Slab<T> {
@@ -17,6 +21,8 @@ impl<T> Slab<T> {
         Slab {
             slots: Vec::new(),
             free: Vec::new(),
+            live: 0,
+            floor: 1,
         }
     }
 
@@ -29,12 +35,13 @@ impl<T> Slab<T> {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
-                self.slots.push((1, None));
+                self.slots.push((self.floor, None));
                 (self.slots.len() - 1) as u32
             }
         };
         let slot = &mut self.slots[index as usize];
         slot.1 = Some(value);
+        self.live += 1;
         (u64::from(slot.0) << 32) | u64::from(index)
     }
 
@@ -62,11 +69,32 @@ impl<T> Slab<T> {
             return None;
         }
         let value = slot.1.take()?;
+        self.live -= 1;
         slot.0 += 1;
         if slot.0 != RETIRED {
             self.free.push(index as u32);
         }
         Some(value)
+    }
+
+    /// Gives memory back after a crowd has left: when at most a quarter of a large table is in
+    /// use, free slots at its end are cut off (their generations raise the floor for new slots).
+    pub fn compact(&mut self) {
+        if self.slots.len() < 1024 || self.live * 4 > self.slots.len() {
+            return;
+        }
+        while let Some((generation, None)) = self.slots.last() {
+            self.floor = self.floor.max(generation.saturating_add(1));
+            self.slots.pop();
+        }
+        let len = self.slots.len();
+        self.free.retain(|index| (*index as usize) < len);
+        if self.floor == RETIRED {
+            // Never reached in practice (4 billion closes on one slot); stop reusing instead.
+            self.free.clear();
+        }
+        self.slots.shrink_to_fit();
+        self.free.shrink_to_fit();
     }
 
     /// Every live id, in slot order.
@@ -96,6 +124,29 @@ mod tests {
         assert_eq!(slab.get(b), Some(&"b"));
         assert!(slab.remove(a).is_none());
         assert_eq!(slab.ids(), vec![b]);
+    }
+
+    #[test]
+    fn compacting_returns_memory_and_never_revives_an_old_id() {
+        let mut slab = Slab::new();
+        let ids: Vec<Id> = (0..5000).map(|i| slab.insert(i)).collect();
+        let keep = ids[10];
+        for id in &ids {
+            if *id != keep {
+                slab.remove(*id);
+            }
+        }
+        slab.compact();
+        assert_eq!(slab.slots.len(), 11, "trailing free slots are cut off");
+        assert!(slab.slots.capacity() < 100 && slab.free.len() == 10);
+        assert_eq!(slab.get(keep), Some(&10));
+        let fresh: Vec<Id> = (0..5000).map(|i| slab.insert(i)).collect();
+        for old in &ids {
+            if *old != keep {
+                assert!(slab.get(*old).is_none(), "old id {old:#x} came back");
+                assert!(!fresh.contains(old));
+            }
+        }
     }
 
     #[test]
