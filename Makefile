@@ -19,7 +19,7 @@ EXAMPLES := $(patsubst c-examples/%.c,c-examples/build/%,$(wildcard c-examples/*
 VENV     := $(ROOT)/target/venv
 PY       := $(VENV)/bin/python
 
-.PHONY: all lib examples demo test test-rust test-python venv clean install uninstall
+.PHONY: all lib examples demo test test-rust test-python venv clean install uninstall soak
 all: lib examples
 
 # The soname is libeploop.so.MAJOR: programs linked in the tree need that name beside the library.
@@ -51,6 +51,11 @@ test-rust: lib
 test-python: examples venv
 	$(PY) -m pip install -q ./python-bindings
 	$(PY) -m pytest -q tests python-bindings/tests
+
+# The long reliability tier: churn with random resets and injected faults, 10k connections,
+# fd exhaustion (about 5 minutes); prints its figures.
+soak: examples
+	python3 tests/reliability/soak.py
 
 clean:
 	cargo clean
