@@ -261,10 +261,15 @@ def run_example(run_program) -> Callable[..., ExampleProcess]:
     return start
 
 
+# Bound now: every tests/ directory has a conftest.py, and in one pytest run the name "conftest"
+# in sys.modules points at whichever was imported last.
+_THIS_MODULE = sys.modules[__name__]
+
+
 @pytest.fixture
 def h():
     """This module: constants and client helpers for the tests."""
-    return sys.modules[__name__]
+    return _THIS_MODULE
 
 
 # --- clients -----------------------------------------------------------------------------------
