@@ -127,6 +127,9 @@ impl<H: Handler> Loop<H> {
             Entry::Listener(_) => Some(Kind::Listener),
             Entry::Stream(_) => Some(Kind::Stream),
             Entry::Lingering(_) => Some(Kind::Lingering),
+            Entry::Closed(Closed {
+                lingering: Some(_), ..
+            }) => Some(Kind::Lingering),
             Entry::Timer(_) | Entry::Closed(_) => None,
         }
     }
@@ -229,7 +232,7 @@ impl<H: Handler> Loop<H> {
                     st.arm_idle(id, due);
                 }
             }
-            Some(Entry::Lingering(l)) if l.deadline <= now => {
+            Some(entry) if entry.lingering().is_some_and(|l| l.deadline <= now) => {
                 drop(st);
                 self.end_linger(id);
             }
@@ -258,17 +261,26 @@ impl<H: Handler> Loop<H> {
                 let Some(pending) = st.closes.pop_front() else {
                     return;
                 };
-                // From here on the id is stale, inside on_close too.
-                let Some(Entry::Closed(closed)) = st.entries.remove(pending.id) else {
+                // From here on the id is stale, inside on_close too; a lingering socket stays
+                // in the slot (stale for the user) until the loop is done with it.
+                let Some(Entry::Closed(closed)) = st.entries.get_mut(pending.id) else {
                     unreachable!("a pending close keeps its Closed entry")
                 };
-                (pending, closed)
+                let (reason, err) = (closed.reason, closed.err);
+                match closed.lingering.take() {
+                    Some(lingering) => {
+                        if let Some(slot) = st.entries.get_mut(pending.id) {
+                            *slot = Entry::Lingering(lingering);
+                        }
+                    }
+                    None => {
+                        st.entries.remove(pending.id);
+                    }
+                }
+                (pending, (reason, err))
             };
-            self.call(|| {
-                pending
-                    .handler
-                    .on_close(self, pending.id, closed.reason, closed.err)
-            });
+            let (reason, err) = closed;
+            self.call(|| pending.handler.on_close(self, pending.id, reason, err));
         }
     }
 
@@ -673,7 +685,11 @@ impl<H: Handler> Loop<H> {
             return;
         }
         // The id stays resolvable (as "closing") until its on_close is delivered.
-        let closed = Entry::Closed(Closed { reason, err });
+        let closed = Entry::Closed(Closed {
+            reason,
+            err,
+            lingering: None,
+        });
         let entry = match st.entries.get_mut(id) {
             Some(slot) => std::mem::replace(slot, closed),
             None => return,
@@ -688,16 +704,17 @@ impl<H: Handler> Loop<H> {
                 let handler = s.handler;
                 if fate == FdFate::Linger {
                     let deadline = Instant::now() + st.linger;
-                    let lingering = st
-                        .entries
-                        .insert(Entry::Lingering(Lingering { fd: s.fd, deadline }));
-                    // Level-triggered from here on, whatever the stream used, with the new token.
-                    if sys::epoll_modify(self.epfd, s.fd, ev::IN | ev::RDHUP, lingering).is_ok() {
+                    // Level-triggered from here on (usually already so: no system call).
+                    let level = ev::IN | ev::RDHUP;
+                    if s.interest == level || sys::epoll_modify(self.epfd, s.fd, level, id).is_ok()
+                    {
                         st.lingering += 1;
-                        st.arm(deadline, lingering);
+                        st.arm(deadline, id);
+                        if let Some(Entry::Closed(closed)) = st.entries.get_mut(id) {
+                            closed.lingering = Some(Lingering { fd: s.fd, deadline });
+                        }
                     } else {
-                        st.entries.remove(lingering);
-                        sys::close(s.fd);
+                        release(self.epfd, s.fd, false, None, false);
                     }
                 } else {
                     release(
@@ -723,9 +740,15 @@ impl<H: Handler> Loop<H> {
     }
 
     fn linger_pass(&self, id: Id) {
-        let fd = match self.state.borrow().entries.get(id) {
-            Some(Entry::Lingering(l)) => l.fd,
-            _ => return,
+        let Some(fd) = self
+            .state
+            .borrow()
+            .entries
+            .get(id)
+            .and_then(Entry::lingering)
+            .map(|l| l.fd)
+        else {
+            return;
         };
         let mut buf = self.read_buf.borrow_mut();
         for _ in 0..READ_BUDGET {
@@ -744,9 +767,17 @@ impl<H: Handler> Loop<H> {
 
     pub(super) fn end_linger(&self, id: Id) {
         let mut st = self.state.borrow_mut();
-        if let Some(Entry::Lingering(l)) = st.entries.remove(id) {
-            let _ = sys::epoll_delete(self.epfd, l.fd);
-            sys::close(l.fd);
+        let lingering = match st.entries.get_mut(id) {
+            // on_close not delivered yet: the Closed entry stays for it.
+            Some(Entry::Closed(closed)) => closed.lingering.take(),
+            Some(Entry::Lingering(_)) => match st.entries.remove(id) {
+                Some(Entry::Lingering(l)) => Some(l),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(l) = lingering {
+            release(self.epfd, l.fd, false, None, false);
             st.lingering -= 1;
         }
     }

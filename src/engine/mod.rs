@@ -274,6 +274,17 @@ enum Entry<H> {
     Closed(Closed),
 }
 
+impl<H> Entry<H> {
+    /// The lingering socket this entry holds, if any.
+    fn lingering(&self) -> Option<&Lingering> {
+        match self {
+            Entry::Lingering(l) => Some(l),
+            Entry::Closed(closed) => closed.lingering.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 /// How a terminated registration's descriptor is let go.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum FdFate {
@@ -294,6 +305,9 @@ struct PendingClose<H> {
 struct Closed {
     reason: CloseReason,
     err: Errno,
+    /// Set when the socket lingers: once on_close is delivered, the entry becomes Lingering in
+    /// place, under the same (by then stale) id, with no epoll_ctl to change its token.
+    lingering: Option<Lingering>,
 }
 
 struct State<H> {
