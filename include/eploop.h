@@ -643,7 +643,8 @@ int ep_set_user_timeout(struct ep_loop *lp, ep_id id, uint32_t ms);
 /*
  Graceful server shutdown: closes every listener now (on_close EP_CLOSE_LOCAL), lets open
  connections finish on their own for `grace_ms`, then closes the remaining ones gracefully
- (ep_close); those that cannot flush within the linger time are reset (EP_CLOSE_TIMEOUT).
+ (ep_close; EP_UNREF registrations are left alone); those that cannot flush within the linger
+ time are reset (EP_CLOSE_TIMEOUT).
  ep_run() then returns EP_RUN_EMPTY once nothing is left (pending timers keep it running).
  Returns 0 or EP_EBUSY.
 

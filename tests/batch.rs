@@ -452,3 +452,62 @@ fn unref_registration_does_not_keep_the_loop_alive() {
     // SAFETY: closing our write end.
     unsafe { libc::close(fds[1]) };
 }
+
+/// ep_drain ends the server's connections, not its unref'd helper fds (a binding's signal pipe).
+#[test]
+fn drain_leaves_unref_registrations_alone() {
+    let b = Batch::new();
+    let mut fds = [0; 2];
+    // SAFETY: fds is writable for two ints.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: live loop, open fd.
+    let helper = unsafe {
+        ep_register(
+            b.lp,
+            fds[0],
+            EP_QUEUE | EP_UNREF,
+            ptr::null(),
+            ptr::null_mut(),
+        )
+    };
+    assert!(helper > 0);
+    let (listener, port) = b.listen();
+    let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let evs = b.poll_until(vec![], &[], |e| !e.is_empty());
+    let Ev::Accept { id: conn, .. } = evs[0] else {
+        panic!("{evs:?}")
+    };
+    // SAFETY: live loop.
+    assert_eq!(unsafe { ep_drain(b.lp, 0) }, 0);
+    let evs = b.poll_until(vec![], &[], |e| {
+        e.iter().filter(|e| matches!(e, Ev::Close { .. })).count() == 2
+    });
+    let closed: Vec<u64> = evs
+        .iter()
+        .filter_map(|e| {
+            if let Ev::Close { id, .. } = e {
+                Some(*id)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(
+        closed.contains(&listener) && closed.contains(&conn),
+        "{evs:?}"
+    );
+    assert!(!closed.contains(&(helper as u64)));
+    // The helper still works: its data arrives.
+    // SAFETY: writing 1 byte from a static buffer to our pipe.
+    assert_eq!(unsafe { libc::write(fds[1], b"!".as_ptr().cast(), 1) }, 1);
+    let (_, _, evs, _) = b.poll(1000, &[], &[]);
+    assert_eq!(
+        evs,
+        vec![Ev::Data {
+            id: helper as u64,
+            bytes: b"!".to_vec()
+        }]
+    );
+    // SAFETY: closing our write end.
+    unsafe { libc::close(fds[1]) };
+}

@@ -824,8 +824,8 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Graceful server shutdown: every listener closes now (EP_CLOSE_LOCAL); connections may finish
-    /// on their own for `grace`; then each remaining one is closed gracefully (ep_close), and what
-    /// cannot flush within the linger time is reset (EP_CLOSE_TIMEOUT).
+    /// on their own for `grace`; then each remaining one (not `unref` ones) is closed gracefully
+    /// (ep_close), and what cannot flush within the linger time is reset (EP_CLOSE_TIMEOUT).
     pub fn drain(&self, grace: Duration) -> Result<(), Error> {
         self.check_open()?;
         let ids = self.state.borrow().entries.ids();
@@ -848,8 +848,10 @@ impl<H: Handler> Loop<H> {
     pub(super) fn close_remaining(&self) {
         let ids = self.state.borrow().entries.ids();
         for id in ids {
-            if matches!(self.state.borrow().entries.get(id), Some(Entry::Stream(s)) if !s.user_closed)
-            {
+            // Unref'd helpers (a binding's signal pipe) are not the server's connections.
+            let open = matches!(self.state.borrow().entries.get(id),
+                Some(Entry::Stream(s)) if !s.user_closed && !s.opts.unref);
+            if open {
                 let _ = self.close(id);
             }
         }
