@@ -10,6 +10,13 @@ Two handles are opened on the same library:
   releases the GIL for the duration of the call, so other threads run and signals get through;
 * every other call cannot block and goes through a ``ctypes.PyDLL`` handle, which keeps the GIL:
   the hot path (a send from inside a callback) does not drop and retake it.
+
+The few functions called once per loop step or per send are also available without
+``argtypes`` (``hot``): ctypes then skips its per-argument ``from_param`` conversion, which costs
+more than the C function itself. Their callers pass objects whose C type is unambiguous: a
+``byref()`` for the loop and one for each id (built once; see ``_loop._id_arg``), ``bytes`` or
+ctypes buffers for pointers, and plain ``int`` only where the C parameter is an ``int`` (or a
+``size_t`` below 2**31: libffi sign-extends an ``int`` argument into the 64-bit register).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ EP_BORROW = 2
 EP_HALF_CLOSE = 4
 EP_REUSEPORT = 8
 EP_QUEUE = 16
+EP_UNREF = 32
 
 EP_EVENT_ACCEPT = 1
 EP_EVENT_DATA = 2
@@ -208,6 +216,7 @@ SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
         ),
     ),
     "ep_strerror": (c_char_p, (c_int,)),
+    "ep_close_reason_name": (c_char_p, (c_int,)),
     "ep_version": (c_char_p, ()),
 }
 
@@ -268,6 +277,18 @@ def compatible(library_version: str, package_version: str) -> bool:
     return key(library_version) == key(package_version)
 
 
+# Called once per loop step or per send: also declared without argtypes (see the docstring).
+HOT = (
+    "ep_poll",
+    "ep_send",
+    "ep_close",
+    "ep_abort",
+    "ep_pause_reading",
+    "ep_resume_reading",
+    "ep_fd",
+)
+
+
 class _Lib:
     """The C functions as attributes, each with its argtypes and restype set."""
 
@@ -282,8 +303,18 @@ class _Lib:
         raise AttributeError(f"{name} is not declared in eploop._ffi.SIGNATURES")
 
 
+class _Hot:
+    """The HOT functions without argtypes (restype int, ctypes' default), from the same handles."""
+
+    def __init__(self, nogil: ctypes.CDLL, gil: ctypes.PyDLL) -> None:
+        for name in HOT:
+            # dll[name] makes a new function object: the declared one in `lib` keeps its argtypes
+            setattr(self, name, (nogil if name in BLOCKING else gil)[name])
+
+
 _nogil, _gil, library_path = _load()
 lib: Any = _Lib(_nogil, _gil)
+hot: Any = _Hot(_nogil, _gil)
 library_version: str = lib.ep_version().decode()
 
 if not compatible(library_version, __version__):

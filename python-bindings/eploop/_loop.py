@@ -2,11 +2,12 @@
 
 How events reach Python: every registration is made with EP_QUEUE, so during a loop step the
 library records events instead of calling back, and one ``ep_poll()`` call per step hands them
-all over (an array of ``ep_event`` and one data buffer). The handlers then run in Python, in the
-order callbacks would have run. Only timers and ``call_soon_threadsafe`` callbacks come through
-ctypes callbacks: two ``CFUNCTYPE`` objects created once, at import, kept at module level, whose
-``user`` pointer is an integer key, so nothing C can call or hold is ever garbage-collected.
-Each loop keeps its registrations in a dict keyed by ``ep_id`` (ids are never reused).
+all over (an array of ``ep_event`` and one data buffer, read here through memoryviews). The
+handlers then run in Python, in the order callbacks would have run. Only timers and
+``call_soon_threadsafe`` callbacks come through ctypes callbacks: two ``CFUNCTYPE`` objects
+created once, at import, kept at module level, whose ``user`` pointer is an integer key, so
+nothing C can call or hold is ever garbage-collected. Each loop keeps its registrations in a
+dict keyed by ``ep_id`` (ids are never reused).
 
 Exception policy: an exception raised by a handler method (or a handler factory) is never
 swallowed. The connection whose handler raised is aborted (RST: its state is suspect, so the
@@ -20,7 +21,8 @@ handlers are deferred: a signal is queued and its real handler called from ``run
 between steps, so ``KeyboardInterrupt`` (or ``SystemExit`` from a SIGTERM handler) propagates
 from ``run()``, never from the middle of a step, where it would lose the step's other events
 (or, inside a timer callback, be swallowed by ctypes). During ``run()``,
-``signal.set_wakeup_fd`` points at a pipe the loop watches, so a signal arriving at any instant
+``signal.set_wakeup_fd`` points at a pipe the loop watches (registered once, with EP_UNREF, so
+it neither keeps the loop alive nor shows in ``stats()``), so a signal arriving at any instant
 wakes ``epoll_wait`` at once.
 """
 
@@ -40,11 +42,11 @@ import struct
 import threading
 import weakref
 from collections.abc import Callable
-from ctypes import byref, c_char, string_at
+from ctypes import byref, c_char, c_size_t, c_uint64
 from typing import Any
 
 from . import _ffi
-from ._ffi import lib
+from ._ffi import hot, lib
 
 __all__ = [
     "CloseReason",
@@ -179,16 +181,42 @@ def _with_socket(fd: int, use: Callable[[socket.socket], Any]) -> Any:
         sock.detach()
 
 
+_ID_BASE = c_char()
+_ID_BASE_ADDRESS = ctypes.addressof(_ID_BASE)
+_LP64 = ctypes.sizeof(ctypes.c_void_p) == ctypes.sizeof(c_uint64)
+
+
+def _id_arg(reg_id: int) -> Any:
+    """An ep_id as the hot calls (no argtypes) take it, built once per registration.
+
+    A ``byref()`` whose pointer value is the id: ctypes passes it as it is, where a
+    ``c_uint64`` costs an allocation per call; on LP64 (x86-64, aarch64) a pointer and a
+    ``uint64_t`` argument are passed alike, in one integer register. Elsewhere: a c_uint64.
+    """
+    if _LP64:
+        return byref(_ID_BASE, reg_id - _ID_BASE_ADDRESS)
+    return c_uint64(reg_id)
+
+
+def _option_socket(fd: int) -> socket.socket:
+    """A socket object over ``fd`` for setsockopt/getsockopt only (detach it after use): given
+    family, type and protocol, Python does not ask the kernel for them (it would for addresses,
+    whose format depends on the real family; see ``_with_socket``)."""
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+
+
 class _Registration:
     """What listeners and connections share: an id in a loop, and its fd."""
 
-    __slots__ = ("__weakref__", "_borrowed", "_lp", "id", "loop")
+    __slots__ = ("__weakref__", "_borrowed", "_cid", "_fd", "_lp", "id", "loop")
 
     def __init__(self, loop: Loop, reg_id: int, borrowed: object = None) -> None:
         self.loop = loop
         self.id = reg_id
-        self._lp: int | None = loop._lp
+        self._cid = _id_arg(reg_id)  # the id as the C functions without argtypes take it
+        self._lp: Any = loop._lp  # the loop pointer (see Loop); None once on_close ran
         self._borrowed = borrowed  # the caller's socket/file object, kept alive while registered
+        self._fd = -1  # cached by fileno(): a registration's fd never changes
 
     @property
     def closed(self) -> bool:
@@ -204,16 +232,27 @@ class _Registration:
 
     def fileno(self) -> int:
         """The fd (owned by the loop: do not close it or change its blocking mode)."""
-        return self._check(lib.ep_fd(self._lp, self.id), "ep_fd")
+        if self._fd < 0 or self._lp is None:
+            self._fd = self._check(_ep_fd(self._lp, self._cid), "ep_fd")
+        return self._fd
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         """``socket.setsockopt`` on the connection's socket (TCP_NODELAY, TCP_CORK, ...)."""
-        _with_socket(self.fileno(), lambda s: s.setsockopt(level, option, value))
+        sock = _option_socket(self.fileno())
+        try:
+            sock.setsockopt(level, option, value)
+        finally:
+            sock.detach()
 
     def getsockopt(self, level: int, option: int, buflen: int = 0) -> Any:
         """``socket.getsockopt`` on the connection's socket."""
-        args = (level, option, buflen) if buflen else (level, option)
-        return _with_socket(self.fileno(), lambda s: s.getsockopt(*args))
+        sock = _option_socket(self.fileno())
+        try:
+            return (
+                sock.getsockopt(level, option, buflen) if buflen else sock.getsockopt(level, option)
+            )
+        finally:
+            sock.detach()
 
     @property
     def sockname(self) -> Any:
@@ -304,37 +343,48 @@ _release_buffer = ctypes.pythonapi.PyBuffer_Release
 _release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
 _release_buffer.restype = None
 
-_ep_send = lib.ep_send
-_ep_poll = lib.ep_poll
+# The hot calls, without argtypes (see _ffi): the loop as Loop._lp, ids as _id_arg() made them.
+_ep_poll = hot.ep_poll
+_ep_send = hot.ep_send
+_ep_close = hot.ep_close
+_ep_abort = hot.ep_abort
+_ep_pause = hot.ep_pause_reading
+_ep_resume = hot.ep_resume_reading
+_ep_fd = hot.ep_fd
+
+_INT_MAX = 2**31 - 1  # a larger length must be passed as a c_size_t
 
 
 class Connection(_Registration):
     """One connected stream (or pipe/tty) in a loop.
 
-    ``handler`` is its handler object; ``user`` is free for application state.
+    ``handler`` is its handler object (None once ``on_close`` has run); ``user`` is free for
+    application state.
     """
 
     __slots__ = (
-        "_closed_for_peer_eof",
-        "_on_close",
         "_on_data",
         "_on_eof",
-        "_on_writable",
         "_peername",
         "handler",
         "user",
     )
 
     def __init__(self, loop: Loop, reg_id: int, borrowed: object = None) -> None:
-        super().__init__(loop, reg_id, borrowed)
+        # (_Registration's fields set here directly: one connection is made per accept)
+        self.loop = loop
+        self.id = reg_id
+        self._cid = _id_arg(reg_id)
+        self._lp = loop._lp
+        self._borrowed = borrowed
+        self._fd = -1
         self.handler: Any = None
         self.user: Any = None
         self._peername: Any = None
+        # Bound once: on_data is the hot call. (The rarer methods are looked up when needed,
+        # which keeps an idle connection smaller.)
         self._on_data: Callable[[bytes], object] = _ignore
-        self._on_eof: Callable[[], object] = self._on_peer_eof
-        self._on_writable: Callable[[], object] = _ignore
-        self._on_close: Callable[[CloseReason, int], object] = _ignore
-        self._closed_for_peer_eof = False
+        self._on_eof: Callable[[], object] = _ignore  # (the peer's EOF: with half_close only)
 
     def _attach(self, handler: Any, half_close: bool) -> None:
         handler.conn = self
@@ -342,19 +392,6 @@ class Connection(_Registration):
         self._on_data = getattr(handler, "on_data", _ignore)
         if half_close:
             self._on_eof = getattr(handler, "on_eof", self.close)
-        self._on_writable = getattr(handler, "on_writable", _ignore)
-        self._on_close = getattr(handler, "on_close", _ignore)
-
-    def _on_peer_eof(self) -> None:
-        """The peer's EOF without half-close: flush what the handlers queued, then end it.
-
-        The library would do this itself within the step that read the EOF, before ep_poll()
-        returns, i.e. before the handlers of that step's data could reply (notes/bugs.md,
-        "EP_QUEUE: a reply to the peer's last bytes is lost"). So every registration is made
-        with EP_HALF_CLOSE and the close happens here, after them; it is reported as PEER_EOF.
-        """
-        if lib.ep_close(self._lp, self.id) == 0:
-            self._closed_for_peer_eof = True
 
     def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Queue ``data`` (any bytes-like object) for sending; never blocks, never partial.
@@ -364,7 +401,8 @@ class Connection(_Registration):
         ``on_close``, ``ClosingError`` after ``close()``, ``EploopError`` otherwise.
         """
         if type(data) is bytes:
-            code = _ep_send(self._lp, self.id, data, len(data))
+            size = len(data)
+            code = _ep_send(self._lp, self._cid, data, size if size <= _INT_MAX else c_size_t(size))
         else:
             code = self._send_buffer(data)
         if code == 0:
@@ -376,16 +414,17 @@ class Connection(_Registration):
     def _send_buffer(self, data: Any) -> int:
         view = memoryview(data)
         size = view.nbytes
+        length = size if size <= _INT_MAX else c_size_t(size)
         if size == 0:
-            return _ep_send(self._lp, self.id, None, 0)  # type: ignore[no-any-return]
+            return _ep_send(self._lp, self._cid, None, 0)  # type: ignore[no-any-return]
         if not view.c_contiguous:
             raise BufferError("send() needs a C-contiguous buffer")
         if not view.readonly:
-            return _ep_send(self._lp, self.id, byref(c_char.from_buffer(view)), size)  # type: ignore[no-any-return]
+            return _ep_send(self._lp, self._cid, byref(c_char.from_buffer(view)), length)  # type: ignore[no-any-return]
         buffer = _PyBuffer()
         _get_buffer(view, byref(buffer), 0)
         try:
-            return _ep_send(self._lp, self.id, buffer.buf, size)  # type: ignore[no-any-return]
+            return _ep_send(self._lp, self._cid, ctypes.c_void_p(buffer.buf), length)  # type: ignore[no-any-return]
         finally:
             _release_buffer(byref(buffer))
 
@@ -396,24 +435,28 @@ class Connection(_Registration):
     def close(self) -> None:
         """Graceful close: flush the queue, send FIN, then ``on_close(LOCAL)``. Idempotent."""
         if self._lp is not None:
-            code = lib.ep_close(self._lp, self.id)
-            if code not in (0, _ffi.EP_ESTALE, _ffi.EP_ECLOSING):
+            code = _ep_close(self._lp, self._cid)
+            if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
                 raise _error(code, "ep_close")
 
     def abort(self) -> None:
         """Reset now (RST), dropping the queue; ``on_close(ABORT)`` follows. Idempotent."""
         if self._lp is not None:
-            code = lib.ep_abort(self._lp, self.id)
-            if code not in (0, _ffi.EP_ESTALE, _ffi.EP_ECLOSING):
+            code = _ep_abort(self._lp, self._cid)
+            if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
                 raise _error(code, "ep_abort")
 
     def pause_reading(self) -> None:
         """Stop delivering ``on_data`` (the kernel buffers, then the peer is throttled)."""
-        self._check(lib.ep_pause_reading(self._lp, self.id), "ep_pause_reading")
+        code = _ep_pause(self._lp, self._cid)
+        if code:
+            self._check(code, "ep_pause_reading")
 
     def resume_reading(self) -> None:
         """Deliver ``on_data`` again after ``pause_reading()``."""
-        self._check(lib.ep_resume_reading(self._lp, self.id), "ep_resume_reading")
+        code = _ep_resume(self._lp, self._cid)
+        if code:
+            self._check(code, "ep_resume_reading")
 
     def set_keepalive(self, idle: int, interval: int, count: int) -> None:
         """TCP keepalive: probe after ``idle`` s of silence, every ``interval`` s, ``count``
@@ -432,6 +475,13 @@ class Connection(_Registration):
         if self._peername is None:
             self._peername = _with_socket(self.fileno(), lambda s: s.getpeername())
         return self._peername
+
+    def _ended(self) -> None:
+        super()._ended()
+        # Break the connection <-> handler cycle (as asyncio's transports drop their protocol):
+        # both are freed as soon as nobody else holds them, not by the garbage collector.
+        self.handler = None
+        self._on_data = self._on_eof = _ignore
 
     def __repr__(self) -> str:
         return f"<eploop.Connection id={self.id}{' closed' if self.closed else ''}>"
@@ -490,62 +540,42 @@ class Stats:
 # (accept, data, writable, close) instead of calling back, and ep_poll() hands the whole step
 # over at once, as an array of ep_event and one buffer holding all the data. One C call per step
 # instead of one ctypes callback per event; the handlers then run here, in Python, in the order
-# callbacks would have run.
+# callbacks would have run. Both arrays belong to the loop and keep their address from step to
+# step (they are cleared, not freed), so the memoryviews over them are rebuilt only when the
+# library had to grow one.
 
-_EVENT = struct.Struct("@IIiIQQQQP")  # struct ep_event
-assert _EVENT.size == ctypes.sizeof(_ffi.Event)
+_RESULT = struct.Struct("@PNPNi")  # struct ep_poll_result: events, count, data, data_len, state
+assert _RESULT.size <= ctypes.sizeof(_ffi.PollResult)
+# struct ep_event without its reserved and user fields: kind, reason, err, id, listener,
+# offset, len
+_EVENT = struct.Struct("@IIi4xQQQQ8x")
+_EVENT_SIZE = _EVENT.size
+_iter_events = _EVENT.iter_unpack
+_unpack_event = _EVENT.unpack_from
+assert ctypes.sizeof(_ffi.Event) == _EVENT_SIZE
 _ACCEPT, _DATA, _WRITABLE, _CLOSE = (
     _ffi.EP_EVENT_ACCEPT,
     _ffi.EP_EVENT_DATA,
     _ffi.EP_EVENT_WRITABLE,
     _ffi.EP_EVENT_CLOSE,
 )
+_EINTR = -errno.EINTR
+_STEP_COPY_MAX = 1 << 20
+_MORE = _ffi.EP_RUN_MORE
 
 
-def _dispatch(loop: Loop, result: _ffi.PollResult) -> None:
-    """Run the handlers for one step's events. A handler that raises is dealt with by
-    ``loop._handler_failed`` and the remaining events of the step are still delivered."""
-    raw = string_at(result.events, result.count * _EVENT.size)
-    data = string_at(result.data, result.data_len) if result.data_len else b""
-    registrations = loop._registrations
-    for kind, reason, err, _, reg_id, listener_id, offset, size, _ in _EVENT.iter_unpack(raw):
-        conn: Any = registrations.get(reg_id)
-        try:
-            if kind == _DATA:
-                if conn is None:
-                    continue  # the loop's own wakeup pipe
-                if size:
-                    conn._on_data(data[offset : offset + size])
-                else:
-                    conn._on_eof()
-            elif kind == _WRITABLE:
-                if conn is not None:
-                    conn._on_writable()
-            elif kind == _ACCEPT:
-                if conn is None:  # outbound connections (listener 0) exist already
-                    conn = Connection(loop, reg_id)
-                    registrations[reg_id] = conn
-                    listener: Any = registrations[listener_id]
-                    conn._attach(listener.factory(), listener.half_close)
-                on_accept = getattr(conn.handler, "on_accept", None)
-                if on_accept is not None:
-                    on_accept()
-            elif kind == _CLOSE and conn is not None:
-                del registrations[reg_id]
-                _closed(conn, reason, err)
-                conn = None  # nothing left to abort if its on_close raises
-        except BaseException as exc:
-            loop._handler_failed(conn, exc)
+def _view(address: int, size: int) -> memoryview:
+    """A byte view of ``size`` bytes of C memory at ``address`` (no copy)."""
+    return memoryview((c_char * size).from_address(address)).cast("B")
 
 
 def _closed(registration: _Registration, reason: int, err: int) -> None:
     """A registration's one on_close."""
     try:
-        if isinstance(registration, Connection):
-            if reason == CloseReason.LOCAL and registration._closed_for_peer_eof:
-                reason = CloseReason.PEER_EOF
-                registration.loop._peer_eof_closes += 1
-            registration._on_close(_REASONS.get(reason, reason), err)
+        if type(registration) is Connection:
+            on_close = getattr(registration.handler, "on_close", None)
+            if on_close is not None:
+                on_close(_REASONS.get(reason, reason), err)
     finally:
         registration._ended()
 
@@ -615,10 +645,12 @@ class Loop:
     """
 
     def __init__(self, *, linger: float | None = None) -> None:
-        lp = lib.ep_loop_new()
-        if not lp:
+        address = lib.ep_loop_new()
+        if not address:
             raise OSError(errno.ENOMEM, "ep_loop_new failed")
-        self._lp: int | None = lp
+        # The loop pointer as ctypes passes it cheapest, with or without argtypes: a byref()
+        # to a byte at that address is a `char *` whose value is the loop pointer.
+        self._lp: Any = byref(c_char.from_address(address))  # None once closed
         self._key = next(_loop_keys)
         self._registrations: dict[int, _Registration] = {}
         self._timers: dict[int, Timer] = {}
@@ -626,11 +658,16 @@ class Loop:
         self._running = False
         self._lock = threading.RLock()  # orders stop() from other threads against close()
         self._wake_pipe: tuple[int, int] | None = None
-        self._guard: _SignalGuard | None = None  # while run() runs
-        self._hidden_aborts = 0  # ABORT closes of the internal wakeup pipe, kept out of stats()
-        self._peer_eof_closes = 0  # LOCAL closes reported as PEER_EOF (Connection._on_peer_eof)
-        self._poll_result = _ffi.PollResult()
-        self._poll_result_ref = byref(self._poll_result)
+        self._wake_id = 0  # the wakeup pipe's registration (EP_UNREF), once made
+        self._waking = False  # run() made the pipe Python's wakeup fd
+        # ep_poll's output, read with one unpack per step
+        self._result = _ffi.PollResult()
+        self._result_ref = byref(self._result)
+        self._result_view = memoryview(self._result).cast("B")
+        self._events_at = self._events_size = 0
+        self._events_view = memoryview(b"")
+        self._data_at = self._data_size = 0
+        self._data_view = memoryview(b"")
         _loops[self._key] = weakref.ref(self)
         if linger is not None:
             self.set_linger(linger)
@@ -692,17 +729,15 @@ class Loop:
                     self._wake_pipe = None
         self._raise_pending()
 
-    def _settle(self, lp: int) -> None:
+    def _settle(self, lp: Any) -> None:
         """Deliver what is already decided (a close() with nothing left to flush, data that
         arrived) before the loop is freed: a few steps without waiting, until one is quiet."""
-        result = self._poll_result
         for _ in range(3):
-            code = _ep_poll(lp, 0, None, 0, None, 0, None, self._poll_result_ref)
-            if (code < 0 and code != -errno.EINTR) or not result.count:
+            self._step(lp, 0)
+            if not _RESULT.unpack_from(self._result_view)[1]:
                 return
-            _dispatch(self, result)
 
-    def _open_lp(self) -> int:
+    def _open_lp(self) -> Any:
         if self._lp is None:
             raise ValueError("the loop is closed")
         return self._lp
@@ -726,12 +761,14 @@ class Loop:
         leading ``@`` names an abstract socket). ``backlog`` <= 0 means SOMAXCONN.
         ``reuse_port`` sets SO_REUSEPORT so several loops (threads) can share the port.
         ``handler_factory()`` is called once per accepted connection and returns its handler.
+        With ``half_close``, the peer's FIN is ``handler.on_eof()`` and the connection stays
+        open for sending until it is closed; without it, FIN ends the connection (PEER_EOF).
         """
         if isinstance(addr, socket.socket):
             return self._register(
                 addr, handler_factory, edge=edge, half_close=half_close, listening=True
             )  # type: ignore[return-value]
-        flags = self._flags(edge) | (_ffi.EP_REUSEPORT if reuse_port else 0)
+        flags = self._flags(edge, half_close) | (_ffi.EP_REUSEPORT if reuse_port else 0)
         lp = self._open_lp()
         if isinstance(addr, str):
             code = lib.ep_listen_unix(lp, addr.encode(), backlog, flags, None, self._key)
@@ -762,7 +799,7 @@ class Loop:
         """
         lp = self._open_lp()
         timeout_ms = _ms(timeout) if timeout else 0
-        flags = self._flags(edge)
+        flags = self._flags(edge, half_close)
         if isinstance(addr, str):
             code = lib.ep_connect_unix(lp, addr.encode(), timeout_ms, flags, None, self._key)
         else:
@@ -812,7 +849,7 @@ class Loop:
         is_listener = _is_listening(fd)
         if listening and not is_listener:
             raise ValueError("listen() needs a listening socket (call sock.listen() first)")
-        flags |= self._flags(edge)
+        flags |= self._flags(edge, half_close)
         code = lib.ep_register(lp, fd, flags, None, self._key)
         if code < 0:
             raise _error(code, "ep_register")
@@ -826,10 +863,13 @@ class Loop:
         return registration
 
     @staticmethod
-    def _flags(edge: bool) -> int:
-        # EP_QUEUE: events come back from ep_poll(), see _dispatch. EP_HALF_CLOSE always: the
-        # peer's EOF is then acted on after the step's handlers ran (Connection._on_peer_eof).
-        return _ffi.EP_QUEUE | _ffi.EP_HALF_CLOSE | (_ffi.EP_EDGE if edge else 0)
+    def _flags(edge: bool, half_close: bool) -> int:
+        # EP_QUEUE: events come back from ep_poll(), see _step.
+        return (
+            _ffi.EP_QUEUE
+            | (_ffi.EP_EDGE if edge else 0)
+            | (_ffi.EP_HALF_CLOSE if half_close else 0)
+        )
 
     @property
     def connections(self) -> list[Connection]:
@@ -877,10 +917,7 @@ class Loop:
     def drain(self, grace: float) -> None:
         """Graceful shutdown: close every listener now, give open connections ``grace`` seconds
         to finish, then close the rest gracefully; ``run()`` returns once nothing is left."""
-        lp = self._open_lp()
-        if self._guard is not None:
-            self._guard.disarm()  # the wakeup pipe must not hold the drain up
-        code = lib.ep_drain(lp, _ms(grace))
+        code = lib.ep_drain(self._open_lp(), _ms(grace))
         if code < 0:
             raise _error(code, "ep_drain")
 
@@ -890,12 +927,8 @@ class Loop:
         code = lib.ep_get_stats(self._open_lp(), byref(raw))
         if code < 0:
             raise _error(code, "ep_get_stats")
-        closes = {reason: raw.closes[reason.value] for reason in CloseReason}
-        closes[CloseReason.ABORT] -= self._hidden_aborts
-        closes[CloseReason.LOCAL] -= self._peer_eof_closes
-        closes[CloseReason.PEER_EOF] += self._peer_eof_closes
         return Stats(
-            open=raw.open - (1 if self._guard is not None and self._guard.armed else 0),
+            open=raw.open,
             lingering=raw.lingering,
             timers=raw.timers,
             accepted=raw.accepted,
@@ -903,7 +936,7 @@ class Loop:
             stale_events=raw.stale_events,
             bytes_in=raw.bytes_in,
             bytes_out=raw.bytes_out,
-            closes=closes,
+            closes={reason: raw.closes[reason.value] for reason in CloseReason},
         )
 
     # -- running
@@ -917,20 +950,19 @@ class Loop:
         """
         lp = self._open_lp()
         self._enter()
-        guard = self._guard = _SignalGuard(self, wake=True)
+        guard = _SignalGuard(self, wake=True)
+        timeout_ms = guard.timeout_ms
+        step = self._step
         try:
             while True:
-                state = self._step(lp, guard.timeout_ms)
-                if guard.pending:
+                if guard.pending:  # (also one that came before the wakeup fd was set)
                     guard.deliver()
-                if state == _ffi.EP_RUN_MORE:
-                    if guard.armed and not (self._registrations or self._timers):
-                        guard.disarm()  # let the loop see it is empty once lingering ends
-                    continue
-                return
+                if step(lp, timeout_ms) != _MORE:
+                    break
+            if guard.pending:
+                guard.deliver()
         finally:
             guard.restore()
-            self._guard = None
             self._running = False
 
     def run_once(self, timeout: float | None = None) -> RunResult:
@@ -950,18 +982,81 @@ class Loop:
             self._running = False
         return RunResult(state)
 
-    def _step(self, lp: int, timeout_ms: int) -> int:
-        """One ep_poll() step and its handlers; returns EP_RUN_MORE, _EMPTY or _STOPPED
-        (MORE after a signal interrupted the wait). Raises what a handler raised."""
-        result = self._poll_result
-        code = _ep_poll(lp, timeout_ms, None, 0, None, 0, None, self._poll_result_ref)
-        if code < 0 and code != -errno.EINTR:
-            raise _error(code, "ep_poll")
-        if result.count:
-            _dispatch(self, result)
+    def _step(self, lp: Any, timeout_ms: int) -> int:
+        """One ep_poll() step and its handlers.
+
+        Returns EP_RUN_MORE, _EMPTY or _STOPPED (MORE after a signal interrupted the wait).
+        Raises what a handler raised. The hot path of the binding: kept to few bytecodes.
+        """
+        code = _ep_poll(lp, timeout_ms, None, 0, None, 0, None, self._result_ref)
+        events, count, data, data_len, state = _RESULT.unpack_from(self._result_view)
+        if code:
+            if code != _EINTR:
+                raise _error(code, "ep_poll")
+            state = _MORE
+        if count:
+            size = count * _EVENT_SIZE
+            if events != self._events_at or size > self._events_size:
+                self._events_view = _view(events, size)
+                self._events_at, self._events_size = events, size
+            if data_len:
+                if data != self._data_at or data_len > self._data_size:
+                    self._data_view = _view(data, data_len)
+                    self._data_at, self._data_size = data, data_len
+                # One copy of the step's data, each event's bytes sliced from it (cheaper per
+                # event than a memoryview slice and its copy), unless it is large: then only
+                # the events' own copies, so a flood does not hold the bytes twice.
+                step_data: Any = self._data_view
+                if data_len <= _STEP_COPY_MAX:
+                    if data_len < self._data_size:
+                        step_data = step_data[:data_len]
+                    step_data = step_data.tobytes()
+            registrations = self._registrations
+            if count == 1:
+                records: Any = (_unpack_event(self._events_view),)
+            else:
+                records = _iter_events(self._events_view[:size])
+            for kind, reason, err, reg_id, listener_id, offset, length in records:
+                conn: Any = registrations.get(reg_id)
+                try:
+                    if kind == _DATA:
+                        if conn is None:
+                            continue  # the loop's own wakeup pipe
+                        if not length:
+                            conn._on_eof()
+                        elif length == data_len and data_len <= _STEP_COPY_MAX:
+                            conn._on_data(step_data)  # (the step's only data: no slicing)
+                        else:
+                            chunk = step_data[offset : offset + length]
+                            conn._on_data(chunk if type(chunk) is bytes else chunk.tobytes())
+                    elif kind == _WRITABLE:
+                        if conn is not None:
+                            on_writable = getattr(conn.handler, "on_writable", None)
+                            if on_writable is not None:
+                                on_writable()
+                    elif kind == _ACCEPT:
+                        if conn is None:  # outbound connections (listener 0) exist already
+                            conn = Connection(self, reg_id)
+                            registrations[reg_id] = conn
+                            listener: Any = registrations[listener_id]
+                            conn._attach(listener.factory(), listener.half_close)
+                        on_accept = getattr(conn.handler, "on_accept", None)
+                        if on_accept is not None:
+                            on_accept()
+                    elif kind == _CLOSE:
+                        if conn is not None:
+                            del registrations[reg_id]
+                            _closed(conn, reason, err)
+                            conn = None  # nothing left to abort if its on_close raises
+                        elif reg_id == self._wake_id:  # ep_drain closes it in the end:
+                            self._wake_id = 0  # watch the pipe again (it keeps nothing alive)
+                            if self._waking:
+                                self._wake_fd()
+                except BaseException as exc:
+                    self._handler_failed(conn, exc)
         if self._error is not None:
             self._raise_pending()
-        return _ffi.EP_RUN_MORE if code == -errno.EINTR else int(result.state)
+        return state  # type: ignore[no-any-return]
 
     def _handler_failed(self, conn: Connection | None, exc: BaseException) -> None:
         """A handler raised: abort its connection, keep the exception for run() to raise."""
@@ -989,12 +1084,20 @@ class Loop:
         if error is not None:
             raise error
 
-    # -- the wakeup pipe used during run()
+    # -- the wakeup pipe of run()
 
-    def _wake_fds(self) -> tuple[int, int]:
+    def _wake_fd(self) -> int:
+        """The write end of the loop's wakeup pipe, registered (EP_UNREF) on first use; -1 if
+        it cannot be had."""
         if self._wake_pipe is None:
             self._wake_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        return self._wake_pipe
+        if not self._wake_id:
+            flags = _ffi.EP_BORROW | _ffi.EP_QUEUE | _ffi.EP_UNREF
+            code = lib.ep_register(self._lp, self._wake_pipe[0], flags, None, self._key)
+            if code < 0:
+                return -1
+            self._wake_id = code
+        return self._wake_pipe[1]
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._registrations)} registrations"
@@ -1018,19 +1121,19 @@ class _SignalGuard:
       signal; run() calls the real handler between steps, from its own frame, so whatever it
       raises propagates from run(). A handler called inside a callback could raise before the
       trampoline's ``try`` and the exception would be lost (ctypes only prints it).
-    * With ``wake``, the read end of a pipe is registered in the loop and made Python's wakeup
-      fd, so a signal arriving at any instant wakes ``epoll_wait``. Without it (no wakeup fd
-      could be had), run() bounds each wait so a signal is noticed within ``_WAKE_POLL_MS``.
+    * With ``wake``, the loop's wakeup pipe is made Python's wakeup fd, so a signal arriving at
+      any instant wakes ``epoll_wait``. Without it (or if another wakeup fd is set, e.g.
+      asyncio's), run() bounds each wait so a signal is noticed within ``_WAKE_POLL_MS``.
     * Leaving, the real handlers are put back and any signal still queued is raised again.
     """
 
-    __slots__ = ("handlers", "loop", "pending", "timeout_ms", "wake_id")
+    __slots__ = ("handlers", "loop", "pending", "timeout_ms", "woken")
 
     def __init__(self, loop: Loop, wake: bool) -> None:
         self.loop = loop
         self.handlers: dict[int, Any] = {}
         self.pending: list[int] = []
-        self.wake_id = 0
+        self.woken = False  # our pipe is Python's wakeup fd
         self.timeout_ms = -1
         if threading.current_thread() is not threading.main_thread():
             return  # Python runs signal handlers in the main thread only
@@ -1039,9 +1142,15 @@ class _SignalGuard:
             if callable(handler):
                 self.handlers[signum] = handler
                 signal.signal(signum, self._defer)
-        if wake and (loop._registrations or loop._timers):
-            self._arm()
-            if not self.wake_id and self.handlers:
+        if wake and self.handlers:
+            write_fd = loop._wake_fd()
+            if write_fd >= 0:
+                previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+                if previous == -1:
+                    self.woken = loop._waking = True
+                else:  # someone else's: leave it alone
+                    signal.set_wakeup_fd(previous)
+            if not self.woken:
                 self.timeout_ms = _WAKE_POLL_MS
 
     def _defer(self, signum: int, _frame: object) -> None:
@@ -1053,34 +1162,10 @@ class _SignalGuard:
             signum = self.pending.pop(0)
             self.handlers[signum](signum, None)
 
-    def _arm(self) -> None:
-        read_fd, write_fd = self.loop._wake_fds()
-        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        if previous != -1:  # someone else's (e.g. asyncio's): leave it alone
-            signal.set_wakeup_fd(previous)
-            return
-        code = lib.ep_register(
-            self.loop._lp, read_fd, _ffi.EP_BORROW | _ffi.EP_QUEUE, None, self.loop._key
-        )
-        if code < 0:
-            signal.set_wakeup_fd(-1)
-            return
-        self.wake_id = code
-
-    @property
-    def armed(self) -> bool:
-        return self.wake_id != 0
-
-    def disarm(self) -> None:
-        if self.wake_id:
-            if lib.ep_abort(self.loop._lp, self.wake_id) == 0:
-                self.loop._hidden_aborts += 1
-            signal.set_wakeup_fd(-1)
-            self.wake_id = 0
-            self.timeout_ms = _WAKE_POLL_MS if self.handlers else -1
-
     def restore(self) -> None:
-        self.disarm()
+        if self.woken:
+            signal.set_wakeup_fd(-1)
+            self.woken = self.loop._waking = False
         for signum, handler in self.handlers.items():
             if signal.getsignal(signum) == self._defer:  # unless a handler replaced it meanwhile
                 signal.signal(signum, handler)

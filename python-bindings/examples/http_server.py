@@ -17,6 +17,7 @@ usage: http_server.py PORT [-q] [--host ADDR] [--edge] [--cork] [--nodelay] [--b
 """
 
 import argparse
+import re
 import signal
 import socket
 import sys
@@ -26,42 +27,50 @@ import eploop
 HEAD = b"Date: Mon, 1 Jan 1996 01:01:01 GMT\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n"
 BODY = b"Hello, world!"
 RESPONSE = b"HTTP/1.0 200 OK\r\n" + HEAD + b"\r\n" + BODY
+# HTTP/1.1 responses by Connection header (persistence is HTTP/1.1's default) and HEAD or not
+RESPONSES_11 = {
+    (connection, head): b"HTTP/1.1 200 OK\r\n" + HEAD + line + b"\r\n" + (b"" if head else BODY)
+    for connection, line in [
+        ("default", b""),
+        ("keep-alive", b"Connection: keep-alive\r\n"),
+        ("close", b"Connection: close\r\n"),
+    ]
+    for head in (False, True)
+}
 MAX_HEADER = 8192
 PRINTABLE = bytes(c if 32 <= c < 127 else ord(".") for c in range(256))
 
 
-def header_length(buf):
-    """Length of the request header through its blank line, or 0 if incomplete."""
-    ends = [at + len(eol) for eol in (b"\n\n", b"\n\r\n") if (at := buf.find(eol)) >= 0]
-    return min(ends, default=0)
+BLANK_LINE = re.compile(rb"\n\r?\n")  # the end of a request header: "\n\n" or "\n\r\n"
+# The header fields that decide how to answer: (name, value) pairs, any case, in order.
+FIELDS = re.compile(
+    rb"\n(connection|transfer-encoding|content-length)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE
+)
 
 
 def keep_alive_response(header):
     """The HTTP/1.1 response to one request, whether to keep the connection, the body length."""
-    request_line, *fields = header.decode("latin-1").splitlines()
-    is_http11 = request_line.endswith(" HTTP/1.1")
-    values = {}
-    for field in fields:
-        name, colon, value = field.partition(":")
-        if colon:
-            values.setdefault(name.lower(), []).append(value)
-    tokens = {t.strip().lower() for v in values.get("connection", []) for t in v.split(",")}
-    keep = "close" not in tokens if is_http11 else "keep-alive" in tokens
-    keep = keep and "transfer-encoding" not in values  # no chunked parser: answer, then close
-    try:
-        body_length = int(values.get("content-length", ["0"])[0])
-    except ValueError:
-        body_length = 0
-    connection = b"Connection: keep-alive\r\n" if keep else b"Connection: close\r\n"
-    if keep and is_http11:
-        connection = b""  # persistent is HTTP/1.1's default
-    body = b"" if request_line.startswith("HEAD ") else BODY
-    return b"HTTP/1.1 200 OK\r\n" + HEAD + connection + b"\r\n" + body, keep, body_length
+    request_line = header[: header.find(b"\n")].rstrip()
+    is_http11 = request_line.endswith(b" HTTP/1.1")
+    tokens, chunked, body_length = set(), False, None
+    for name, value in FIELDS.findall(header):
+        name = name.lower()
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif body_length is None:
+            body_length = int(value) if value.strip().isdigit() else 0
+    keep = b"close" not in tokens if is_http11 else b"keep-alive" in tokens
+    keep = keep and not chunked  # no chunked parser: answer, then close
+    connection = "default" if keep and is_http11 else "keep-alive" if keep else "close"
+    response = RESPONSES_11[connection, request_line.startswith(b"HEAD ")]
+    return response, keep, body_length or 0
 
 
 class Http(eploop.Handler):
     def on_accept(self):
-        self.request = bytearray()
+        self.partial = b""  # the start of a request whose header is not complete yet
         self.body_left = 0  # bytes of a request body still to skip (keep-alive)
         self.closing = False
         host, port = self.conn.peername[:2]
@@ -72,50 +81,51 @@ class Http(eploop.Handler):
     def on_data(self, data):
         if self.closing:
             return
-        self.request += data
-        corked, keep = False, True
-        while keep and (header := self.next_request()):
-            if args.cork and not corked:
+        buf = self.partial + data if self.partial else data
+        responses = []
+        start, keep = 0, True
+        while keep:
+            if self.body_left:  # skip the previous request's body
+                skipped = min(self.body_left, len(buf) - start)
+                start += skipped
+                self.body_left -= skipped
+                if self.body_left:
+                    break
+            blank_line = BLANK_LINE.search(buf, start)
+            if not blank_line:
+                break
+            end = blank_line.end()
+            response, keep = self.respond(buf[start:end])
+            responses.append(response)
+            start = end
+        self.partial = buf[start:] if keep else b""
+        if responses:  # one send for every request this data completed (pipelining)
+            if args.cork:
                 self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-                corked = True
-            keep = self.respond(header)
-        if corked:  # push the batch out, before close(): then the socket is no longer ours
-            self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+            if not self.conn.send(b"".join(responses)):  # a client that does not read:
+                self.conn.pause_reading()  # wait for on_writable
+            if args.cork:  # push it out, before close(): then the socket is no longer ours
+                self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         if not keep:
             self.finish()
-        elif len(self.request) >= MAX_HEADER:
+        elif len(self.partial) >= MAX_HEADER:
             print(
                 f"http_server: connection {self.conn.id}: request header over {MAX_HEADER} bytes",
                 file=sys.stderr,
             )
             self.finish()
 
-    def next_request(self):
-        """The next complete request header (after skipping the previous body), or None."""
-        skip = min(self.body_left, len(self.request))
-        del self.request[:skip]
-        self.body_left -= skip
-        end = 0 if self.body_left else header_length(self.request)
-        if not end:
-            return None
-        header = bytes(self.request[:end])
-        del self.request[:end]
-        return header
-
     def respond(self, header):
-        """Print the request and queue its response; returns whether to keep the connection."""
+        """Print the request; return its response and whether to keep the connection."""
         if not args.q:
             print("-" * 40)
             for line in header.splitlines():
                 if line:
                     print("  " + line.translate(PRINTABLE).decode())
-        if args.keep_alive:
-            response, keep, self.body_left = keep_alive_response(header)
-        else:
-            response, keep = RESPONSE, False
-        if not self.conn.send(response):  # a pipelining client that does not read:
-            self.conn.pause_reading()  # wait for on_writable
-        return keep
+        if not args.keep_alive:
+            return RESPONSE, False
+        response, keep, self.body_left = keep_alive_response(header)
+        return response, keep
 
     def on_writable(self):
         if not self.closing:

@@ -160,6 +160,52 @@ def test_blocking_calls_release_the_gil_and_the_rest_keep_it() -> None:
         assert keeps_gil == (name not in _ffi.BLOCKING), name
 
 
+def test_the_hot_calls_are_the_same_functions_without_argtypes() -> None:
+    for name in _ffi.HOT:
+        declared, hot = getattr(_ffi.lib, name), getattr(_ffi.hot, name)
+        assert hot.argtypes is None and hot.restype is ctypes.c_int, name
+        assert declared.restype is ctypes.c_int, f"{name}: the hot call assumes an int result"
+        assert (
+            ctypes.cast(hot, ctypes.c_void_p).value == ctypes.cast(declared, ctypes.c_void_p).value
+        )
+        assert hot._flags_ == declared._flags_, f"{name}: both keep (or release) the GIL alike"
+
+
+def test_every_constant_matches_the_header() -> None:
+    text = HEADER.read_text()
+    defines = dict(re.findall(r"^#define (EP_[A-Z_]+) (-?\d+)$", text, flags=re.M))
+    mirrored = {name: value for name, value in vars(_ffi).items() if name.startswith("EP_")}
+    assert len(defines) >= 20, f"the header parser found too little: {defines}"
+    for name, value in mirrored.items():
+        assert name in defines, f"_ffi.{name} is not #defined in include/eploop.h"
+        assert int(defines[name]) == value, (
+            f"_ffi.{name} = {value}, the header says {defines[name]}"
+        )
+
+
+def test_ids_with_high_bits_reach_the_library_intact() -> None:
+    """Ids carry a generation in their upper 32 bits; the calls made without argtypes must pass
+    all 64 (on LP64 an id goes as a pointer-sized byref(), see eploop._loop._id_arg)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs, eploop.Loop() as loop:
+        conn = loop.register(ours, eploop.Handler())
+        assert conn.id >= 2**32
+        assert conn.fileno() == ours.fileno()  # ep_fd, a hot call
+        assert conn.send(b"ping") is True  # ep_send, a hot call
+        theirs.settimeout(TIMEOUT)
+        assert theirs.recv(4) == b"ping"
+        conn.abort()
+        with pytest.raises(eploop.StaleError):
+            while True:
+                loop.run_once(0)
+                conn.send(b"after on_close")
+
+
+def test_close_reasons_print_as_the_library_names_them() -> None:
+    for reason in eploop.CloseReason:
+        assert str(reason) == _ffi.lib.ep_close_reason_name(reason.value).decode()
+
+
 def test_versions_agree() -> None:
     cargo = tomllib.loads((REPO / "Cargo.toml").read_text())["package"]["version"]
     assert eploop.__version__ == cargo
@@ -417,16 +463,16 @@ def test_listen_on_ipv6_loopback() -> None:
     if not socket.has_ipv6:
         pytest.fail("this machine has no IPv6: the test needs ::1")
     events = Events()
-    loop = eploop.Loop()
-    listener = loop.listen(("::1", 0), lambda: Recorder(events, echo=True))
-    runner = LoopThread(loop).start()
-    try:
+    with eploop.Loop() as loop:
+        listener = loop.listen(("::1", 0), lambda: Recorder(events, echo=True))
+        runner = LoopThread(loop, close=False).start()
         with socket.create_connection(("::1", listener.port), timeout=TIMEOUT) as client:
-            client.sendall(b"v6")
-            assert recv_exactly(client, 2) == b"v6"
-            events.wait_count("accept", 1)
+            try:
+                client.sendall(b"v6")
+                assert recv_exactly(client, 2) == b"v6"
+                events.wait_count("accept", 1)
+            finally:
+                runner.finish()  # (only the loop's own thread may call into it while it runs)
             conn = loop.connections[0]
-            assert conn.peername[0] == "::1"
+            assert conn.peername[:2] == client.getsockname()[:2]
             assert conn.sockname[1] == listener.port
-    finally:
-        runner.finish()

@@ -146,6 +146,26 @@ def test_a_reply_to_bytes_that_came_with_the_fin_is_delivered() -> None:
     assert [e[2] for e in events.of("close")] == [CloseReason.PEER_EOF]
 
 
+def test_data_and_fin_read_in_one_step_the_reply_goes_first_then_peer_eof() -> None:
+    """Deterministic: the bytes and the FIN are in the socket before it is registered, so the
+    first step reads both. The library holds the EOF until the next step (EP_QUEUE), so the
+    echo the handler sends for the data still goes out, and on_close says peer_eof, 0."""
+    events = Events()
+    ours, theirs = socket.socketpair()
+    with theirs, eploop.Loop() as loop:
+        theirs.sendall(b"last words\x00 before FIN")
+        theirs.shutdown(socket.SHUT_WR)
+        loop.register(ours.detach(), Recorder(events, echo=True))  # an int fd: the loop owns it
+        loop.run_once(TIMEOUT)
+        assert [e[0] for e in events.items] == ["data"]  # the EOF is not acted on yet
+        while not events.of("close"):
+            loop.run_once(TIMEOUT)
+        theirs.settimeout(TIMEOUT)
+        assert recv_all(theirs) == b"last words\x00 before FIN"
+    assert [e[0] for e in events.items] == ["data", "close"]
+    assert events.of("close")[0][2:] == (CloseReason.PEER_EOF, 0)
+
+
 def test_graceful_close_with_unread_input_loses_nothing_we_sent() -> None:
     """The server closes while the client's bytes sit unread in its buffer: no RST may destroy
     the reply (the classic close()-with-unread-input trap)."""

@@ -104,6 +104,34 @@ def test_echo_server_telnet_session_then_quit_is_one_close_and_no_spinning() -> 
     assert sum(line.startswith("recv ") for line in proc.lines) >= 3
 
 
+def test_echo_server_passes_the_benchmark_echo_checks() -> None:
+    """What bench/checks.py asks of every echo server before measuring it, in its order: data
+    then FIN is echoed in full, then closed (the bench's eploop-py rows failed this at 8948c32:
+    the reply to the bytes that came with the FIN was lost, ep_send raised StaleError out of
+    run() and the server died, so the next check's 50 connections got nothing)."""
+    message = b"last words\x00 before FIN" * 100  # 2200 bytes
+    with example_server("echo_server.py", "-q") as (proc, port):
+        with connect(port) as client:
+            client.sendall(message)
+            client.shutdown(socket.SHUT_WR)
+            received = bytearray()
+            while chunk := client.recv(65536):
+                received += chunk
+        assert bytes(received) == message
+        clients = [connect(port) for _ in range(50)]
+        try:
+            for round_ in range(5):
+                for i, client in enumerate(clients):
+                    client.sendall(b"%d:%d;" % (i, round_))
+                for i, client in enumerate(clients):
+                    want = b"%d:%d;" % (i, round_)
+                    assert recv_exactly(client, len(want)) == want, f"connection {i}"
+        finally:
+            for client in clients:
+                client.close()
+        assert_clean_exit(proc, signal.SIGTERM)
+
+
 def test_echo_server_reports_a_reset_client() -> None:
     with example_server("echo_server.py") as (proc, port):
         client = connect(port)

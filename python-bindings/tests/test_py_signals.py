@@ -100,7 +100,9 @@ def test_sigint_under_load_is_never_lost_inside_a_callback() -> None:
             for round_ in range(20):
                 delay = random.uniform(0.001, 0.03)
                 timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
-                timer.start()
+                # started from inside run() (its first step), so that on a loaded machine the
+                # signal cannot land before run() is there to take it
+                loop.call_later(0, timer.start)
                 started = time.monotonic()
                 try:
                     loop.run()
@@ -116,6 +118,89 @@ def test_sigint_under_load_is_never_lost_inside_a_callback() -> None:
     )
     assert "interrupted 20" in lines
     assert "unraisable []" in lines
+
+
+def test_the_wakeup_pipe_keeps_nothing_alive_and_is_not_counted() -> None:
+    """run() in the main thread watches a pipe for signals, registered with EP_UNREF: run()
+    still returns once the last connection is gone, and stats() does not count the pipe."""
+    lines = run_child(
+        """
+        class Echo(eploop.Handler):
+            def on_data(self, data): self.conn.send(data)
+        with eploop.Loop() as loop:
+            ours, theirs = socket.socketpair()
+            loop.register(ours, Echo())
+            threading.Timer(0.2, theirs.close).start()
+            started = time.monotonic()
+            loop.run()  # returns when the socketpair closes, although the pipe stays registered
+            print(f"returned after {time.monotonic() - started:.1f}")
+            print("open", loop.stats().open)
+            listener = loop.listen(("127.0.0.1", 0), eploop.Handler)
+            loop.call_later(0.05, loop.stop)
+            loop.run()
+            stats = loop.stats()
+            print("open", stats.open, "closes", sum(stats.closes.values()))
+        """
+    )
+    assert "returned after 0.2" in lines
+    assert "open 0" in lines
+    assert "open 1 closes 1" in lines  # the listener; the one close is the socketpair's
+
+
+def test_sigint_during_a_drain_still_wakes_the_loop() -> None:
+    """ep_drain() ends the loop's own wakeup pipe too when its grace period is over; the loop
+    watches it again at once, so Ctrl-C while the last connections linger is still prompt."""
+    lines = run_child(
+        """
+        with eploop.Loop(linger=5) as loop:
+            port = loop.listen(("127.0.0.1", 0), eploop.Handler).port
+            client = socket.create_connection(("127.0.0.1", port), timeout=5)  # never closes
+            loop.call_later(0.05, lambda: loop.drain(0.05))
+            sent_at = []
+            def interrupt():
+                sent_at.append(time.monotonic())
+                os.kill(os.getpid(), signal.SIGINT)
+            threading.Timer(0.5, interrupt).start()  # the connection lingers by then
+            # Only the timer thread takes SIGINT: epoll_wait is not interrupted (no EINTR),
+            # the wakeup pipe alone can wake the loop.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                loop.run()
+                print("run returned normally")
+            except KeyboardInterrupt:
+                print(f"latency {time.monotonic() - sent_at[0]:.4f}")
+        """
+    )
+    latency = float(next(line for line in lines if line.startswith("latency")).split()[1])
+    assert latency < 0.1, f"KeyboardInterrupt took {latency:.3f}s"
+
+
+def test_sigint_just_before_the_wakeup_fd_is_set_is_not_lost() -> None:
+    """A signal landing while run() sets itself up (its stand-in handler already installed, the
+    wakeup fd not yet set) wrote no byte to the pipe: run() must see it before it first waits."""
+    lines = run_child(
+        """
+        real_set_wakeup_fd, raced = signal.set_wakeup_fd, []
+        def racing(fd, **kwargs):
+            if fd != -1 and not raced:
+                raced.append(fd)
+                signal.raise_signal(signal.SIGINT)  # before the pipe is Python's wakeup fd
+            return real_set_wakeup_fd(fd, **kwargs)
+        signal.set_wakeup_fd = racing
+        with eploop.Loop() as loop:
+            loop.listen(("127.0.0.1", 0), eploop.Handler)
+            started = time.monotonic()
+            try:
+                loop.run()
+                print("run returned normally")
+            except KeyboardInterrupt:
+                print(f"interrupted after {time.monotonic() - started:.2f}", "raced", len(raced))
+        """,
+        timeout=10,
+    )
+    assert any(
+        line.startswith("interrupted after 0.") and line.endswith("raced 1") for line in lines
+    ), lines
 
 
 def test_user_sigint_handler_is_left_alone() -> None:
