@@ -1,0 +1,89 @@
+"""eploop from Python, with exactly the application logic of the other Python anchors
+(py_select_epoll.py, py_asyncio.py): echo, or HTTP framed on "\\r\\n\\r\\n" with canned
+responses. (python-bindings/examples/http_server.py parses headers and is measured separately
+as eploop-py-example.)
+
+    eploop_server.py PORT [--echo | --http] [--keep-alive] [-q]
+"""
+
+import resource
+import signal
+import socket
+import sys
+
+import eploop
+
+from bench_common import HTTP_MAX_REQUEST, HTTP_RESPONSE_CLOSE, HTTP_RESPONSE_KEEPALIVE, parse_args
+
+EOL = b"\r\n\r\n"
+
+
+def make_handlers(quiet: bool):
+    class Base(eploop.Handler):
+        def on_accept(self):
+            self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not quiet:
+                host, port = self.conn.peername[:2]
+                print(f"accept {self.conn.id} {host}:{port}", flush=True)
+
+        def on_writable(self):
+            self.conn.resume_reading()
+
+        def on_close(self, reason, errno):
+            if not quiet:
+                print(f"close {self.conn.id} {reason} {errno}", flush=True)
+
+    class Echo(Base):
+        def on_data(self, data):
+            if not self.conn.send(data):
+                self.conn.pause_reading()
+
+    class HttpKeepAlive(Base):
+        def __init__(self):
+            self.partial = b""
+
+        def on_data(self, data):
+            buf = self.partial + data if self.partial else data
+            count = buf.count(EOL)
+            if count:
+                if not self.conn.send(HTTP_RESPONSE_KEEPALIVE * count):
+                    self.conn.pause_reading()
+                buf = buf[buf.rindex(EOL) + 4:]
+            if len(buf) > HTTP_MAX_REQUEST:
+                self.conn.abort()
+            self.partial = buf
+
+    class HttpClose(Base):
+        def __init__(self):
+            self.partial = b""
+
+        def on_data(self, data):
+            buf = self.partial + data if self.partial else data
+            if EOL in buf:
+                self.conn.send(HTTP_RESPONSE_CLOSE)
+                self.conn.close()
+                return
+            if len(buf) > HTTP_MAX_REQUEST:
+                self.conn.abort()
+            self.partial = buf
+
+    return Echo, HttpKeepAlive, HttpClose
+
+
+def main() -> int:
+    port, http_mode, keep_alive, quiet = parse_args(sys.argv[1:])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    echo, http_keep_alive, http_close = make_handlers(quiet)
+    handler = (http_keep_alive if keep_alive else http_close) if http_mode else echo
+    with eploop.Loop() as loop:
+        listener = loop.listen(("127.0.0.1", port), handler)
+        print(f"listening {listener.port}", flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: loop.stop())
+        loop.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

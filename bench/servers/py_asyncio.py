@@ -1,0 +1,124 @@
+"""asyncio server on the Protocol API (the fast asyncio API, not streams).
+
+    py_asyncio.py PORT [--echo | --http] [--keep-alive] [-q]
+
+py_uvloop.py runs this same code on uvloop's event loop.
+"""
+
+import asyncio
+import resource
+import signal
+import sys
+
+from bench_common import HTTP_MAX_REQUEST, HTTP_RESPONSE_CLOSE, HTTP_RESPONSE_KEEPALIVE, parse_args
+
+EOL = b"\r\n\r\n"
+
+
+def make_protocols(http_mode: bool, keep_alive: bool, quiet: bool, live: set):
+    def peer_name(transport) -> str:
+        peer = transport.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+    class Base(asyncio.Protocol):
+        __slots__ = ("transport", "reason")
+
+        def connection_made(self, transport):
+            self.transport = transport
+            self.reason = "local"
+            live.add(self)
+            if not quiet:
+                print(f"accept {id(self)} {peer_name(transport)}", flush=True)
+
+        def eof_received(self):
+            self.reason = "peer_eof"
+            return False  # close once queued output has been written
+
+        def connection_lost(self, exc):
+            live.discard(self)
+            if not quiet:
+                reason = self.reason if exc is None else (
+                    "peer_reset" if isinstance(exc, ConnectionError) else "error")
+                err = getattr(exc, "errno", 0) or 0
+                print(f"close {id(self)} {reason} {err}", flush=True)
+
+    class Echo(Base):
+        __slots__ = ()
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    class HttpKeepAlive(Base):
+        __slots__ = ("partial",)
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.partial = b""
+
+        def data_received(self, data):
+            buf = self.partial + data if self.partial else data
+            count = buf.count(EOL)
+            if count:
+                self.transport.write(HTTP_RESPONSE_KEEPALIVE * count)
+                buf = buf[buf.rindex(EOL) + 4:]
+            if len(buf) > HTTP_MAX_REQUEST:
+                self.reason = "error"
+                self.transport.abort()
+            self.partial = buf
+
+    class HttpClose(Base):
+        __slots__ = ("partial",)
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.partial = b""
+
+        def data_received(self, data):
+            buf = self.partial + data if self.partial else data
+            if EOL in buf:
+                self.transport.write(HTTP_RESPONSE_CLOSE)
+                self.transport.close()  # flushes, then closes
+                return
+            if len(buf) > HTTP_MAX_REQUEST:
+                self.reason = "error"
+                self.transport.abort()
+            self.partial = buf
+
+    if not http_mode:
+        return Echo
+    return HttpKeepAlive if keep_alive else HttpClose
+
+
+async def serve(port: int, http_mode: bool, keep_alive: bool, quiet: bool) -> None:
+    loop = asyncio.get_running_loop()
+    live: set = set()
+    protocol = make_protocols(http_mode, keep_alive, quiet, live)
+    server = await loop.create_server(protocol, "127.0.0.1", port, backlog=4096, reuse_address=True)
+    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+    stopped = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: stopped.done() or stopped.set_result(None))
+    await stopped
+    server.close()
+    for proto in list(live):
+        proto.reason = "loop_freed"
+        proto.transport.close()
+    await asyncio.sleep(0)
+    await server.wait_closed()
+
+
+def main(use_uvloop: bool = False) -> int:
+    port, http_mode, keep_alive, quiet = parse_args(sys.argv[1:])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(serve(port, http_mode, keep_alive, quiet))
+    else:
+        asyncio.run(serve(port, http_mode, keep_alive, quiet))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
