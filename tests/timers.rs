@@ -84,36 +84,6 @@ fn assert_no_callback_panics() {
     assert!(panics.is_empty(), "timer callbacks panicked: {panics:?}");
 }
 
-/// A loop the test owns; freed on drop (also when an assertion fails).
-struct OwnedLoop(*mut ep_loop);
-
-impl OwnedLoop {
-    fn new() -> Self {
-        let lp = ep_loop_new();
-        assert!(!lp.is_null(), "ep_loop_new returned NULL");
-        OwnedLoop(lp)
-    }
-}
-
-impl Drop for OwnedLoop {
-    fn drop(&mut self) {
-        // SAFETY: live loop, freed once.
-        unsafe { ep_loop_free(self.0) };
-    }
-}
-
-/// `ep_run` bounded by a watchdog that stops it after `limit` (which fails the test).
-fn run_bounded(lp: *mut ep_loop, limit: Duration) -> i32 {
-    let dog = Watchdog::new(lp, limit);
-    // SAFETY: live loop, run on the thread that owns it.
-    let r = unsafe { ep_run(lp) };
-    assert!(
-        !dog.disarm(),
-        "ep_run still running after {limit:?}: the watchdog stopped it"
-    );
-    r
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
