@@ -61,16 +61,29 @@ fn main() {
 const HEADER_PREAMBLE: &str = r#"/*
  * eploop — Linux epoll as a callback event loop, with one normalized on_close.
  *
+ * Requires C99 (or C++11); the header is not C89.
+ *
  * API conventions (they hold for every function below):
  *  - The first argument is the object (ep_loop *). Every pointer is NULL-checked: a NULL that is
  *    not documented as accepted returns EP_ENULL (or NULL / no-op where the return type says so).
  *  - 0 is success; negative values are -errno or one of the EP_E* library codes (around -4000).
- *    ep_strerror() names every one. Output parameters are written only on success.
- *  - A loop and its callbacks belong to the thread that runs it. Only ep_stop() may be called from
- *    another thread or from a signal handler.
+ *    ep_strerror() names every one. Output parameters are written only on success. Each function
+ *    lists every code it returns; "a loop error" means EP_ENULL (NULL loop), EP_ETHREAD,
+ *    EP_EFORK or EP_EPANIC, which any function taking a loop may return.
+ *  - One channel: the peer's departure (FIN, RST, EPIPE, an I/O error, a timeout) is reported
+ *    only by that connection's on_close. Until then, calls on the connection succeed and do
+ *    nothing harmful (ep_send() returns 1 and discards); negative returns are the caller's own
+ *    mistakes only.
+ *  - Threads: a loop is used by one thread at a time, normally the one running it (it may be
+ *    created, set up and then run by another thread). A call from a thread other than the one
+ *    inside a call on the loop is refused with EP_ETHREAD, never raced. ep_stop() and ep_post()
+ *    may be called from any thread at any time, ep_stop() also from a signal handler.
+ *  - fork(): a child that inherits a loop may only ep_loop_free() it (every other call returns
+ *    EP_EFORK); that closes the child's copies of the fds without disturbing the parent's loop.
  *  - Callbacks may call any ep_* function on any id (including closing their own); such calls never
  *    run a callback synchronously: on_close is deferred to the end of the current dispatch step.
- *  - Every id gets exactly one on_close. After it, every call with that id returns EP_ESTALE.
+ *  - Every id gets exactly one on_close (timers excepted: they have none). After it, every call
+ *    with that id returns EP_ESTALE. Ids are unique among the loops of a process.
  *  - No export lets a Rust panic cross into C: a caught panic returns EP_EPANIC (or NULL) and
  *    poisons the loop.
  */"#;

@@ -426,7 +426,8 @@ fn unref_registration_does_not_keep_the_loop_alive() {
     assert!(id > 0);
     let mut stats = ep_stats::default();
     // SAFETY: live loop, writable stats.
-    assert_eq!(unsafe { ep_get_stats(b.lp, &mut stats) }, 0);
+    let rc = unsafe { ep_get_stats(b.lp, &mut stats, size_of::<ep_stats>()) };
+    assert_eq!(rc, 0);
     assert_eq!(
         stats.open, 0,
         "an unref registration is not counted as open"

@@ -365,7 +365,8 @@ fn repeating_timer_keeps_the_loop_running() {
     );
     let mut stats = ep_stats::default();
     // SAFETY: live loop, valid out pointer.
-    assert_eq!(unsafe { ep_get_stats(lp.0, &mut stats) }, 0);
+    let rc = unsafe { ep_get_stats(lp.0, &mut stats, size_of::<ep_stats>()) };
+    assert_eq!(rc, 0);
     assert_eq!(stats.timers, 1, "pending timers");
     assert_eq!(stats.open, 0, "timers are not open registrations");
     // SAFETY: live loop.

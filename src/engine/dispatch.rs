@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{
-    CloseReason, Closed, Entry, Error, FdFate, Handler, Id, Lingering, Loop, PendingClose,
-    RunState, ACCEPT_BACKOFF, ACCEPT_BUDGET, DRAIN_TOKEN, READ_BUDGET, WAKE_TOKEN,
+    CloseReason, Closed, Ender, Entry, Error, FdFate, Handler, Id, Lingering, Loop, RunState,
+    ACCEPT_BACKOFF, ACCEPT_BUDGET, DRAIN_TOKEN, READ_BUDGET, WAKE_TOKEN,
 };
 use crate::sys::{self, ev, Errno};
 
@@ -234,7 +234,7 @@ impl<H: Handler> Loop<H> {
             }
             Some(entry) if entry.lingering().is_some_and(|l| l.deadline <= now) => {
                 drop(st);
-                self.end_linger(id);
+                self.end_linger(id, false);
             }
             Some(Entry::Listener(l)) if l.backoff_until.is_some_and(|d| d <= now) => {
                 l.backoff_until = None;
@@ -256,31 +256,29 @@ impl<H: Handler> Loop<H> {
     /// Delivers every close decided so far; closes decided by these callbacks are delivered too.
     pub(super) fn deliver_closes(&self) {
         loop {
-            let (pending, closed) = {
+            let (id, closed) = {
                 let mut st = self.state.borrow_mut();
-                let Some(pending) = st.closes.pop_front() else {
+                let Some(id) = st.closes.pop_front() else {
                     return;
                 };
                 // From here on the id is stale, inside on_close too; a lingering socket stays
                 // in the slot (stale for the user) until the loop is done with it.
-                let Some(Entry::Closed(closed)) = st.entries.get_mut(pending.id) else {
+                let Some(slot) = st.entries.get_mut(id) else {
                     unreachable!("a pending close keeps its Closed entry")
                 };
-                let (reason, err) = (closed.reason, closed.err);
-                match closed.lingering.take() {
-                    Some(lingering) => {
-                        if let Some(slot) = st.entries.get_mut(pending.id) {
-                            *slot = Entry::Lingering(lingering);
-                        }
-                    }
-                    None => {
-                        st.entries.remove(pending.id);
-                    }
-                }
-                (pending, (reason, err))
+                let entry = match slot {
+                    Entry::Closed(closed) => match closed.lingering.take() {
+                        Some(lingering) => std::mem::replace(slot, Entry::Lingering(lingering)),
+                        None => st.entries.remove(id).expect("the slot was just read"),
+                    },
+                    _ => unreachable!("a pending close keeps its Closed entry"),
+                };
+                let Entry::Closed(closed) = entry else {
+                    unreachable!("matched above")
+                };
+                (id, closed)
             };
-            let (reason, err) = closed;
-            self.call(|| pending.handler.on_close(self, pending.id, reason, err));
+            self.call(|| closed.handler.on_close(self, id, closed.reason, closed.err));
         }
     }
 
@@ -684,24 +682,43 @@ impl<H: Handler> Loop<H> {
         ) {
             return;
         }
-        // The id stays resolvable (as "closing") until its on_close is delivered.
-        let closed = Entry::Closed(Closed {
-            reason,
-            err,
-            lingering: None,
-        });
+        // The id stays resolvable (its user pointer too) until its on_close is delivered. The
+        // Closed entry is made with a placeholder handler: the real one moves in below.
         let entry = match st.entries.get_mut(id) {
-            Some(slot) => std::mem::replace(slot, closed),
-            None => return,
+            Some(slot @ (Entry::Stream(_) | Entry::Listener(_))) => {
+                let handler = match &*slot {
+                    Entry::Stream(s) => s.handler.clone(),
+                    Entry::Listener(l) => l.handler.clone(),
+                    _ => unreachable!("matched above"),
+                };
+                let placeholder = Entry::Closed(Closed {
+                    handler,
+                    ender: Ender::Loop,
+                    listener: false,
+                    reason,
+                    err,
+                    lingering: None,
+                });
+                std::mem::replace(slot, placeholder)
+            }
+            _ => return,
         };
         let unref = match &entry {
             Entry::Stream(s) => s.opts.unref,
             Entry::Listener(l) => l.opts.unref,
             _ => false,
         };
-        let handler = match entry {
+        let (ender, listener) = match &entry {
+            Entry::Stream(s) if s.closed_by_caller => (Ender::CallerClose, false),
+            Entry::Listener(_) => (Ender::Loop, true),
+            _ => (Ender::Loop, false),
+        };
+        if let Some(Entry::Closed(closed)) = st.entries.get_mut(id) {
+            closed.ender = ender;
+            closed.listener = listener;
+        }
+        match entry {
             Entry::Stream(s) => {
-                let handler = s.handler;
                 if fate == FdFate::Linger {
                     let deadline = Instant::now() + st.linger;
                     // Level-triggered from here on (usually already so: no system call).
@@ -714,29 +731,26 @@ impl<H: Handler> Loop<H> {
                             closed.lingering = Some(Lingering { fd: s.fd, deadline });
                         }
                     } else {
-                        release(self.epfd, s.fd, false, None, false);
+                        self.release(s.fd, false, None, false);
                     }
                 } else {
-                    release(
-                        self.epfd,
+                    self.release(
                         s.fd,
                         s.opts.borrow,
                         s.adopted_status,
                         fate == FdFate::Reset && s.is_socket,
                     );
                 }
-                handler
             }
             Entry::Listener(l) => {
-                release(self.epfd, l.fd, l.opts.borrow, l.adopted_status, false);
-                l.handler
+                self.release(l.fd, l.opts.borrow, l.adopted_status, false);
             }
             _ => unreachable!("checked above: a stream or a listener"),
-        };
+        }
         st.live -= 1;
         st.unref_count -= usize::from(unref);
         st.stats.closes[reason as usize] += 1;
-        st.closes.push_back(PendingClose { id, handler });
+        st.closes.push_back(id);
     }
 
     fn linger_pass(&self, id: Id) {
@@ -759,13 +773,14 @@ impl<H: Handler> Loop<H> {
                 // EOF or an error: the peer is done, the socket can go.
                 _ => {
                     drop(buf);
-                    return self.end_linger(id);
+                    return self.end_linger(id, false);
                 }
             }
         }
     }
 
-    pub(super) fn end_linger(&self, id: Id) {
+    /// Lets go of a lingering socket (with an RST when `reset`).
+    pub(super) fn end_linger(&self, id: Id, reset: bool) {
         let mut st = self.state.borrow_mut();
         let lingering = match st.entries.get_mut(id) {
             // on_close not delivered yet: the Closed entry stays for it.
@@ -777,24 +792,32 @@ impl<H: Handler> Loop<H> {
             _ => None,
         };
         if let Some(l) = lingering {
-            release(self.epfd, l.fd, false, None, false);
+            self.release(l.fd, false, None, reset);
             st.lingering -= 1;
         }
     }
-}
 
-/// Lets go of a descriptor: out of epoll, then closed (owned) or given back as it came (borrowed).
-fn release(epfd: sys::Fd, fd: sys::Fd, borrowed: bool, adopted_status: Option<i32>, reset: bool) {
-    let _ = sys::epoll_delete(epfd, fd);
-    if reset {
-        let _ = sys::set_linger_zero(fd);
-    }
-    if let Some(status) = adopted_status {
-        if status & libc::O_NONBLOCK == 0 {
-            let _ = sys::set_status_flags(fd, status);
+    /// Lets go of a descriptor: out of epoll, then closed (owned) or given back as it came
+    /// (borrowed). In a child after fork() only the child's copy is closed: the epoll set, the
+    /// socket's options and its blocking mode are shared with the parent and stay as they are.
+    fn release(&self, fd: sys::Fd, borrowed: bool, adopted_status: Option<i32>, reset: bool) {
+        if self.forked.get() {
+            if !borrowed {
+                sys::close(fd);
+            }
+            return;
         }
-    }
-    if !borrowed {
-        sys::close(fd);
+        let _ = sys::epoll_delete(self.epfd, fd);
+        if reset {
+            let _ = sys::set_linger_zero(fd);
+        }
+        if let Some(status) = adopted_status {
+            if status & libc::O_NONBLOCK == 0 {
+                let _ = sys::set_status_flags(fd, status);
+            }
+        }
+        if !borrowed {
+            sys::close(fd);
+        }
     }
 }

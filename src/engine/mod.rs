@@ -230,8 +230,10 @@ struct Stream<H> {
     /// ep_shutdown asked for a FIN once the queue drains.
     shutdown_wanted: bool,
     fin_sent: bool,
-    /// The user called ep_close: incoming data is discarded from now on.
+    /// A graceful close started (ep_close, or ep_drain's deadline): incoming data is discarded.
     user_closed: bool,
+    /// The caller itself called ep_close: its later calls on the id get Error::Closing.
+    closed_by_caller: bool,
     /// Flush the queue, then close with this reason.
     closing: Option<CloseReason>,
     deadline: Option<Instant>,
@@ -271,7 +273,7 @@ enum Entry<H> {
     Lingering(Lingering),
     Timer(Timer<H>),
     /// on_close decided and queued: calls get Error::Closing until it is delivered.
-    Closed(Closed),
+    Closed(Closed<H>),
 }
 
 impl<H> Entry<H> {
@@ -294,15 +296,24 @@ enum FdFate {
     Linger,
 }
 
-/// A close decided but not delivered yet. The handler travels here; the reason stays in the
-/// id's `Closed` entry.
-struct PendingClose<H> {
-    id: Id,
-    handler: H,
+/// Who ended a registration whose close is decided, as far as later calls on its id go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ender {
+    /// The peer, an error, a timeout or the loop: the caller's calls still succeed (one channel).
+    Loop,
+    /// The caller's own ep_close: further calls are its mistake (Error::Closing), but ep_abort
+    /// may still reset a socket that lingers.
+    CallerClose,
+    /// The caller's own ep_abort.
+    CallerAbort,
 }
 
 /// What an id whose close is decided holds until its on_close runs.
-struct Closed {
+struct Closed<H> {
+    handler: H,
+    ender: Ender,
+    /// The registration was a listener (send and friends are then Error::Kind).
+    listener: bool,
     reason: CloseReason,
     err: Errno,
     /// Set when the socket lingers: once on_close is delivered, the entry becomes Lingering in
@@ -315,7 +326,8 @@ struct State<H> {
     /// Registrations whose on_close is not decided yet.
     live: usize,
     lingering: usize,
-    closes: VecDeque<PendingClose<H>>,
+    /// Ids whose on_close is decided, in the order it was; each holds a `Closed` entry.
+    closes: VecDeque<Id>,
     /// Registrations that need a pass without a new kernel event (read budget spent in edge mode,
     /// resumed reading, failed send).
     service: VecDeque<Id>,
@@ -346,6 +358,9 @@ pub struct Loop<H: Handler> {
     freeing: Cell<bool>,
     /// Counts loop steps (run_once calls that waited).
     step: Cell<u64>,
+    /// This is a copy of the loop in a child process after fork(): letting go of it must not
+    /// touch what the parent still uses (the epoll set, socket options, queued output).
+    forked: Cell<bool>,
 }
 
 impl<H: Handler> Loop<H> {
@@ -391,6 +406,7 @@ impl<H: Handler> Loop<H> {
             depth: Cell::new(0),
             freeing: Cell::new(false),
             step: Cell::new(0),
+            forked: Cell::new(false),
         })
     }
 
@@ -418,10 +434,6 @@ impl<H: Handler> Loop<H> {
         if status & libc_flags::NONBLOCK == 0 {
             sys::set_status_flags(fd, status | libc_flags::NONBLOCK)?;
         }
-        if !opts.borrow {
-            // Best effort: the fd may be shared with a child that needs it; failure is harmless.
-            let _ = sys::set_cloexec(fd);
-        }
         let result = match kind {
             FdKind::Listener => self.add_listener(fd, opts, handler, Some(status)),
             FdKind::Socket | FdKind::Other => {
@@ -442,8 +454,17 @@ impl<H: Handler> Loop<H> {
                 self.add_stream(stream)
             }
         };
-        if result.is_err() && status & libc_flags::NONBLOCK == 0 {
-            let _ = sys::set_status_flags(fd, status);
+        match result {
+            Ok(_) if !opts.borrow => {
+                // Best effort: the fd may be shared with a child that needs it; failure is harmless.
+                let _ = sys::set_cloexec(fd);
+            }
+            Ok(_) => {}
+            // A refused fd is left exactly as it came.
+            Err(_) if status & libc_flags::NONBLOCK == 0 => {
+                let _ = sys::set_status_flags(fd, status);
+            }
+            Err(_) => {}
         }
         result
     }
@@ -537,17 +558,20 @@ impl<H: Handler> Loop<H> {
             st.reserve_fd = sys::open_devnull().ok();
         }
         let interest = ev::IN | if opts.edge { ev::ET } else { 0 };
-        let id = st.entries.insert(Entry::Listener(Listener {
-            fd,
-            handler,
-            opts,
-            adopted_status,
-            flow: Flow::default(),
-            idle: None,
-            paused: false,
-            backoff_until: None,
-            interest,
-        }));
+        let id = insert(
+            &mut st.entries,
+            Entry::Listener(Listener {
+                fd,
+                handler,
+                opts,
+                adopted_status,
+                flow: Flow::default(),
+                idle: None,
+                paused: false,
+                backoff_until: None,
+                interest,
+            }),
+        )?;
         if let Err(e) = sys::epoll_add(self.epfd, fd, interest, id) {
             st.entries.remove(id);
             return Err(Error::Os(e));
@@ -562,7 +586,7 @@ impl<H: Handler> Loop<H> {
         let fd = stream.fd;
         let idle = stream.idle;
         let unref = stream.opts.unref;
-        let id = st.entries.insert(Entry::Stream(stream));
+        let id = insert(&mut st.entries, Entry::Stream(stream))?;
         let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
             unreachable!("just inserted")
         };
@@ -580,19 +604,19 @@ impl<H: Handler> Loop<H> {
         Ok(id)
     }
 
-    /// Queues or writes `data`. Ok(true) means the queue is above its high-water mark.
+    /// Queues or writes `data`. Ok(true) means "stop producing": the queue is above its
+    /// high-water mark, or the peer is gone and the bytes were discarded (its on_close follows).
     pub fn send(&self, id: Id, data: &[u8]) -> Result<bool, Error> {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
-        let s = st.stream_mut(id)?;
-        if s.user_closed {
-            return Err(Error::Closing);
+        let Some(s) = st.stream_mut(id)? else {
+            return Ok(true);
+        };
+        if s.failed.is_some() || s.user_closed {
+            return Ok(true);
         }
         if s.shutdown_wanted || s.fin_sent {
             return Err(Error::Os(sys::ESHUTDOWN));
-        }
-        if let Some(errno) = s.failed {
-            return Err(Error::Os(errno));
         }
         if !s.writable {
             return Err(Error::Os(sys::EBADF));
@@ -611,10 +635,12 @@ impl<H: Handler> Loop<H> {
                     }
                     Err(sys::EAGAIN) => break,
                     Err(errno) => {
+                        // The peer's departure: reported by on_close alone, once the input
+                        // is drained.
                         s.fail(errno);
                         st.stats.bytes_out += written as u64;
                         st.schedule(id);
-                        return Err(Error::Os(errno));
+                        return Ok(true);
                     }
                 }
             }
@@ -642,12 +668,14 @@ impl<H: Handler> Loop<H> {
     /// FIN once the queue drains; reading goes on until the peer's EOF.
     pub fn shutdown(&self, id: Id) -> Result<(), Error> {
         let mut st = self.state.borrow_mut();
-        let s = st.stream_mut(id)?;
-        if s.user_closed {
-            return Err(Error::Closing);
-        }
+        let Some(s) = st.stream_mut(id)? else {
+            return Ok(());
+        };
         if !s.is_socket {
             return Err(Error::Os(sys::ENOTSOCK));
+        }
+        if s.user_closed || s.failed.is_some() || s.shutdown_wanted {
+            return Ok(());
         }
         s.shutdown_wanted = true;
         if s.out.is_empty() && !s.connecting {
@@ -664,12 +692,31 @@ impl<H: Handler> Loop<H> {
             Target::Listener(_) => {
                 drop(st);
                 self.terminate(id, CloseReason::Local, 0, FdFate::Close);
+                self.state
+                    .borrow_mut()
+                    .ended_by_caller(id, Ender::CallerClose);
+                return Ok(());
+            }
+            Target::Gone { .. } => {
+                st.ended_by_caller(id, Ender::CallerClose);
                 return Ok(());
             }
             Target::Stream(s) => s,
         };
+        s.closed_by_caller = true;
+        drop(st);
+        self.close_gracefully(id);
+        Ok(())
+    }
+
+    /// Starts a stream's graceful close (the caller's, or ep_drain's): flush, FIN, linger.
+    fn close_gracefully(&self, id: Id) {
+        let mut st = self.state.borrow_mut();
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+            return;
+        };
         if s.user_closed {
-            return Err(Error::Closing);
+            return;
         }
         s.user_closed = true;
         if s.closing.is_none() {
@@ -686,20 +733,37 @@ impl<H: Handler> Loop<H> {
             let deadline = Instant::now() + st.linger;
             st.arm_deadline(id, deadline);
         }
-        Ok(())
     }
 
     /// RST now, queued data dropped.
+    /// Allowed until on_close, also after the caller's own ep_close (it then resets a socket
+    /// still flushing or lingering); a second ep_abort is Error::Closing.
     pub fn abort(&self, id: Id) -> Result<(), Error> {
-        // The first cause wins: a connection that already failed keeps its failure's reason.
-        let failed = match self.state.borrow_mut().target(id)? {
-            Target::Stream(s) => s.failed,
-            Target::Listener(_) => None,
+        let mut st = self.state.borrow_mut();
+        let failed = match st.entries.get_mut(id) {
+            Some(Entry::Stream(s)) => s.failed,
+            Some(Entry::Listener(_)) => None,
+            Some(Entry::Closed(closed)) => {
+                if closed.ender == Ender::CallerAbort {
+                    return Err(Error::Closing);
+                }
+                closed.ender = Ender::CallerAbort;
+                drop(st);
+                self.end_linger(id, true);
+                return Ok(());
+            }
+            Some(Entry::Timer(_)) => return Err(Error::Kind),
+            Some(Entry::Lingering(_)) | None => return Err(Error::Stale),
         };
+        drop(st);
+        // The first cause wins: a connection that already failed keeps its failure's reason.
         match failed {
             Some(errno) => self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Reset),
             None => self.terminate(id, CloseReason::Abort, 0, FdFate::Reset),
         }
+        self.state
+            .borrow_mut()
+            .ended_by_caller(id, Ender::CallerAbort);
         Ok(())
     }
 
@@ -714,6 +778,7 @@ impl<H: Handler> Loop<H> {
                 s.paused = paused;
                 s.update_interest(self.epfd, id);
             }
+            Target::Gone { .. } => return Ok(()),
         }
         if !paused {
             // In edge-triggered mode no new edge comes for data that arrived while paused.
@@ -732,6 +797,7 @@ impl<H: Handler> Loop<H> {
                 s.flow = Flow { low, high };
                 s.above_high = s.out.len() > high;
             }
+            Target::Gone { .. } => {}
         }
         Ok(())
     }
@@ -749,6 +815,7 @@ impl<H: Handler> Loop<H> {
                     st.arm_idle(id, Instant::now() + idle);
                 }
             }
+            Target::Gone { .. } => {}
         }
         Ok(())
     }
@@ -761,21 +828,27 @@ impl<H: Handler> Loop<H> {
         interval_s: i32,
         count: i32,
     ) -> Result<(), Error> {
-        let fd = self.socket_fd(id)?;
-        sys::set_keepalive(fd, idle_s, interval_s, count).map_err(Error::Os)
+        match self.socket_fd(id)? {
+            Some(fd) => sys::set_keepalive(fd, idle_s, interval_s, count).map_err(Error::Os),
+            None => Ok(()),
+        }
     }
 
     /// TCP_USER_TIMEOUT on a connection.
     pub fn set_user_timeout(&self, id: Id, ms: i32) -> Result<(), Error> {
-        let fd = self.socket_fd(id)?;
-        sys::set_user_timeout(fd, ms).map_err(Error::Os)
+        match self.socket_fd(id)? {
+            Some(fd) => sys::set_user_timeout(fd, ms).map_err(Error::Os),
+            None => Ok(()),
+        }
     }
 
-    fn socket_fd(&self, id: Id) -> Result<Fd, Error> {
+    /// A connection's socket; None once the peer is gone (the option no longer matters).
+    fn socket_fd(&self, id: Id) -> Result<Option<Fd>, Error> {
         match self.state.borrow_mut().target(id)? {
-            Target::Stream(s) if s.is_socket => Ok(s.fd),
+            Target::Stream(s) if s.is_socket => Ok(Some(s.fd)),
             Target::Stream(_) => Err(Error::Os(sys::ENOTSOCK)),
-            Target::Listener(_) => Err(Error::Kind),
+            Target::Listener(_) | Target::Gone { listener: true } => Err(Error::Kind),
+            Target::Gone { listener: false } => Ok(None),
         }
     }
 
@@ -794,12 +867,15 @@ impl<H: Handler> Loop<H> {
         self.check_open()?;
         let mut st = self.state.borrow_mut();
         let deadline = Instant::now() + after;
-        let id = st.entries.insert(Entry::Timer(Timer {
-            handler,
-            deadline,
-            seq: 0,
-            repeat,
-        }));
+        let id = insert(
+            &mut st.entries,
+            Entry::Timer(Timer {
+                handler,
+                deadline,
+                seq: 0,
+                repeat,
+            }),
+        )?;
         let seq = st.arm(deadline, id);
         if let Some(Entry::Timer(t)) = st.entries.get_mut(id) {
             t.seq = seq;
@@ -852,7 +928,7 @@ impl<H: Handler> Loop<H> {
             let open = matches!(self.state.borrow().entries.get(id),
                 Some(Entry::Stream(s)) if !s.user_closed && !s.opts.unref);
             if open {
-                let _ = self.close(id);
+                self.close_gracefully(id);
             }
         }
     }
@@ -874,21 +950,31 @@ impl<H: Handler> Loop<H> {
             Some(Entry::Listener(l)) => Ok(f(&mut l.handler)),
             Some(Entry::Stream(s)) => Ok(f(&mut s.handler)),
             Some(Entry::Timer(t)) => Ok(f(&mut t.handler)),
-            Some(Entry::Closed(_)) => Err(Error::Closing),
+            // The user pointer stays the caller's until on_close has run.
+            Some(Entry::Closed(closed)) => Ok(f(&mut closed.handler)),
             Some(Entry::Lingering(_)) | None => Err(Error::Stale),
         }
     }
 
+    /// The descriptor of a live registration; Error::Closing once its close is decided (the
+    /// loop may have released it).
     pub fn fd(&self, id: Id) -> Result<Fd, Error> {
         match self.state.borrow_mut().target(id)? {
             Target::Listener(l) => Ok(l.fd),
             Target::Stream(s) => Ok(s.fd),
+            Target::Gone { .. } => Err(Error::Closing),
         }
     }
 
     pub fn local_port(&self, id: Id) -> Result<u16, Error> {
         let fd = self.fd(id)?;
         sys::local_port(fd).map_err(Error::Os)
+    }
+
+    /// Marks this loop as a child's copy after fork(): from now on, letting go of a descriptor
+    /// only closes the child's copy (no epoll_ctl, no socket option, no write).
+    pub fn forget_parent(&self) {
+        self.forked.set(true);
     }
 
     /// Ends every registration with on_close(LoopFreed), cancels timers, runs what other threads
@@ -906,14 +992,16 @@ impl<H: Handler> Loop<H> {
                 _ => 2,
             };
             match kind {
-                0 => self.end_linger(id),
+                0 => self.end_linger(id, false),
                 1 => {
                     let _ = self.timer_cancel(id);
                 }
                 _ => {
                     // Best effort, without blocking: hand what is queued to the kernel first.
-                    if let Ok(s) = self.state.borrow_mut().stream_mut(id) {
-                        s.write_queue();
+                    if !self.forked.get() {
+                        if let Ok(Some(s)) = self.state.borrow_mut().stream_mut(id) {
+                            s.write_queue();
+                        }
                     }
                     self.terminate(id, CloseReason::LoopFreed, 0, FdFate::Close);
                 }
@@ -974,23 +1062,48 @@ mod libc_flags {
 enum Target<'a, H> {
     Listener(&'a mut Listener<H>),
     Stream(&'a mut Stream<H>),
+    /// Ended by the peer, an error, a timeout or the loop, its on_close not delivered yet: the
+    /// caller's calls succeed and do nothing (the departure is reported by on_close alone).
+    Gone {
+        listener: bool,
+    },
+}
+
+/// Stores a new entry, or fails with ENOMEM when the table has no slot left.
+fn insert<H>(entries: &mut Slab<Entry<H>>, entry: Entry<H>) -> Result<Id, Error> {
+    entries.insert(entry).map_err(|_| Error::Os(sys::ENOMEM))
 }
 
 impl<H> State<H> {
+    /// Resolves an id for a call of the caller's. After the caller's own ep_close or ep_abort
+    /// every call is Error::Closing (ep_abort is handled before this).
     fn target(&mut self, id: Id) -> Result<Target<'_, H>, Error> {
         match self.entries.get_mut(id) {
             Some(Entry::Listener(l)) => Ok(Target::Listener(l)),
+            Some(Entry::Stream(s)) if s.closed_by_caller => Err(Error::Closing),
             Some(Entry::Stream(s)) => Ok(Target::Stream(s)),
             Some(Entry::Timer(_)) => Err(Error::Kind),
+            Some(Entry::Closed(closed)) if closed.ender == Ender::Loop => Ok(Target::Gone {
+                listener: closed.listener,
+            }),
             Some(Entry::Closed(_)) => Err(Error::Closing),
             Some(Entry::Lingering(_)) | None => Err(Error::Stale),
         }
     }
 
-    fn stream_mut(&mut self, id: Id) -> Result<&mut Stream<H>, Error> {
+    /// A stream for a call of the caller's; None when it is gone (see Target::Gone).
+    fn stream_mut(&mut self, id: Id) -> Result<Option<&mut Stream<H>>, Error> {
         match self.target(id)? {
-            Target::Stream(s) => Ok(s),
-            Target::Listener(_) => Err(Error::Kind),
+            Target::Stream(s) => Ok(Some(s)),
+            Target::Gone { listener: false } => Ok(None),
+            Target::Listener(_) | Target::Gone { listener: true } => Err(Error::Kind),
+        }
+    }
+
+    /// Records that the caller's own ep_close/ep_abort ended an id whose close is decided.
+    fn ended_by_caller(&mut self, id: Id, ender: Ender) {
+        if let Some(Entry::Closed(closed)) = self.entries.get_mut(id) {
+            closed.ender = ender;
         }
     }
 
@@ -1073,6 +1186,7 @@ impl<H> Stream<H> {
             shutdown_wanted: false,
             fin_sent: false,
             user_closed: false,
+            closed_by_caller: false,
             closing: None,
             deadline: None,
             flushed_since_deadline: false,

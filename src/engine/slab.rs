@@ -1,11 +1,33 @@
 //! Registrations stored by slot index with a generation, so an id is never reused and an event
 //! or a call carrying an old id is recognised as stale even when the kernel reused its fd number.
+//! Each slab also carries its loop's tag, so an id of another loop of the process is stale too.
 
-/// A registration id: `(generation << 32) | slot index`. Never 0, never reused.
+use std::sync::atomic::{AtomicU16, Ordering};
+
+/// A registration id: `(loop tag << 48) | (generation << 24) | slot index`. Never 0, never
+/// reused within a loop, and distinct between the loops of a process (until 65,535 loops were
+/// created and the tags wrap).
 pub type Id = u64;
 
+const INDEX_BITS: u32 = 24;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+const GENERATION_MASK: u64 = (1 << 24) - 1;
+/// Slots beyond this index are never made: a table that full refuses new registrations.
+const MAX_SLOTS: usize = 1 << INDEX_BITS;
 /// A slot whose generation reached this value is retired for good instead of being reused.
-const RETIRED: u32 = u32::MAX;
+const RETIRED: u32 = GENERATION_MASK as u32;
+
+/// The tag of the next slab made in this process (0 is skipped: it would allow id 0).
+static NEXT_TAG: AtomicU16 = AtomicU16::new(1);
+
+fn next_tag() -> u16 {
+    loop {
+        let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed);
+        if tag != 0 {
+            return tag;
+        }
+    }
+}
 
 pub struct Slab<T> {
     slots: Vec<(u32, Option<T>)>,
@@ -14,6 +36,8 @@ pub struct Slab<T> {
     /// The generation new slots start at: above every generation of a slot ever cut off the end,
     /// so compacting never lets an old id come back.
     floor: u32,
+    /// This slab's tag, in the top 16 bits of every id it hands out.
+    tag: u64,
 }
 
 impl<T> Slab<T> {
@@ -23,30 +47,44 @@ impl<T> Slab<T> {
             free: Vec::new(),
             live: 0,
             floor: 1,
+            tag: u64::from(next_tag()) << 48,
         }
     }
 
-    fn split(id: Id) -> (usize, u32) {
-        ((id & 0xffff_ffff) as usize, (id >> 32) as u32)
+    fn make_id(&self, index: usize, generation: u32) -> Id {
+        self.tag | (u64::from(generation) << INDEX_BITS) | index as u64
     }
 
-    /// Stores `value` and returns its new id.
-    pub fn insert(&mut self, value: T) -> Id {
+    /// The slot index and generation of an id of this slab; an id of another slab gets a
+    /// generation no slot has (0).
+    fn split(&self, id: Id) -> (usize, u32) {
+        let generation = if id & !(INDEX_MASK | GENERATION_MASK << INDEX_BITS) == self.tag {
+            ((id >> INDEX_BITS) & GENERATION_MASK) as u32
+        } else {
+            0
+        };
+        ((id & INDEX_MASK) as usize, generation)
+    }
+
+    /// Stores `value` and returns its new id, or gives the value back when the table is full.
+    pub fn insert(&mut self, value: T) -> Result<Id, T> {
         let index = match self.free.pop() {
             Some(index) => index,
-            None => {
+            None if self.slots.len() < MAX_SLOTS => {
                 self.slots.push((self.floor, None));
                 (self.slots.len() - 1) as u32
             }
+            None => return Err(value),
         };
         let slot = &mut self.slots[index as usize];
         slot.1 = Some(value);
+        let generation = slot.0;
         self.live += 1;
-        (u64::from(slot.0) << 32) | u64::from(index)
+        Ok(self.make_id(index as usize, generation))
     }
 
     pub fn get(&self, id: Id) -> Option<&T> {
-        let (index, generation) = Self::split(id);
+        let (index, generation) = self.split(id);
         match self.slots.get(index) {
             Some((g, Some(value))) if *g == generation => Some(value),
             _ => None,
@@ -54,7 +92,7 @@ impl<T> Slab<T> {
     }
 
     pub fn get_mut(&mut self, id: Id) -> Option<&mut T> {
-        let (index, generation) = Self::split(id);
+        let (index, generation) = self.split(id);
         match self.slots.get_mut(index) {
             Some((g, Some(value))) if *g == generation => Some(value),
             _ => None,
@@ -63,7 +101,7 @@ impl<T> Slab<T> {
 
     /// Removes the value; the id becomes stale forever.
     pub fn remove(&mut self, id: Id) -> Option<T> {
-        let (index, generation) = Self::split(id);
+        let (index, generation) = self.split(id);
         let slot = self.slots.get_mut(index)?;
         if slot.0 != generation {
             return None;
@@ -90,7 +128,7 @@ impl<T> Slab<T> {
         let len = self.slots.len();
         self.free.retain(|index| (*index as usize) < len);
         if self.floor == RETIRED {
-            // Never reached in practice (4 billion closes on one slot); stop reusing instead.
+            // Never reached in practice (16 million closes on one slot); stop reusing instead.
             self.free.clear();
         }
         self.slots.shrink_to_fit();
@@ -103,7 +141,7 @@ impl<T> Slab<T> {
             .iter()
             .enumerate()
             .filter(|(_, (_, value))| value.is_some())
-            .map(|(index, (generation, _))| (u64::from(*generation) << 32) | index as u64)
+            .map(|(index, (generation, _))| self.make_id(index, *generation))
             .collect()
     }
 }
@@ -115,10 +153,10 @@ mod tests {
     #[test]
     fn ids_are_never_reused_and_stale_ids_miss() {
         let mut slab = Slab::new();
-        let a = slab.insert("a");
+        let a = slab.insert("a").unwrap();
         assert_ne!(a, 0);
         assert_eq!(slab.remove(a), Some("a"));
-        let b = slab.insert("b");
+        let b = slab.insert("b").unwrap();
         assert_ne!(a, b, "the reused slot must carry a new generation");
         assert!(slab.get(a).is_none());
         assert_eq!(slab.get(b), Some(&"b"));
@@ -129,7 +167,7 @@ mod tests {
     #[test]
     fn compacting_returns_memory_and_never_revives_an_old_id() {
         let mut slab = Slab::new();
-        let ids: Vec<Id> = (0..5000).map(|i| slab.insert(i)).collect();
+        let ids: Vec<Id> = (0..5000).map(|i| slab.insert(i).unwrap()).collect();
         let keep = ids[10];
         for id in &ids {
             if *id != keep {
@@ -140,7 +178,7 @@ mod tests {
         assert_eq!(slab.slots.len(), 11, "trailing free slots are cut off");
         assert!(slab.slots.capacity() < 100 && slab.free.len() == 10);
         assert_eq!(slab.get(keep), Some(&10));
-        let fresh: Vec<Id> = (0..5000).map(|i| slab.insert(i)).collect();
+        let fresh: Vec<Id> = (0..5000).map(|i| slab.insert(i).unwrap()).collect();
         for old in &ids {
             if *old != keep {
                 assert!(slab.get(*old).is_none(), "old id {old:#x} came back");
@@ -152,15 +190,27 @@ mod tests {
     #[test]
     fn exhausted_generation_retires_the_slot() {
         let mut slab: Slab<u8> = Slab::new();
-        let id = slab.insert(1);
+        let id = slab.insert(1).unwrap();
         slab.slots[0].0 = RETIRED - 1;
-        let old = (u64::from(RETIRED - 1) << 32) | (id & 0xffff_ffff);
+        let old = slab.make_id((id & INDEX_MASK) as usize, RETIRED - 1);
         assert_eq!(slab.remove(old), Some(1));
-        let next = slab.insert(2);
+        let next = slab.insert(2).unwrap();
         assert_ne!(
-            next & 0xffff_ffff,
+            next & INDEX_MASK,
             0,
             "a retired slot is never handed out again"
         );
+    }
+
+    #[test]
+    fn an_id_of_another_slab_is_stale_here() {
+        let mut first = Slab::new();
+        let mut second = Slab::new();
+        let a = first.insert("a").unwrap();
+        let b = second.insert("b").unwrap();
+        assert_ne!(a, b, "the same slot of two slabs gets two ids");
+        assert!(second.get(a).is_none() && first.get(b).is_none());
+        assert!(second.remove(a).is_none());
+        assert_eq!(first.get(a), Some(&"a"));
     }
 }

@@ -4,7 +4,10 @@
 
 use std::ffi::{c_int, c_void};
 
-use super::{code, ep_id, ep_loop, loop_box, run_code, with_loop, LoopBox, EP_ENULL};
+use super::boundary::LoopBox;
+use super::errors::{code, EP_EBUSY, EP_ENULL};
+use super::lifecycle::run_code;
+use super::{ep_id, ep_loop};
 use crate::engine::Error;
 
 /// An event recorded for an EP_QUEUE registration; ep_poll() hands them out in callback order.
@@ -17,6 +20,7 @@ pub struct ep_event {
     pub reason: u32,
     /// EP_EVENT_CLOSE: the errno; otherwise 0.
     pub err: c_int,
+    /// Always 0 (padding; may carry meaning in a later minor version).
     pub reserved: u32,
     /// The connection (or listener, for its own close).
     pub id: ep_id,
@@ -30,10 +34,13 @@ pub struct ep_event {
     pub user: *mut c_void,
 }
 
-/// ep_event kinds.
+/// ep_event.kind: on_accept (`listener` says which listener, 0 for ep_connect()).
 pub const EP_EVENT_ACCEPT: u32 = 1;
+/// ep_event.kind: on_data (the bytes are at `offset`, `len` in ep_poll_result.data).
 pub const EP_EVENT_DATA: u32 = 2;
+/// ep_event.kind: on_writable.
 pub const EP_EVENT_WRITABLE: u32 = 3;
+/// ep_event.kind: on_close (`reason`, `err`); the last event of its id.
 pub const EP_EVENT_CLOSE: u32 = 4;
 
 /// One operation for ep_poll() to apply before it waits.
@@ -42,19 +49,26 @@ pub const EP_EVENT_CLOSE: u32 = 4;
 pub struct ep_command {
     /// EP_CMD_SEND, EP_CMD_CLOSE, EP_CMD_ABORT, EP_CMD_SHUTDOWN, EP_CMD_PAUSE or EP_CMD_RESUME.
     pub op: u32,
+    /// Must be 0.
     pub reserved: u32,
+    /// The registration the command acts on.
     pub id: ep_id,
     /// EP_CMD_SEND: the bytes are cmdbuf[offset .. offset + len].
     pub offset: u64,
     pub len: u64,
 }
 
-/// ep_command operations: each behaves exactly like the function of the same name.
+/// ep_command.op: ep_send() of cmdbuf[offset .. offset + len]; its result is ep_send()'s.
 pub const EP_CMD_SEND: u32 = 1;
+/// ep_command.op: ep_close(); its result is ep_close()'s.
 pub const EP_CMD_CLOSE: u32 = 2;
+/// ep_command.op: ep_abort(); its result is ep_abort()'s.
 pub const EP_CMD_ABORT: u32 = 3;
+/// ep_command.op: ep_shutdown(); its result is ep_shutdown()'s.
 pub const EP_CMD_SHUTDOWN: u32 = 4;
+/// ep_command.op: ep_pause_reading(); its result is ep_pause_reading()'s.
 pub const EP_CMD_PAUSE: u32 = 5;
+/// ep_command.op: ep_resume_reading(); its result is ep_resume_reading()'s.
 pub const EP_CMD_RESUME: u32 = 6;
 
 /// What ep_poll() returns. The arrays belong to the loop and stay valid until the next ep_poll()
@@ -62,7 +76,9 @@ pub const EP_CMD_RESUME: u32 = 6;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ep_poll_result {
+    /// `count` events, in the order callbacks would have run.
     pub events: *const ep_event,
+    /// The number of events.
     pub count: usize,
     /// The bytes of every EP_EVENT_DATA of this step, one after the other.
     pub data: *const u8,
@@ -71,11 +87,27 @@ pub struct ep_poll_result {
     pub state: c_int,
 }
 
-/// The events of the current step, for EP_QUEUE registrations.
+/// The events of EP_QUEUE registrations not handed out yet, and those ep_poll() last handed out
+/// (kept valid until the next step).
 #[derive(Default)]
 pub(super) struct EventQueue {
     events: Vec<ep_event>,
     data: Vec<u8>,
+    /// The events held were handed out by ep_poll(): the next step starts a new batch.
+    handed_out: bool,
+}
+
+impl LoopBox {
+    /// Before any step: forget the events ep_poll() handed out last time, keep those recorded
+    /// since (by ep_run_once() or ep_run()), so that no event — above all no close — is lost.
+    pub(super) fn begin_step(&self) {
+        let mut queue = self.queue.borrow_mut();
+        if queue.handed_out {
+            queue.events.clear();
+            queue.data.clear();
+            queue.handed_out = false;
+        }
+    }
 }
 
 impl EventQueue {
@@ -136,14 +168,17 @@ fn apply(boxed: &LoopBox, command: &ep_command, cmdbuf: &[u8]) -> c_int {
 
 /// One loop step for bindings: applies `ncmds` commands in order (EP_CMD_SEND takes its bytes from
 /// `cmdbuf`, which is copied), writes each command's return code to `results[i]` (may be NULL),
-/// then waits at most `timeout_ms` and dispatches, exactly like ep_run_once(). The events of EP_QUEUE
-/// registrations recorded during the step (and any left from closes decided by the commands) are
-/// returned in `*out`, in the order callbacks would have run; the previous call's arrays become
-/// invalid. Because an EP_QUEUE registration only reacts to its events in the next call, a peer EOF
-/// read in the same step as data is processed one step later: the commands answering that data
-/// (the reply to a last request) are applied before EOF ends the connection. Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out`
-/// holds what was recorded), EP_EBUSY from inside a callback (nothing applied), EP_ENULL, or another
-/// negative error. Same thread rules as ep_run_once(); callback registrations keep their callbacks.
+/// then waits at most `timeout_ms` and dispatches, exactly like ep_run_once(). The events of
+/// EP_QUEUE registrations recorded during the step — and any recorded earlier by ep_run_once() or
+/// ep_run() and not handed out yet (the wait is then skipped), or left from closes decided by the
+/// commands — are returned in `*out`, in the order callbacks would have run; the previous call's
+/// arrays become invalid. Because an EP_QUEUE registration only reacts to its events in the next
+/// call, a peer EOF read in the same step as data is processed one step later: the commands
+/// answering that data (the reply to a last request) are applied before EOF ends the connection.
+/// Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out` holds what
+/// was recorded), EP_EBUSY (from inside a callback: nothing applied), EP_ENULL (NULL out, or NULL
+/// cmds/cmdbuf with a non-zero count), -errno of epoll_wait(), or a loop error (EP_ENULL,
+/// EP_ETHREAD, EP_EFORK, EP_EPANIC). Callback registrations keep their callbacks.
 ///
 /// # Safety
 /// `lp` as for ep_loop_free(); `cmds` readable for `ncmds` commands (or NULL with 0); `cmdbuf`
@@ -176,41 +211,32 @@ pub unsafe extern "C" fn ep_poll(
         // SAFETY: `cmdbuf` is readable for `cmdbuf_len` bytes (contract).
         unsafe { std::slice::from_raw_parts(cmdbuf, cmdbuf_len) }
     };
-    // SAFETY: `lp` is NULL or a live loop (this function's contract).
-    let boxed = unsafe { loop_box(lp) };
-    with_loop(
-        boxed,
-        |c| c,
-        |engine| {
-            let Some(boxed) = boxed else { return EP_ENULL };
-            if engine.in_callback() {
-                return super::EP_EBUSY;
+    with_loop!(lp, |boxed| {
+        if boxed.engine.in_callback() {
+            return EP_EBUSY;
+        }
+        boxed.begin_step();
+        let waiting = boxed.queue.borrow().events.is_empty();
+        for (i, command) in commands.iter().enumerate() {
+            let result = apply(boxed, command, bytes);
+            if !results.is_null() {
+                // SAFETY: `results` is writable for `ncmds` ints (contract), i < ncmds.
+                unsafe { results.add(i).write(result) };
             }
-            {
-                let mut queue = boxed.queue.borrow_mut();
-                queue.events.clear();
-                queue.data.clear();
-            }
-            for (i, command) in commands.iter().enumerate() {
-                let result = apply(boxed, command, bytes);
-                if !results.is_null() {
-                    // SAFETY: `results` is writable for `ncmds` ints (contract), i < ncmds.
-                    unsafe { results.add(i).write(result) };
-                }
-            }
-            let step = engine.run_once(timeout_ms.max(-1));
-            let state = run_code(step);
-            let queue = boxed.queue.borrow();
-            let result = ep_poll_result {
-                events: queue.events.as_ptr(),
-                count: queue.events.len(),
-                data: queue.data.as_ptr(),
-                data_len: queue.data.len(),
-                state: state.max(0),
-            };
-            // SAFETY: `out` is writable (contract).
-            unsafe { out.write(result) };
-            state.min(0)
-        },
-    )
+        }
+        let timeout = if waiting { timeout_ms.max(-1) } else { 0 };
+        let state = run_code(boxed.engine.run_once(timeout));
+        let mut queue = boxed.queue.borrow_mut();
+        queue.handed_out = true;
+        let result = ep_poll_result {
+            events: queue.events.as_ptr(),
+            count: queue.events.len(),
+            data: queue.data.as_ptr(),
+            data_len: queue.data.len(),
+            state: state.max(0),
+        };
+        // SAFETY: `out` is writable (contract).
+        unsafe { out.write(result) };
+        state.min(0)
+    })
 }

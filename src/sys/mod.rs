@@ -593,3 +593,17 @@ pub fn errno_description(errno: i32) -> Option<&'static std::ffi::CStr> {
         Some(unsafe { std::ffi::CStr::from_ptr(ptr) })
     }
 }
+
+/// Sets the calling thread's errno (for C functions that report failure through it).
+pub fn set_errno(errno: Errno) {
+    // SAFETY: __errno_location returns the calling thread's errno slot, valid for the thread's life.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Runs `child` in the child process right after every fork() from now on (pthread_atfork). The
+/// handler must be async-signal-safe.
+pub fn on_fork_in_child(child: extern "C" fn()) {
+    // SAFETY: registers a plain function pointer with no prepare/parent handlers; it can fail only
+    // with ENOMEM, in which case forks simply go unnoticed (reported by nothing: best effort).
+    let _ = unsafe { libc::pthread_atfork(None, None, Some(child)) };
+}

@@ -1,0 +1,239 @@
+//! The callbacks of a registration and how the engine reaches them: `ep_callbacks`, the close
+//! reasons, and the engine's `Handler` implemented by calling C (or by recording the event for
+//! ep_poll(), for EP_QUEUE registrations).
+
+use std::cell::RefMut;
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use super::batch::{EventQueue, EP_EVENT_ACCEPT, EP_EVENT_CLOSE, EP_EVENT_WRITABLE};
+use super::boundary::{Engine, LoopBox};
+use super::{ep_id, ep_loop};
+use crate::engine::{CloseReason, Handler};
+
+/// Why a registration ended; passed to on_close exactly once per id.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ep_close_reason {
+    /// The peer closed its side: read() returned 0, or RDHUP/HUP with nothing left to read.
+    EP_CLOSE_PEER_EOF = 1,
+    /// ECONNRESET, ECONNABORTED or EPIPE on read or send; `err` carries it.
+    EP_CLOSE_PEER_RESET = 2,
+    /// Any other I/O error, or EPOLLERR; `err` carries the errno (SO_ERROR).
+    EP_CLOSE_ERROR = 3,
+    /// ep_close() finished: queued data was handed to the kernel and FIN sent.
+    EP_CLOSE_LOCAL = 4,
+    /// ep_abort(): RST sent, queued data dropped.
+    EP_CLOSE_ABORT = 5,
+    /// Idle or connect timeout, or a graceful close that made no progress for the linger time
+    /// (`err` = ETIMEDOUT).
+    EP_CLOSE_TIMEOUT = 6,
+    /// ep_loop_free() ran while the registration was still open.
+    EP_CLOSE_LOOP_FREED = 7,
+}
+
+/// Every close reason, in numbering order.
+const REASONS: [ep_close_reason; 7] = [
+    ep_close_reason::EP_CLOSE_PEER_EOF,
+    ep_close_reason::EP_CLOSE_PEER_RESET,
+    ep_close_reason::EP_CLOSE_ERROR,
+    ep_close_reason::EP_CLOSE_LOCAL,
+    ep_close_reason::EP_CLOSE_ABORT,
+    ep_close_reason::EP_CLOSE_TIMEOUT,
+    ep_close_reason::EP_CLOSE_LOOP_FREED,
+];
+
+/// The one mapping from the engine's close reasons to the C numbering.
+impl From<CloseReason> for ep_close_reason {
+    fn from(reason: CloseReason) -> Self {
+        match reason {
+            CloseReason::PeerEof => ep_close_reason::EP_CLOSE_PEER_EOF,
+            CloseReason::PeerReset => ep_close_reason::EP_CLOSE_PEER_RESET,
+            CloseReason::Error => ep_close_reason::EP_CLOSE_ERROR,
+            CloseReason::Local => ep_close_reason::EP_CLOSE_LOCAL,
+            CloseReason::Abort => ep_close_reason::EP_CLOSE_ABORT,
+            CloseReason::Timeout => ep_close_reason::EP_CLOSE_TIMEOUT,
+            CloseReason::LoopFreed => ep_close_reason::EP_CLOSE_LOOP_FREED,
+        }
+    }
+}
+
+impl ep_close_reason {
+    fn name(self) -> &'static CStr {
+        match self {
+            ep_close_reason::EP_CLOSE_PEER_EOF => c"peer_eof",
+            ep_close_reason::EP_CLOSE_PEER_RESET => c"peer_reset",
+            ep_close_reason::EP_CLOSE_ERROR => c"error",
+            ep_close_reason::EP_CLOSE_LOCAL => c"local",
+            ep_close_reason::EP_CLOSE_ABORT => c"abort",
+            ep_close_reason::EP_CLOSE_TIMEOUT => c"timeout",
+            ep_close_reason::EP_CLOSE_LOOP_FREED => c"loop_freed",
+        }
+    }
+}
+
+/// The event-log name of a close reason, as the examples print it: "peer_eof", "peer_reset",
+/// "error", "local", "abort", "timeout", "loop_freed"; "unknown" for any other value (takes an
+/// int, so any value is safe to pass). Static string, never NULL. Callable from any thread.
+#[no_mangle]
+pub extern "C" fn ep_close_reason_name(reason: c_int) -> *const c_char {
+    REASONS
+        .iter()
+        .find(|known| **known as c_int == reason)
+        .map_or(c"unknown", |known| known.name())
+        .as_ptr()
+}
+
+/// The callbacks of a registration. Any member may be NULL. Callbacks run on the loop's thread,
+/// inside ep_run()/ep_run_once()/ep_poll()/ep_loop_free(), never nested inside another callback
+/// of the same loop; they may call any ep_* function except ep_run/ep_run_once/ep_poll
+/// (EP_EBUSY) and ep_loop_free (ignored). `user` is the registration's user pointer (see
+/// ep_set_user()).
+///
+/// ABI: this struct's layout is fixed within a major version (see the README's ABI policy).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ep_callbacks {
+    /// A listener accepted `conn`. The connection inherits the listener's callbacks, user pointer,
+    /// EP_EDGE/EP_HALF_CLOSE flags and watermarks; call ep_set_user() here to attach state.
+    /// For ep_connect(), `listener` is 0: the outbound connection is up.
+    pub on_accept: Option<
+        unsafe extern "C" fn(lp: *mut ep_loop, listener: ep_id, conn: ep_id, user: *mut c_void),
+    >,
+    /// Bytes arrived. `data` is valid only during the call (it points into the loop's single read
+    /// buffer): copy what you keep. With EP_HALF_CLOSE, data == NULL and len == 0 means the peer's
+    /// EOF. Without it, len is never 0.
+    pub on_data: Option<
+        unsafe extern "C" fn(
+            lp: *mut ep_loop,
+            conn: ep_id,
+            data: *const u8,
+            len: usize,
+            user: *mut c_void,
+        ),
+    >,
+    /// The output queue drained to its low-water mark after ep_send() had returned 1.
+    pub on_writable: Option<unsafe extern "C" fn(lp: *mut ep_loop, conn: ep_id, user: *mut c_void)>,
+    /// The registration ended. Called exactly once per id, after every byte the kernel would still
+    /// hand over was delivered. This is the only way the peer's departure is reported. Nothing is
+    /// called for `conn` afterwards; free your state here.
+    pub on_close: Option<
+        unsafe extern "C" fn(
+            lp: *mut ep_loop,
+            conn: ep_id,
+            reason: ep_close_reason,
+            err: c_int,
+            user: *mut c_void,
+        ),
+    >,
+}
+
+pub(super) const NO_CALLBACKS: ep_callbacks = ep_callbacks {
+    on_accept: None,
+    on_data: None,
+    on_writable: None,
+    on_close: None,
+};
+
+/// A timer's callback: `timer` is the id ep_timer_start() returned, `user` its user pointer.
+pub type ep_timer_cb =
+    Option<unsafe extern "C" fn(lp: *mut ep_loop, timer: ep_id, user: *mut c_void)>;
+
+/// A function posted to a loop with ep_post(); runs on the loop's thread.
+pub type ep_post_cb = Option<unsafe extern "C" fn(lp: *mut ep_loop, user: *mut c_void)>;
+
+#[derive(Clone, Copy)]
+pub(super) struct FfiHandler {
+    pub(super) cbs: ep_callbacks,
+    pub(super) timer: ep_timer_cb,
+    pub(super) user: *mut c_void,
+    /// EP_QUEUE: record events for ep_poll() instead of calling `cbs`.
+    pub(super) queued: bool,
+}
+
+impl FfiHandler {
+    pub(super) fn new(cbs: ep_callbacks, user: *mut c_void) -> Self {
+        FfiHandler {
+            cbs,
+            timer: None,
+            user,
+            queued: false,
+        }
+    }
+
+    fn record<'a>(&self, lp: &'a Engine) -> Option<RefMut<'a, EventQueue>> {
+        // The queue is only borrowed for the push: ep_poll reads it after the step.
+        self.queued.then(|| LoopBox::of(lp).queue.borrow_mut())
+    }
+}
+
+/// What ep_post() hands across threads: a function and an opaque word.
+pub(super) struct FfiPost {
+    pub(super) cb: unsafe extern "C" fn(lp: *mut ep_loop, user: *mut c_void),
+    pub(super) user: usize,
+}
+
+impl Handler for FfiHandler {
+    type Posted = FfiPost;
+
+    fn on_timer(&self, lp: &Engine, timer: u64) {
+        if let Some(cb) = self.timer {
+            // SAFETY: the caller passed this function pointer to ep_timer_start with this
+            // signature; the loop pointer is live for the duration of the call.
+            unsafe { cb(LoopBox::as_ptr(lp), timer, self.user) }
+        }
+    }
+
+    fn delivers_later(&self) -> bool {
+        self.queued
+    }
+
+    fn run_posted(lp: &Engine, posted: FfiPost) {
+        // SAFETY: the caller passed this function pointer to ep_post with this signature.
+        unsafe { (posted.cb)(LoopBox::as_ptr(lp), posted.user as *mut c_void) }
+    }
+
+    fn on_accept(&self, lp: &Engine, listener: u64, conn: u64) {
+        if let Some(mut queue) = self.record(lp) {
+            queue.push(EP_EVENT_ACCEPT, conn, self.user).listener = listener;
+        } else if let Some(cb) = self.cbs.on_accept {
+            // SAFETY: the caller registered this function pointer with this signature; the loop
+            // pointer is live for the duration of the call.
+            unsafe { cb(LoopBox::as_ptr(lp), listener, conn, self.user) }
+        }
+    }
+
+    fn on_data(&self, lp: &Engine, conn: u64, data: &[u8]) {
+        if let Some(mut queue) = self.record(lp) {
+            queue.push_data(conn, data, self.user);
+        } else if let Some(cb) = self.cbs.on_data {
+            let ptr = if data.is_empty() {
+                std::ptr::null()
+            } else {
+                data.as_ptr()
+            };
+            // SAFETY: as in on_accept; `data` outlives the call.
+            unsafe { cb(LoopBox::as_ptr(lp), conn, ptr, data.len(), self.user) }
+        }
+    }
+
+    fn on_writable(&self, lp: &Engine, conn: u64) {
+        if let Some(mut queue) = self.record(lp) {
+            queue.push(EP_EVENT_WRITABLE, conn, self.user);
+        } else if let Some(cb) = self.cbs.on_writable {
+            // SAFETY: as in on_accept.
+            unsafe { cb(LoopBox::as_ptr(lp), conn, self.user) }
+        }
+    }
+
+    fn on_close(&self, lp: &Engine, conn: u64, reason: CloseReason, err: i32) {
+        let reason = ep_close_reason::from(reason);
+        if let Some(mut queue) = self.record(lp) {
+            let event = queue.push(EP_EVENT_CLOSE, conn, self.user);
+            event.reason = reason as u32;
+            event.err = err;
+        } else if let Some(cb) = self.cbs.on_close {
+            // SAFETY: as in on_accept.
+            unsafe { cb(LoopBox::as_ptr(lp), conn, reason, err, self.user) }
+        }
+    }
+}
