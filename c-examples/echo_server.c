@@ -48,8 +48,7 @@ static void on_data(ep_loop *loop, ep_id conn, const uint8_t *data, size_t len, 
   if (!g_quiet) printf("recv %" PRIu64 " %zu bytes\n", conn, len);
   int rc = ep_send(loop, conn, data, len);
   if (rc == 1) rc = ep_pause_reading(loop, conn); /* resumed in on_writable */
-  if (rc == -EPIPE || rc == -ECONNRESET) return;  /* peer gone: on_close(PEER_RESET) follows */
-  if (rc < 0) {
+  if (rc < 0) { /* our own mistake (a peer's departure is reported by on_close alone) */
     fprintf(stderr, "echo_server: connection %" PRIu64 ": %s\n", conn, ep_strerror(rc));
     ep_abort(loop, conn);
   }

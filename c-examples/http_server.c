@@ -220,9 +220,8 @@ static int add_keep_alive_response(ep_loop *loop, ep_id conn, struct batch *out,
 
 /* Handles ep_send's result; returns 0 to go on, -1 when the connection is done for. */
 static int check_send(ep_loop *loop, ep_id conn, struct conn *c, int rc) {
-  if (rc < 0) {
+  if (rc < 0) { /* our own mistake (a peer's departure is reported by on_close alone) */
     c->closing = 1;
-    if (rc == -EPIPE || rc == -ECONNRESET) return -1; /* peer gone: on_close(PEER_RESET) follows */
     report(conn, "ep_send", rc);
     ep_abort(loop, conn);
     return -1;

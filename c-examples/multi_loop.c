@@ -64,8 +64,7 @@ static void on_accept(ep_loop *loop, ep_id listener, ep_id conn, void *user) {
 static void on_data(ep_loop *loop, ep_id conn, const uint8_t *data, size_t len, void *user) {
   int rc = ep_send(loop, conn, data, len);
   if (rc == 1) rc = ep_pause_reading(loop, conn); /* resumed in on_writable */
-  if (rc == -EPIPE || rc == -ECONNRESET) return;  /* peer gone: on_close(PEER_RESET) follows */
-  if (rc < 0) {
+  if (rc < 0) { /* our own mistake (a peer's departure is reported by on_close alone) */
     fprintf(stderr, "multi_loop: connection %" PRIu64 ": %s\n", conn_number(user), ep_strerror(rc));
     ep_abort(loop, conn);
   }
