@@ -1,14 +1,14 @@
-//! One step of the loop: wait, dispatch each event to its registration's pass, run deferred work,
-//! expire deadlines, deliver the closes decided during the step.
+//! One step of the loop: wait, dispatch each event to its registration's pass, carry out the
+//! decisions of the stream state machine (`stream.rs`), run deferred work, expire deadlines,
+//! deliver the closes decided during the step. `terminate()` is the one close path.
 
-use std::cmp::Reverse;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::stream::Decision;
 use super::{
     CloseReason, Closed, Ender, Entry, Error, FdFate, Handler, Id, Lingering, Loop, RunState,
-    ACCEPT_BACKOFF, ACCEPT_BUDGET, DRAIN_TOKEN, READ_BUDGET, WAKE_TOKEN,
+    READ_BUDGET, WAKE_TOKEN,
 };
 use crate::sys::{self, ev, Errno};
 
@@ -52,7 +52,7 @@ impl<H: Handler> Loop<H> {
         if self.in_callback() || self.freeing.get() {
             return Err(Error::Busy);
         }
-        if self.remote.stop.swap(false, Ordering::SeqCst) {
+        if self.remote.take_stop() {
             return Ok(RunState::Stopped);
         }
         if !self.has_work() {
@@ -86,7 +86,7 @@ impl<H: Handler> Loop<H> {
         self.run_timers(Instant::now());
         self.deliver_closes();
         self.state.borrow_mut().entries.compact();
-        if self.remote.stop.swap(false, Ordering::SeqCst) {
+        if self.remote.take_stop() {
             Ok(RunState::Stopped)
         } else if self.has_work() {
             Ok(RunState::More)
@@ -100,26 +100,6 @@ impl<H: Handler> Loop<H> {
         st.live - st.unref_count + st.lingering > 0
             || !st.closes.is_empty()
             || self.remote.has_posted()
-    }
-
-    fn wait_timeout(&self, timeout_ms: i32) -> i32 {
-        let st = self.state.borrow();
-        if !st.service.is_empty() || !st.closes.is_empty() {
-            return 0;
-        }
-        match st.timers.peek() {
-            Some(Reverse((deadline, _, _))) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // Round up, so a deadline 0.5 ms away never turns into a busy spin.
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                if timeout_ms < 0 {
-                    ms
-                } else {
-                    ms.min(timeout_ms)
-                }
-            }
-            None => timeout_ms,
-        }
     }
 
     fn kind(&self, id: Id) -> Option<Kind> {
@@ -155,93 +135,6 @@ impl<H: Handler> Loop<H> {
             // No short read proves the socket drained here (the FIN may already have been
             // reported by an earlier edge), so read like after RDHUP: to EAGAIN or EOF.
             self.dispatch(id, ev::IN | ev::RDHUP);
-        }
-    }
-
-    fn run_timers(&self, now: Instant) {
-        loop {
-            let id = {
-                let mut st = self.state.borrow_mut();
-                match st.timers.peek() {
-                    Some(Reverse((deadline, _, _))) if *deadline <= now => {}
-                    _ => return,
-                }
-                let Some(Reverse((_, seq, id))) = st.timers.pop() else {
-                    return;
-                };
-                (seq, id)
-            };
-            self.expire(id.1, id.0, now);
-            self.deliver_closes();
-        }
-    }
-
-    /// A deadline of `id` may have passed; timers are not cancelled, so check the state's own.
-    fn expire(&self, id: Id, seq: u64, now: Instant) {
-        let mut st = self.state.borrow_mut();
-        if id == DRAIN_TOKEN {
-            if st.drain_at.is_some_and(|at| at <= now) {
-                st.drain_at = None;
-                drop(st);
-                self.close_remaining();
-            }
-            return;
-        }
-        match st.entries.get_mut(id) {
-            Some(Entry::Timer(t)) if t.seq == seq => {
-                let handler = t.handler.clone();
-                match t.repeat {
-                    Some(every) if !every.is_zero() => {
-                        // Fixed rate without catch-up bursts: the next period boundary after now.
-                        let mut next = t.deadline + every;
-                        while next <= now {
-                            next += every;
-                        }
-                        t.deadline = next;
-                        let seq = st.arm(next, id);
-                        if let Some(Entry::Timer(t)) = st.entries.get_mut(id) {
-                            t.seq = seq;
-                        }
-                    }
-                    _ => {
-                        st.entries.remove(id);
-                        st.live -= 1;
-                        st.timer_count -= 1;
-                    }
-                }
-                drop(st);
-                self.call(|| handler.on_timer(self, id));
-            }
-            Some(Entry::Stream(s)) if s.deadline.is_some_and(|d| d <= now) => {
-                // A flush that is still making progress gets another linger period.
-                if std::mem::take(&mut s.flushed_since_deadline) {
-                    let next = now + st.linger;
-                    st.arm_deadline(id, next);
-                    return;
-                }
-                drop(st);
-                self.terminate(id, CloseReason::Timeout, sys::ETIMEDOUT, FdFate::Reset);
-            }
-            Some(Entry::Stream(s)) if s.idle_seq == seq && s.closing.is_none() => {
-                let Some(idle) = s.idle else { return };
-                let due = s.last_active + idle;
-                if due <= now {
-                    drop(st);
-                    self.terminate(id, CloseReason::Timeout, sys::ETIMEDOUT, FdFate::Close);
-                } else {
-                    st.arm_idle(id, due);
-                }
-            }
-            Some(entry) if entry.lingering().is_some_and(|l| l.deadline <= now) => {
-                drop(st);
-                self.end_linger(id, false);
-            }
-            Some(Entry::Listener(l)) if l.backoff_until.is_some_and(|d| d <= now) => {
-                l.backoff_until = None;
-                l.update_interest(self.epfd, id);
-                st.schedule(id);
-            }
-            _ => {}
         }
     }
 
@@ -283,104 +176,65 @@ impl<H: Handler> Loop<H> {
     }
 
     // -----------------------------------------------------------------------------------------
-    // listeners
+    // streams: each pass reads or writes, feeds the outcome to the state machine, and carries
+    // out its decision
 
-    fn accept_pass(&self, id: Id) {
-        for _ in 0..ACCEPT_BUDGET {
-            let (fd, handler, opts, flow, idle) = {
-                let st = self.state.borrow();
-                match st.entries.get(id) {
-                    Some(Entry::Listener(l)) if !l.paused && l.backoff_until.is_none() => (
-                        l.fd,
-                        l.handler.clone(),
-                        l.opts,
-                        (l.flow.low, l.flow.high),
-                        l.idle,
-                    ),
-                    _ => return,
-                }
-            };
-            match sys::accept(fd) {
-                Ok(conn_fd) => {
-                    let mut stream = super::Stream::new(
-                        conn_fd,
-                        handler.clone(),
-                        super::Options {
-                            borrow: false,
-                            ..opts
-                        },
-                        true,
-                        true,
-                        true,
-                        super::Flow {
-                            low: flow.0,
-                            high: flow.1,
-                        },
-                        None,
-                    );
-                    stream.idle = idle;
-                    match self.add_stream(stream) {
-                        Ok(conn) => {
-                            self.state.borrow_mut().stats.accepted += 1;
-                            self.call(|| handler.on_accept(self, id, conn));
-                        }
-                        Err(_) => sys::close(conn_fd),
-                    }
-                }
-                Err(sys::EAGAIN) => return,
-                Err(sys::EMFILE | sys::ENFILE) => return self.shed_load(id, fd),
-                Err(sys::ENOBUFS | sys::ENOMEM) => return self.back_off(id),
-                // The connection died in the backlog, or a firewall refused it: next one.
-                Err(sys::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
-                Err(errno) => {
-                    return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close)
+    /// Does what a transition of the stream state machine decided.
+    pub(super) fn carry_out(&self, id: Id, decision: Decision) {
+        match decision {
+            Decision::Nothing => {}
+            Decision::Flush { rearm } => {
+                let mut st = self.state.borrow_mut();
+                let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+                    return;
+                };
+                s.update_interest(self.epfd, id);
+                if rearm || s.deadline.is_none() {
+                    let deadline = Instant::now() + st.linger;
+                    st.arm_deadline(id, deadline);
                 }
             }
-        }
-        // Budget spent: in edge-triggered mode no new edge comes for the rest of the backlog.
-        if matches!(self.state.borrow().entries.get(id), Some(Entry::Listener(l)) if l.opts.edge) {
-            self.state.borrow_mut().schedule(id);
+            Decision::SendFin => {
+                let mut st = self.state.borrow_mut();
+                let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+                    return;
+                };
+                let next = match sys::shutdown_write(s.fd) {
+                    Ok(()) => s.fin_sent(),
+                    Err(errno) => Decision::Terminate {
+                        reason: CloseReason::from_errno(errno),
+                        err: errno,
+                        fate: FdFate::Close,
+                    },
+                };
+                drop(st);
+                self.carry_out(id, next);
+            }
+            Decision::DeliverEof => {
+                let handler = match self.state.borrow_mut().entries.get_mut(id) {
+                    Some(Entry::Stream(s)) => {
+                        s.update_interest(self.epfd, id);
+                        s.handler.clone()
+                    }
+                    _ => return,
+                };
+                self.call(|| handler.on_data(self, id, &[]));
+            }
+            Decision::Terminate { reason, err, fate } => self.terminate(id, reason, err, fate),
         }
     }
 
-    /// Out of descriptors: release the reserve, accept and reset every waiting connection so the
-    /// clients learn at once and the level-triggered listener does not spin, take the reserve back.
-    fn shed_load(&self, id: Id, fd: sys::Fd) {
-        let reserve = self.state.borrow_mut().reserve_fd.take();
-        let Some(reserve) = reserve else {
-            return self.back_off(id);
+    /// Runs a transition on a live stream and carries out its decision.
+    fn transition(&self, id: Id, event: impl FnOnce(&mut super::stream::Stream<H>) -> Decision) {
+        let decision = match self.state.borrow_mut().entries.get_mut(id) {
+            Some(Entry::Stream(s)) => event(s),
+            _ => return,
         };
-        sys::close(reserve);
-        let mut shed = 0;
-        while let Ok(conn) = sys::accept(fd) {
-            let _ = sys::set_linger_zero(conn);
-            sys::close(conn);
-            shed += 1;
-        }
-        self.state.borrow_mut().stats.accept_overloads += shed;
-        match sys::open_devnull() {
-            Ok(reserve) => self.state.borrow_mut().reserve_fd = Some(reserve),
-            Err(_) => self.back_off(id),
-        }
+        self.carry_out(id, decision);
     }
-
-    /// Stops accepting for a moment; a timer resumes it.
-    fn back_off(&self, id: Id) {
-        let mut st = self.state.borrow_mut();
-        st.stats.accept_overloads += 1;
-        let until = Instant::now() + ACCEPT_BACKOFF;
-        if let Some(Entry::Listener(l)) = st.entries.get_mut(id) {
-            l.backoff_until = Some(until);
-            l.update_interest(self.epfd, id);
-            st.arm(until, id);
-        }
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // streams
 
     fn stream_pass(&self, id: Id, bits: u32) {
-        if matches!(self.state.borrow().entries.get(id), Some(Entry::Stream(s)) if s.connecting) {
+        if matches!(self.state.borrow().entries.get(id), Some(Entry::Stream(s)) if s.connecting()) {
             return self.connect_pass(id, bits);
         }
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
@@ -397,16 +251,14 @@ impl<H: Handler> Loop<H> {
         // A hangup or failure ends the stream only once everything readable was delivered.
         // A recorded send failure names the cause better than SO_ERROR, which that send cleared.
         if drained {
-            self.settle_failure(id);
+            self.transition(id, |s| s.input_drained());
             if hangup {
                 self.settle_hangup(id, bits);
             }
         }
         if writable_due {
             let handler = match self.state.borrow().entries.get(id) {
-                Some(Entry::Stream(s)) if s.closing.is_none() && s.failed.is_none() => {
-                    Some(s.handler.clone())
-                }
+                Some(Entry::Stream(s)) if !s.ending() => Some(s.handler.clone()),
                 _ => None,
             };
             if let Some(handler) = handler {
@@ -429,17 +281,16 @@ impl<H: Handler> Loop<H> {
             Ok(0) if bits & (ev::ERR | ev::HUP) != 0 => sys::ECONNRESET,
             Ok(errno) | Err(errno) => errno,
         };
-        if errno != 0 {
+        let decision = s.connected(errno);
+        if decision != Decision::Nothing {
             drop(st);
-            return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+            return self.carry_out(id, decision);
         }
-        s.connecting = false;
-        s.deadline = None;
         s.touch();
         s.update_interest(self.epfd, id);
-        let handler = (!s.user_closed).then(|| s.handler.clone());
-        drop(st);
         // Closed while connecting with bytes queued: no on_accept, just the graceful close.
+        let handler = (!s.discard_input).then(|| s.handler.clone());
+        drop(st);
         if let Some(handler) = handler {
             self.call(|| handler.on_accept(self, 0, id));
         }
@@ -461,12 +312,10 @@ impl<H: Handler> Loop<H> {
                 let Some(Entry::Stream(s)) = st.entries.get(id) else {
                     return true;
                 };
-                // Pause is honoured until the connection cannot live on (hangup or failed send).
-                let forced = hangup || s.failed.is_some();
-                if !s.readable || s.read_eof || (s.paused && !s.user_closed && !forced) {
+                if !s.may_read(hangup) {
                     return true;
                 }
-                (s.fd, s.is_socket, s.user_closed, s.handler.clone())
+                (s.fd, s.access.is_socket, s.discard_input, s.handler.clone())
             };
             let mut buf = self.read_buf.borrow_mut();
             let result = if is_socket {
@@ -487,7 +336,7 @@ impl<H: Handler> Loop<H> {
                         return false;
                     }
                     drop(st);
-                    self.on_eof(id);
+                    self.transition(id, |s| s.peer_eof());
                     return true;
                 }
                 Ok(n) => {
@@ -520,89 +369,23 @@ impl<H: Handler> Loop<H> {
         // Budget spent with input left. Level-triggered epoll reports it again; edge-triggered
         // needs a service pass, as does a failed stream (no event may come for it).
         let mut st = self.state.borrow_mut();
-        if matches!(st.entries.get(id), Some(Entry::Stream(s)) if s.opts.edge || s.failed.is_some())
+        if matches!(st.entries.get(id), Some(Entry::Stream(s)) if s.opts.edge || s.failure().is_some())
         {
             st.schedule(id);
         }
         false
     }
 
-    fn on_eof(&self, id: Id) {
-        let mut st = self.state.borrow_mut();
-        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
-            return;
-        };
-        s.read_eof = true;
-        if s.opts.half_close && !s.user_closed && s.failed.is_none() {
-            let handler = s.handler.clone();
-            let done = s.fin_sent;
-            if !done {
-                s.update_interest(self.epfd, id);
-            }
-            drop(st);
-            if done {
-                return self.terminate(id, CloseReason::Local, 0, FdFate::Close);
-            }
-            return self.call(|| handler.on_data(self, id, &[]));
-        }
-        if s.closing.is_none() {
-            s.closing = Some(s.eof_reason());
-        }
-        if s.out.is_empty() || s.failed.is_some() {
-            // Ends now: no epoll_ctl for a descriptor about to be released.
-            drop(st);
-            self.after_flush(id);
-        } else {
-            s.update_interest(self.epfd, id);
-            if s.deadline.is_none() {
-                let deadline = Instant::now() + st.linger;
-                st.arm_deadline(id, deadline);
-            }
-        }
-    }
-
     /// HUP or ERR after the read pass: if the stream is still here and nothing more can come,
     /// end it now (level-triggered HUP/ERR would otherwise be reported forever).
     fn settle_hangup(&self, id: Id, bits: u32) {
-        let (fd, read_eof, idle, readable, eof_reason) = {
-            let st = self.state.borrow();
-            let Some(Entry::Stream(s)) = st.entries.get(id) else {
-                return;
-            };
-            (
-                s.fd,
-                s.read_eof,
-                s.out.is_empty(),
-                s.readable,
-                s.eof_reason(),
-            )
+        let fd = match self.state.borrow().entries.get(id) {
+            Some(Entry::Stream(s)) => s.fd,
+            _ => return,
         };
-        if bits & ev::ERR != 0 {
-            let errno = match sys::take_socket_error(fd) {
-                Ok(0) | Err(_) => {
-                    if readable {
-                        sys::EIO
-                    } else {
-                        sys::EPIPE
-                    }
-                }
-                Ok(errno) => errno,
-            };
-            self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
-        } else if (read_eof || !readable) && idle {
-            self.terminate(id, eof_reason, 0, FdFate::Close);
-        }
-    }
-
-    /// A failed send recorded earlier: once the reads are exhausted, end the connection.
-    fn settle_failure(&self, id: Id) {
-        let failed = match self.state.borrow().entries.get(id) {
-            Some(Entry::Stream(s)) => s.failed,
-            _ => None,
-        };
-        if let Some(errno) = failed {
-            self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
-        }
+        // SO_ERROR is read (and cleared) only when the kernel reported an error.
+        let err = (bits & ev::ERR != 0).then(|| sys::take_socket_error(fd).unwrap_or(0));
+        self.transition(id, |s| s.hung_up(err));
     }
 
     /// Writes queued output. Returns true when the queue just drained to the low-water mark after
@@ -620,53 +403,20 @@ impl<H: Handler> Loop<H> {
         }
         if s.out.is_empty() {
             // A connection owns memory only while it has queued output.
-            s.out = VecDeque::new();
+            s.out = std::collections::VecDeque::new();
             s.update_interest(self.epfd, id);
-            // A failed write is settled once the input is drained (settle_failure), not here.
-            let failed = s.failed.is_some();
+            // A failed write is settled once the input is drained (input_drained), not here.
+            let decision = if s.failure().is_some() {
+                Decision::Nothing
+            } else {
+                s.drained()
+            };
             drop(guard);
-            if !failed {
-                self.after_flush(id);
-            }
+            self.carry_out(id, decision);
         } else {
             s.update_interest(self.epfd, id);
         }
         writable_due
-    }
-
-    /// The queue is empty: send a wanted FIN, complete a wanted close.
-    pub(super) fn after_flush(&self, id: Id) {
-        let mut st = self.state.borrow_mut();
-        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
-            return;
-        };
-        if let Some(errno) = s.failed {
-            drop(st);
-            return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
-        }
-        let fin_wanted = s.is_socket
-            && !s.fin_sent
-            && (s.shutdown_wanted || s.closing == Some(CloseReason::Local));
-        if fin_wanted {
-            if let Err(errno) = sys::shutdown_write(s.fd) {
-                drop(st);
-                return self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
-            }
-            s.fin_sent = true;
-        }
-        let reason = match s.closing {
-            Some(reason) => reason,
-            // ep_shutdown done and the peer's EOF already seen: both directions are finished.
-            None if s.fin_sent && s.read_eof => CloseReason::Local,
-            None => return,
-        };
-        let fate = if s.fin_sent && !s.read_eof && !s.opts.borrow {
-            FdFate::Linger
-        } else {
-            FdFate::Close
-        };
-        drop(st);
-        self.terminate(id, reason, 0, fate);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -738,7 +488,7 @@ impl<H: Handler> Loop<H> {
                         s.fd,
                         s.opts.borrow,
                         s.adopted_status,
-                        fate == FdFate::Reset && s.is_socket,
+                        fate == FdFate::Reset && s.access.is_socket,
                     );
                 }
             }

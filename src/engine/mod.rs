@@ -1,26 +1,42 @@
-//! The event loop in safe Rust: registrations, dispatch, the connection state machine and its
-//! single close path. User code is reached through the [`Handler`] trait, so Rust tests can drive
-//! the engine directly and the C ABI is one implementation of it.
+//! The event loop in safe Rust. A newcomer's map:
 //!
+//! - `stream.rs` — a connection's life: its phase and every transition, each returning a decision
+//!   (the state machine; unit-tested without sockets).
+//! - `dispatch.rs` — the step loop: wait, run each event's pass, carry out the decisions, deliver
+//!   the closes; `terminate()` is the one close path.
+//! - `ops.rs` — what the caller does to a registration (send, close, abort, pause, settings).
+//! - `registry.rs` — making registrations (adopt, listen, connect), draining, freeing.
+//! - `listener.rs` (accept policy), `timers.rs` (timers and deadlines), `remote.rs` (the part
+//!   other threads touch), `slab.rs` (ids with generations).
+//!
+//! User code is reached through the [`Handler`] trait; the C ABI is one implementation of it.
 //! Borrowing discipline: the loop is used through `&self` (callbacks call back into it), its
 //! state lives in a `RefCell`, and no borrow is ever held while a handler runs.
 
 #![forbid(unsafe_code)]
 
 mod dispatch;
+mod listener;
+mod ops;
+mod registry;
+mod remote;
 mod slab;
+mod stream;
+mod timers;
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::sys::{self, ev, Errno, Fd, FdKind};
+use crate::sys::{self, ev, Errno, Fd};
+use listener::Listener;
+pub use registry::{connect_addr, unix_addr};
+pub use remote::Remote;
 pub use slab::Id;
 use slab::Slab;
+use stream::Stream;
+use timers::Timer;
 
 /// Why a registration ended. Exactly one per id, delivered through [`Handler::on_close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,62 +133,10 @@ pub(crate) const MAX_QUEUE: usize = 1 << 30;
 const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 /// Reads per connection per wakeup, so one flooding peer cannot starve the others.
 const READ_BUDGET: usize = 4;
-/// Accepts per listener per wakeup.
-const ACCEPT_BUDGET: usize = 64;
-/// How long accepting pauses when the process is out of descriptors and memory.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const READ_BUF_SIZE: usize = 64 * 1024;
 const WAKE_TOKEN: u64 = 0;
 /// The deadline-heap id of the loop's drain deadline (0 is never a registration id).
 const DRAIN_TOKEN: Id = 0;
-
-/// The part of a loop another thread or a signal handler may touch.
-pub struct Remote<P> {
-    stop: AtomicBool,
-    wake_fd: Fd,
-    /// Values posted and not run yet; None once the loop is being freed (posting is over).
-    posted: Mutex<Option<Vec<P>>>,
-}
-
-impl<P> Remote<P> {
-    /// Requests the loop to return from ep_run / ep_run_once. Async-signal-safe.
-    pub fn stop(&self) -> Result<(), Error> {
-        self.stop.store(true, Ordering::SeqCst);
-        sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
-    }
-
-    /// Hands `posted` to the loop's thread and wakes it. Callable from any thread. Fails with
-    /// Busy once the loop is being freed: every accepted post is run exactly once.
-    pub fn post(&self, posted: P) -> Result<(), Error> {
-        match self.lock_posted().as_mut() {
-            Some(queue) => queue.push(posted),
-            None => return Err(Error::Busy),
-        }
-        sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
-    }
-
-    fn lock_posted(&self) -> std::sync::MutexGuard<'_, Option<Vec<P>>> {
-        self.posted
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    /// Takes what was posted; `last` also ends posting (the loop is being freed).
-    fn take_posted(&self, last: bool) -> Vec<P> {
-        let mut guard = self.lock_posted();
-        if last {
-            guard.take().unwrap_or_default()
-        } else {
-            guard.as_mut().map(std::mem::take).unwrap_or_default()
-        }
-    }
-
-    fn has_posted(&self) -> bool {
-        self.lock_posted()
-            .as_ref()
-            .is_some_and(|queue| !queue.is_empty())
-    }
-}
 
 /// Counters of a loop's life, for monitoring.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -194,71 +158,20 @@ pub struct Stats {
     pub closes: [u64; 8],
 }
 
+/// Flow-control watermarks of a connection (or a listener's default for its connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Flow {
     low: usize,
     high: usize,
 }
 
-struct Listener<H> {
-    fd: Fd,
-    handler: H,
-    opts: Options,
-    adopted_status: Option<i32>,
-    flow: Flow,
-    idle: Option<Duration>,
-    paused: bool,
-    /// Accepting stopped until this instant (out of descriptors and of the reserve).
-    backoff_until: Option<Instant>,
-    interest: u32,
-}
-
-struct Stream<H> {
-    fd: Fd,
-    handler: H,
-    opts: Options,
-    is_socket: bool,
-    readable: bool,
-    writable: bool,
-    /// The status flags to restore when the loop lets go of an adopted fd.
-    adopted_status: Option<i32>,
-    interest: u32,
-    out: VecDeque<u8>,
-    flow: Flow,
-    above_high: bool,
-    paused: bool,
-    read_eof: bool,
-    /// ep_shutdown asked for a FIN once the queue drains.
-    shutdown_wanted: bool,
-    fin_sent: bool,
-    /// A graceful close started (ep_close, or ep_drain's deadline): incoming data is discarded.
-    user_closed: bool,
-    /// The caller itself called ep_close: its later calls on the id get Error::Closing.
-    closed_by_caller: bool,
-    /// Flush the queue, then close with this reason.
-    closing: Option<CloseReason>,
-    deadline: Option<Instant>,
-    /// Output went out since the phase deadline was armed: a live slow reader is not a dead one.
-    flushed_since_deadline: bool,
-    /// The connection failed (e.g. EPIPE on send); close once what can be read was delivered.
-    failed: Option<Errno>,
-    in_service: bool,
-    /// Inactivity timeout, measured from the last byte read or written.
-    idle: Option<Duration>,
-    last_active: Instant,
-    /// Arming order of the one idle check that counts (older ones are ignored when they fire).
-    idle_seq: u64,
-    /// An outbound connect is in progress: the first writability (or error) reports its outcome.
-    connecting: bool,
-    /// The loop step in which data was last delivered (see Handler::delivers_later).
-    data_step: u64,
-}
-
-struct Timer<H> {
-    handler: H,
-    deadline: Instant,
-    /// Arming order: equal deadlines fire in the order they were armed.
-    seq: u64,
-    repeat: Option<Duration>,
+impl Default for Flow {
+    fn default() -> Self {
+        Flow {
+            low: DEFAULT_LOW_WATER,
+            high: DEFAULT_HIGH_WATER,
+        }
+    }
 }
 
 struct Lingering {
@@ -288,7 +201,7 @@ impl<H> Entry<H> {
 }
 
 /// How a terminated registration's descriptor is let go.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FdFate {
     Close,
     Reset,
@@ -379,11 +292,7 @@ impl<H: Handler> Loop<H> {
             return Err(e);
         }
         Ok(Loop {
-            remote: Remote {
-                stop: AtomicBool::new(false),
-                wake_fd,
-                posted: Mutex::new(Some(Vec::new())),
-            },
+            remote: Remote::new(wake_fd),
             epfd,
             state: RefCell::new(State {
                 entries: Slab::new(),
@@ -422,598 +331,6 @@ impl<H: Handler> Loop<H> {
             Ok(())
         }
     }
-
-    /// Adopts any pollable descriptor. See `ep_register`.
-    pub fn register(&self, fd: Fd, opts: Options, handler: H) -> Result<Id, Error> {
-        self.check_open()?;
-        if fd < 0 {
-            return Err(Error::Os(sys::EBADF));
-        }
-        let status = sys::status_flags(fd)?;
-        let kind = sys::fd_kind(fd)?;
-        if status & libc_flags::NONBLOCK == 0 {
-            sys::set_status_flags(fd, status | libc_flags::NONBLOCK)?;
-        }
-        let result = match kind {
-            FdKind::Listener => self.add_listener(fd, opts, handler, Some(status)),
-            FdKind::Socket | FdKind::Other => {
-                let access = status & libc_flags::ACCMODE;
-                let stream = Stream::new(
-                    fd,
-                    handler,
-                    opts,
-                    kind == FdKind::Socket,
-                    access != libc_flags::WRONLY,
-                    access != libc_flags::RDONLY,
-                    Flow {
-                        low: DEFAULT_LOW_WATER,
-                        high: DEFAULT_HIGH_WATER,
-                    },
-                    Some(status),
-                );
-                self.add_stream(stream)
-            }
-        };
-        match result {
-            Ok(_) if !opts.borrow => {
-                // Best effort: the fd may be shared with a child that needs it; failure is harmless.
-                let _ = sys::set_cloexec(fd);
-            }
-            Ok(_) => {}
-            // A refused fd is left exactly as it came.
-            Err(_) if status & libc_flags::NONBLOCK == 0 => {
-                let _ = sys::set_status_flags(fd, status);
-            }
-            Err(_) => {}
-        }
-        result
-    }
-
-    /// Binds, listens and registers a TCP listener. `host` is a numeric address or "localhost".
-    pub fn listen(
-        &self,
-        host: &str,
-        port: u16,
-        backlog: i32,
-        opts: Options,
-        handler: H,
-    ) -> Result<Id, Error> {
-        let addr = sys::Addr::Ip(SocketAddr::new(parse_host(host)?, port));
-        self.listen_at(&addr, backlog, opts, handler)
-    }
-
-    /// Binds, listens and registers a listener on any address (TCP or Unix).
-    pub fn listen_at(
-        &self,
-        addr: &sys::Addr,
-        backlog: i32,
-        opts: Options,
-        handler: H,
-    ) -> Result<Id, Error> {
-        self.check_open()?;
-        let backlog = if backlog <= 0 {
-            libc_flags::SOMAXCONN
-        } else {
-            backlog
-        };
-        let fd = sys::listen(addr, backlog, opts.reuse_port)?;
-        let opts = Options {
-            borrow: false,
-            ..opts
-        };
-        self.add_listener(fd, opts, handler, None)
-            .inspect_err(|_| sys::close(fd))
-    }
-
-    /// Starts an outbound connection. Its outcome comes through the handler: `on_accept` with
-    /// listener 0 once connected, or one `on_close` with the errno (also when the connect fails at
-    /// once, or `timeout` passes first: EP_CLOSE_TIMEOUT).
-    pub fn connect(
-        &self,
-        addr: &sys::Addr,
-        timeout: Option<Duration>,
-        opts: Options,
-        handler: H,
-    ) -> Result<Id, Error> {
-        self.check_open()?;
-        let (fd, failure) = match sys::connect(addr) {
-            Ok(fd) => (fd, None),
-            Err((Some(fd), errno)) => (fd, Some(errno)),
-            Err((None, errno)) => return Err(Error::Os(errno)),
-        };
-        let mut stream = Stream::new(
-            fd,
-            handler,
-            Options {
-                borrow: false,
-                ..opts
-            },
-            true,
-            true,
-            true,
-            Flow::default(),
-            None,
-        );
-        stream.connecting = true;
-        let id = self.add_stream(stream).inspect_err(|_| sys::close(fd))?;
-        if let Some(errno) = failure {
-            self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
-        } else if let Some(timeout) = timeout {
-            self.state
-                .borrow_mut()
-                .arm_deadline(id, Instant::now() + timeout);
-        }
-        Ok(id)
-    }
-
-    fn add_listener(
-        &self,
-        fd: Fd,
-        opts: Options,
-        handler: H,
-        adopted_status: Option<i32>,
-    ) -> Result<Id, Error> {
-        let mut st = self.state.borrow_mut();
-        if st.reserve_fd.is_none() {
-            st.reserve_fd = sys::open_devnull().ok();
-        }
-        let interest = ev::IN | if opts.edge { ev::ET } else { 0 };
-        let id = insert(
-            &mut st.entries,
-            Entry::Listener(Listener {
-                fd,
-                handler,
-                opts,
-                adopted_status,
-                flow: Flow::default(),
-                idle: None,
-                paused: false,
-                backoff_until: None,
-                interest,
-            }),
-        )?;
-        if let Err(e) = sys::epoll_add(self.epfd, fd, interest, id) {
-            st.entries.remove(id);
-            return Err(Error::Os(e));
-        }
-        st.live += 1;
-        st.unref_count += usize::from(opts.unref);
-        Ok(id)
-    }
-
-    fn add_stream(&self, stream: Stream<H>) -> Result<Id, Error> {
-        let mut st = self.state.borrow_mut();
-        let fd = stream.fd;
-        let idle = stream.idle;
-        let unref = stream.opts.unref;
-        let id = insert(&mut st.entries, Entry::Stream(stream))?;
-        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
-            unreachable!("just inserted")
-        };
-        let interest = s.wanted_interest();
-        s.interest = interest;
-        if let Err(e) = sys::epoll_add(self.epfd, fd, interest, id) {
-            st.entries.remove(id);
-            return Err(Error::Os(e));
-        }
-        st.live += 1;
-        st.unref_count += usize::from(unref);
-        if let Some(idle) = idle {
-            st.arm_idle(id, Instant::now() + idle);
-        }
-        Ok(id)
-    }
-
-    /// Queues or writes `data`. Ok(true) means "stop producing": the queue is above its
-    /// high-water mark, or the peer is gone and the bytes were discarded (its on_close follows).
-    pub fn send(&self, id: Id, data: &[u8]) -> Result<bool, Error> {
-        let mut st = self.state.borrow_mut();
-        let st = &mut *st;
-        let Some(s) = st.stream_mut(id)? else {
-            return Ok(true);
-        };
-        if s.failed.is_some() || s.user_closed {
-            return Ok(true);
-        }
-        if s.shutdown_wanted || s.fin_sent {
-            return Err(Error::Os(sys::ESHUTDOWN));
-        }
-        if !s.writable {
-            return Err(Error::Os(sys::EBADF));
-        }
-        if data.len() > MAX_QUEUE - s.out.len() {
-            return Err(Error::Os(sys::ENOBUFS));
-        }
-        let mut rest = data;
-        let mut written = 0;
-        if s.out.is_empty() && !s.connecting {
-            while !rest.is_empty() {
-                match s.write(&[rest]) {
-                    Ok(n) => {
-                        rest = &rest[n..];
-                        written += n;
-                    }
-                    Err(sys::EAGAIN) => break,
-                    Err(errno) => {
-                        // The peer's departure: reported by on_close alone, once the input
-                        // is drained.
-                        s.fail(errno);
-                        st.stats.bytes_out += written as u64;
-                        st.schedule(id);
-                        return Ok(true);
-                    }
-                }
-            }
-        }
-        let above_high = if rest.is_empty() {
-            s.out.len() > s.flow.high
-        } else {
-            s.out
-                .try_reserve(rest.len())
-                .map_err(|_| Error::Os(sys::ENOMEM))?;
-            s.out.extend(rest);
-            if s.out.len() > s.flow.high {
-                s.above_high = true;
-            }
-            s.update_interest(self.epfd, id);
-            s.out.len() > s.flow.high
-        };
-        if written > 0 {
-            s.touch();
-        }
-        st.stats.bytes_out += written as u64;
-        Ok(above_high)
-    }
-
-    /// FIN once the queue drains; reading goes on until the peer's EOF.
-    pub fn shutdown(&self, id: Id) -> Result<(), Error> {
-        let mut st = self.state.borrow_mut();
-        let Some(s) = st.stream_mut(id)? else {
-            return Ok(());
-        };
-        if !s.is_socket {
-            return Err(Error::Os(sys::ENOTSOCK));
-        }
-        if s.user_closed || s.failed.is_some() || s.shutdown_wanted {
-            return Ok(());
-        }
-        s.shutdown_wanted = true;
-        if s.out.is_empty() && !s.connecting {
-            drop(st);
-            self.after_flush(id);
-        }
-        Ok(())
-    }
-
-    /// Graceful close: flush, FIN, then the loop drains and lingers alone.
-    pub fn close(&self, id: Id) -> Result<(), Error> {
-        let mut st = self.state.borrow_mut();
-        let s = match st.target(id)? {
-            Target::Listener(_) => {
-                drop(st);
-                self.terminate(id, CloseReason::Local, 0, FdFate::Close);
-                self.state
-                    .borrow_mut()
-                    .ended_by_caller(id, Ender::CallerClose);
-                return Ok(());
-            }
-            Target::Gone { .. } => {
-                st.ended_by_caller(id, Ender::CallerClose);
-                return Ok(());
-            }
-            Target::Stream(s) => s,
-        };
-        s.closed_by_caller = true;
-        drop(st);
-        self.close_gracefully(id);
-        Ok(())
-    }
-
-    /// Starts a stream's graceful close (the caller's, or ep_drain's): flush, FIN, linger.
-    fn close_gracefully(&self, id: Id) {
-        let mut st = self.state.borrow_mut();
-        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
-            return;
-        };
-        if s.user_closed {
-            return;
-        }
-        s.user_closed = true;
-        if s.closing.is_none() {
-            s.closing = Some(CloseReason::Local);
-        }
-        if s.connecting && s.out.is_empty() {
-            drop(st);
-            self.terminate(id, CloseReason::Local, 0, FdFate::Close);
-        } else if s.out.is_empty() || s.failed.is_some() {
-            drop(st);
-            self.after_flush(id);
-        } else {
-            s.update_interest(self.epfd, id);
-            let deadline = Instant::now() + st.linger;
-            st.arm_deadline(id, deadline);
-        }
-    }
-
-    /// RST now, queued data dropped.
-    /// Allowed until on_close, also after the caller's own ep_close (it then resets a socket
-    /// still flushing or lingering); a second ep_abort is Error::Closing.
-    pub fn abort(&self, id: Id) -> Result<(), Error> {
-        let mut st = self.state.borrow_mut();
-        let failed = match st.entries.get_mut(id) {
-            Some(Entry::Stream(s)) => s.failed,
-            Some(Entry::Listener(_)) => None,
-            Some(Entry::Closed(closed)) => {
-                if closed.ender == Ender::CallerAbort {
-                    return Err(Error::Closing);
-                }
-                closed.ender = Ender::CallerAbort;
-                drop(st);
-                self.end_linger(id, true);
-                return Ok(());
-            }
-            Some(Entry::Timer(_)) => return Err(Error::Kind),
-            Some(Entry::Lingering(_)) | None => return Err(Error::Stale),
-        };
-        drop(st);
-        // The first cause wins: a connection that already failed keeps its failure's reason.
-        match failed {
-            Some(errno) => self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Reset),
-            None => self.terminate(id, CloseReason::Abort, 0, FdFate::Reset),
-        }
-        self.state
-            .borrow_mut()
-            .ended_by_caller(id, Ender::CallerAbort);
-        Ok(())
-    }
-
-    pub fn pause_reading(&self, id: Id, paused: bool) -> Result<(), Error> {
-        let mut st = self.state.borrow_mut();
-        match st.target(id)? {
-            Target::Listener(l) => {
-                l.paused = paused;
-                l.update_interest(self.epfd, id);
-            }
-            Target::Stream(s) => {
-                s.paused = paused;
-                s.update_interest(self.epfd, id);
-            }
-            Target::Gone { .. } => return Ok(()),
-        }
-        if !paused {
-            // In edge-triggered mode no new edge comes for data that arrived while paused.
-            st.schedule(id);
-        }
-        Ok(())
-    }
-
-    pub fn set_watermarks(&self, id: Id, low: usize, high: usize) -> Result<(), Error> {
-        if low > high {
-            return Err(Error::Os(sys::EINVAL));
-        }
-        match self.state.borrow_mut().target(id)? {
-            Target::Listener(l) => l.flow = Flow { low, high },
-            Target::Stream(s) => {
-                s.flow = Flow { low, high };
-                s.above_high = s.out.len() > high;
-            }
-            Target::Gone { .. } => {}
-        }
-        Ok(())
-    }
-
-    /// Ends a connection with EP_CLOSE_TIMEOUT after `idle` without a byte read or written
-    /// (None disables). On a listener: the default of the connections it accepts from now on.
-    pub fn set_idle_timeout(&self, id: Id, idle: Option<Duration>) -> Result<(), Error> {
-        let mut st = self.state.borrow_mut();
-        match st.target(id)? {
-            Target::Listener(l) => l.idle = idle,
-            Target::Stream(s) => {
-                s.idle = idle;
-                s.last_active = Instant::now();
-                if let Some(idle) = idle {
-                    st.arm_idle(id, Instant::now() + idle);
-                }
-            }
-            Target::Gone { .. } => {}
-        }
-        Ok(())
-    }
-
-    /// TCP keepalive probes (idle_s 0 disables) on a connection.
-    pub fn set_keepalive(
-        &self,
-        id: Id,
-        idle_s: i32,
-        interval_s: i32,
-        count: i32,
-    ) -> Result<(), Error> {
-        match self.socket_fd(id)? {
-            Some(fd) => sys::set_keepalive(fd, idle_s, interval_s, count).map_err(Error::Os),
-            None => Ok(()),
-        }
-    }
-
-    /// TCP_USER_TIMEOUT on a connection.
-    pub fn set_user_timeout(&self, id: Id, ms: i32) -> Result<(), Error> {
-        match self.socket_fd(id)? {
-            Some(fd) => sys::set_user_timeout(fd, ms).map_err(Error::Os),
-            None => Ok(()),
-        }
-    }
-
-    /// A connection's socket; None once the peer is gone (the option no longer matters).
-    fn socket_fd(&self, id: Id) -> Result<Option<Fd>, Error> {
-        match self.state.borrow_mut().target(id)? {
-            Target::Stream(s) if s.is_socket => Ok(Some(s.fd)),
-            Target::Stream(_) => Err(Error::Os(sys::ENOTSOCK)),
-            Target::Listener(_) | Target::Gone { listener: true } => Err(Error::Kind),
-            Target::Gone { listener: false } => Ok(None),
-        }
-    }
-
-    pub fn set_linger(&self, linger: Duration) {
-        self.state.borrow_mut().linger = linger;
-    }
-
-    /// Starts a timer firing after `after`, then every `repeat` if given. Equal deadlines fire in
-    /// the order the timers were armed. A pending timer keeps ep_run running.
-    pub fn timer_start(
-        &self,
-        after: Duration,
-        repeat: Option<Duration>,
-        handler: H,
-    ) -> Result<Id, Error> {
-        self.check_open()?;
-        let mut st = self.state.borrow_mut();
-        let deadline = Instant::now() + after;
-        let id = insert(
-            &mut st.entries,
-            Entry::Timer(Timer {
-                handler,
-                deadline,
-                seq: 0,
-                repeat,
-            }),
-        )?;
-        let seq = st.arm(deadline, id);
-        if let Some(Entry::Timer(t)) = st.entries.get_mut(id) {
-            t.seq = seq;
-        }
-        st.live += 1;
-        st.timer_count += 1;
-        Ok(id)
-    }
-
-    /// Cancels a pending timer (also from its own callback). A fired one-shot timer is stale.
-    pub fn timer_cancel(&self, id: Id) -> Result<(), Error> {
-        let mut st = self.state.borrow_mut();
-        match st.entries.get(id) {
-            Some(Entry::Timer(_)) => {}
-            Some(Entry::Lingering(_) | Entry::Closed(_)) | None => return Err(Error::Stale),
-            Some(_) => return Err(Error::Kind),
-        }
-        st.entries.remove(id);
-        st.live -= 1;
-        st.timer_count -= 1;
-        Ok(())
-    }
-
-    /// Graceful server shutdown: every listener closes now (EP_CLOSE_LOCAL); connections may finish
-    /// on their own for `grace`; then each remaining one (not `unref` ones) is closed gracefully
-    /// (ep_close), and what cannot flush within the linger time is reset (EP_CLOSE_TIMEOUT).
-    pub fn drain(&self, grace: Duration) -> Result<(), Error> {
-        self.check_open()?;
-        let ids = self.state.borrow().entries.ids();
-        for id in ids {
-            if matches!(
-                self.state.borrow().entries.get(id),
-                Some(Entry::Listener(_))
-            ) {
-                self.terminate(id, CloseReason::Local, 0, FdFate::Close);
-            }
-        }
-        let mut st = self.state.borrow_mut();
-        let at = Instant::now() + grace;
-        st.drain_at = Some(at);
-        st.arm(at, DRAIN_TOKEN);
-        Ok(())
-    }
-
-    /// Closes every connection still open (the drain deadline passed).
-    pub(super) fn close_remaining(&self) {
-        let ids = self.state.borrow().entries.ids();
-        for id in ids {
-            // Unref'd helpers (a binding's signal pipe) are not the server's connections.
-            let open = matches!(self.state.borrow().entries.get(id),
-                Some(Entry::Stream(s)) if !s.user_closed && !s.opts.unref);
-            if open {
-                self.close_gracefully(id);
-            }
-        }
-    }
-
-    pub fn stats(&self) -> Stats {
-        let st = self.state.borrow();
-        Stats {
-            open: (st.live - st.timer_count - st.unref_count) as u64,
-            lingering: st.lingering as u64,
-            timers: st.timer_count as u64,
-            ..st.stats
-        }
-    }
-
-    /// Runs `f` on the handler of a live registration (e.g. to change its user pointer).
-    pub fn with_handler<R>(&self, id: Id, f: impl FnOnce(&mut H) -> R) -> Result<R, Error> {
-        let mut st = self.state.borrow_mut();
-        match st.entries.get_mut(id) {
-            Some(Entry::Listener(l)) => Ok(f(&mut l.handler)),
-            Some(Entry::Stream(s)) => Ok(f(&mut s.handler)),
-            Some(Entry::Timer(t)) => Ok(f(&mut t.handler)),
-            // The user pointer stays the caller's until on_close has run.
-            Some(Entry::Closed(closed)) => Ok(f(&mut closed.handler)),
-            Some(Entry::Lingering(_)) | None => Err(Error::Stale),
-        }
-    }
-
-    /// The descriptor of a live registration; Error::Closing once its close is decided (the
-    /// loop may have released it).
-    pub fn fd(&self, id: Id) -> Result<Fd, Error> {
-        match self.state.borrow_mut().target(id)? {
-            Target::Listener(l) => Ok(l.fd),
-            Target::Stream(s) => Ok(s.fd),
-            Target::Gone { .. } => Err(Error::Closing),
-        }
-    }
-
-    pub fn local_port(&self, id: Id) -> Result<u16, Error> {
-        let fd = self.fd(id)?;
-        sys::local_port(fd).map_err(Error::Os)
-    }
-
-    /// Marks this loop as a child's copy after fork(): from now on, letting go of a descriptor
-    /// only closes the child's copy (no epoll_ctl, no socket option, no write).
-    pub fn forget_parent(&self) {
-        self.forked.set(true);
-    }
-
-    /// Ends every registration with on_close(LoopFreed), cancels timers, runs what other threads
-    /// posted, and releases every descriptor.
-    pub fn close_all(&self) {
-        if self.freeing.replace(true) {
-            return;
-        }
-        self.deliver_closes();
-        let ids = self.state.borrow().entries.ids();
-        for id in ids {
-            let kind = match self.state.borrow().entries.get(id) {
-                Some(Entry::Lingering(_)) => 0,
-                Some(Entry::Timer(_)) => 1,
-                _ => 2,
-            };
-            match kind {
-                0 => self.end_linger(id, false),
-                1 => {
-                    let _ = self.timer_cancel(id);
-                }
-                _ => {
-                    // Best effort, without blocking: hand what is queued to the kernel first.
-                    if !self.forked.get() {
-                        if let Ok(Some(s)) = self.state.borrow_mut().stream_mut(id) {
-                            s.write_queue();
-                        }
-                    }
-                    self.terminate(id, CloseReason::LoopFreed, 0, FdFate::Close);
-                }
-            }
-        }
-        self.deliver_closes();
-        // Posting ends here; what was accepted until now runs now, exactly once.
-        for posted in self.remote.take_posted(true) {
-            self.call(|| H::run_posted(self, posted));
-            self.deliver_closes();
-        }
-    }
 }
 
 impl<H: Handler> Drop for Loop<H> {
@@ -1026,36 +343,6 @@ impl<H: Handler> Drop for Loop<H> {
         sys::close(self.remote.wake_fd);
         sys::close(self.epfd);
     }
-}
-
-fn parse_host(host: &str) -> Result<IpAddr, Error> {
-    match host {
-        "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        "" | "*" => Ok(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-        _ => host.parse().map_err(|_| Error::Os(sys::EINVAL)),
-    }
-}
-
-/// Parses a host for connect: a numeric address or "localhost".
-pub fn connect_addr(host: &str, port: u16) -> Result<sys::Addr, Error> {
-    match host {
-        "" | "*" => Err(Error::Os(sys::EINVAL)),
-        _ => Ok(sys::Addr::Ip(SocketAddr::new(parse_host(host)?, port))),
-    }
-}
-
-/// A Unix socket address from a path (a leading '@' names an abstract socket).
-pub fn unix_addr(path: &[u8]) -> sys::Addr {
-    sys::Addr::Unix(path.to_vec())
-}
-
-/// libc constants used by the engine's policy, as plain integers.
-mod libc_flags {
-    pub const NONBLOCK: i32 = libc::O_NONBLOCK;
-    pub const ACCMODE: i32 = libc::O_ACCMODE;
-    pub const RDONLY: i32 = libc::O_RDONLY;
-    pub const WRONLY: i32 = libc::O_WRONLY;
-    pub const SOMAXCONN: i32 = libc::SOMAXCONN;
 }
 
 /// A registration the user may act on: what ids of listeners and streams resolve to.
@@ -1120,179 +407,6 @@ impl<H> State<H> {
         if !*flag {
             *flag = true;
             self.service.push_back(id);
-        }
-    }
-
-    /// Adds a deadline for `id`; returns its arming order.
-    fn arm(&mut self, deadline: Instant, id: Id) -> u64 {
-        self.seq += 1;
-        self.timers.push(Reverse((deadline, self.seq, id)));
-        self.seq
-    }
-
-    /// Arms a stream's idle check, superseding any earlier one.
-    fn arm_idle(&mut self, id: Id, due: Instant) {
-        let seq = self.arm(due, id);
-        if let Some(Entry::Stream(s)) = self.entries.get_mut(id) {
-            s.idle_seq = seq;
-        }
-    }
-
-    /// Sets a stream's phase deadline (connect or graceful-close flush).
-    fn arm_deadline(&mut self, id: Id, deadline: Instant) {
-        if let Some(Entry::Stream(s)) = self.entries.get_mut(id) {
-            s.deadline = Some(deadline);
-            s.flushed_since_deadline = false;
-        }
-        self.arm(deadline, id);
-    }
-}
-
-impl Default for Flow {
-    fn default() -> Self {
-        Flow {
-            low: DEFAULT_LOW_WATER,
-            high: DEFAULT_HIGH_WATER,
-        }
-    }
-}
-
-impl<H> Stream<H> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        fd: Fd,
-        handler: H,
-        opts: Options,
-        is_socket: bool,
-        readable: bool,
-        writable: bool,
-        flow: Flow,
-        adopted_status: Option<i32>,
-    ) -> Self {
-        Stream {
-            fd,
-            handler,
-            opts,
-            is_socket,
-            readable,
-            writable,
-            adopted_status,
-            interest: 0,
-            out: VecDeque::new(),
-            flow,
-            above_high: false,
-            paused: false,
-            read_eof: false,
-            shutdown_wanted: false,
-            fin_sent: false,
-            user_closed: false,
-            closed_by_caller: false,
-            closing: None,
-            deadline: None,
-            flushed_since_deadline: false,
-            failed: None,
-            in_service: false,
-            idle: None,
-            last_active: Instant::now(),
-            idle_seq: 0,
-            connecting: false,
-            data_step: 0,
-        }
-    }
-
-    /// The epoll interest this stream's state calls for.
-    fn wanted_interest(&self) -> u32 {
-        if self.connecting {
-            return ev::OUT | if self.opts.edge { ev::ET } else { 0 };
-        }
-        // A failed stream reads on despite a pause: what remains is delivered before on_close.
-        let reading = self.readable
-            && !self.read_eof
-            && (!self.paused || self.user_closed || self.failed.is_some());
-        let mut interest = if reading { ev::IN | ev::RDHUP } else { 0 };
-        if !self.out.is_empty() {
-            interest |= ev::OUT;
-        }
-        if self.opts.edge {
-            interest |= ev::ET;
-        }
-        interest
-    }
-
-    /// Tells epoll about a changed interest; no system call in the steady state.
-    fn update_interest(&mut self, epfd: Fd, id: Id) {
-        let wanted = self.wanted_interest();
-        if wanted != self.interest && sys::epoll_modify(epfd, self.fd, wanted, id).is_ok() {
-            self.interest = wanted;
-        }
-    }
-
-    fn write(&self, bufs: &[&[u8]]) -> Result<usize, Errno> {
-        if self.is_socket {
-            sys::send_vectored(self.fd, bufs)
-        } else {
-            sys::write_vectored(self.fd, bufs)
-        }
-    }
-
-    /// How the peer's EOF ends this stream: an orderly close the app asked for with ep_shutdown
-    /// is the app's (Local); otherwise the peer ended it.
-    fn eof_reason(&self) -> CloseReason {
-        if self.shutdown_wanted || self.fin_sent {
-            CloseReason::Local
-        } else {
-            CloseReason::PeerEof
-        }
-    }
-
-    /// Records progress for the idle timeout (a clock read only when one is set).
-    fn touch(&mut self) {
-        if self.idle.is_some() {
-            self.last_active = Instant::now();
-        }
-    }
-
-    /// Writes as much of the queue as the kernel takes now; returns the bytes written.
-    fn write_queue(&mut self) -> usize {
-        let mut written = 0;
-        while !self.out.is_empty() {
-            let (head, tail) = self.out.as_slices();
-            let queued = self.out.len();
-            match self.write(&[head, tail]) {
-                Ok(n) => {
-                    self.out.drain(..n);
-                    written += n;
-                    if n < queued {
-                        break;
-                    }
-                }
-                Err(sys::EAGAIN) => break,
-                Err(errno) => {
-                    self.fail(errno);
-                    break;
-                }
-            }
-        }
-        if written > 0 {
-            self.touch();
-            self.flushed_since_deadline = true;
-        }
-        written
-    }
-
-    /// Records a failed write: nothing more can be sent; close once reads are exhausted.
-    fn fail(&mut self, errno: Errno) {
-        self.failed.get_or_insert(errno);
-        self.out = VecDeque::new();
-    }
-}
-
-impl<H> Listener<H> {
-    fn update_interest(&mut self, epfd: Fd, id: Id) {
-        let accepting = !self.paused && self.backoff_until.is_none();
-        let wanted = if accepting { ev::IN } else { 0 } | if self.opts.edge { ev::ET } else { 0 };
-        if wanted != self.interest && sys::epoll_modify(epfd, self.fd, wanted, id).is_ok() {
-            self.interest = wanted;
         }
     }
 }

@@ -1,0 +1,71 @@
+//! The part of a loop another thread or a signal handler may touch: the stop flag, the wakeup
+//! eventfd, and the queue of posted values.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::Error;
+use crate::sys::{self, Fd};
+
+/// The part of a loop another thread or a signal handler may touch.
+pub struct Remote<P> {
+    stop: AtomicBool,
+    pub(super) wake_fd: Fd,
+    /// Values posted and not run yet; None once the loop is being freed (posting is over).
+    posted: Mutex<Option<Vec<P>>>,
+}
+
+impl<P> Remote<P> {
+    /// Requests the loop to return from ep_run / ep_run_once. Async-signal-safe.
+    pub fn stop(&self) -> Result<(), Error> {
+        self.stop.store(true, Ordering::SeqCst);
+        sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
+    }
+
+    /// Hands `posted` to the loop's thread and wakes it. Callable from any thread. Fails with
+    /// Busy once the loop is being freed: every accepted post is run exactly once.
+    pub fn post(&self, posted: P) -> Result<(), Error> {
+        match self.lock_posted().as_mut() {
+            Some(queue) => queue.push(posted),
+            None => return Err(Error::Busy),
+        }
+        sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
+    }
+
+    fn lock_posted(&self) -> std::sync::MutexGuard<'_, Option<Vec<P>>> {
+        self.posted
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Takes what was posted; `last` also ends posting (the loop is being freed).
+    pub(super) fn take_posted(&self, last: bool) -> Vec<P> {
+        let mut guard = self.lock_posted();
+        if last {
+            guard.take().unwrap_or_default()
+        } else {
+            guard.as_mut().map(std::mem::take).unwrap_or_default()
+        }
+    }
+
+    pub(super) fn has_posted(&self) -> bool {
+        self.lock_posted()
+            .as_ref()
+            .is_some_and(|queue| !queue.is_empty())
+    }
+}
+
+impl<P> Remote<P> {
+    pub(super) fn new(wake_fd: Fd) -> Self {
+        Remote {
+            stop: AtomicBool::new(false),
+            wake_fd,
+            posted: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// Takes a pending stop request.
+    pub(super) fn take_stop(&self) -> bool {
+        self.stop.swap(false, Ordering::SeqCst)
+    }
+}
