@@ -2,8 +2,9 @@
 //!
 //! - `stream.rs` — a connection's life: its phase and every transition, each returning a decision
 //!   (the state machine; unit-tested without sockets).
-//! - `dispatch.rs` — the step loop: wait, run each event's pass, carry out the decisions, deliver
-//!   the closes; `terminate()` is the one close path.
+//! - `dispatch.rs` — the step loop: wait, run each event's pass, deliver the closes decided.
+//! - `passes.rs` — a stream's read, write and connect passes, carrying out the state machine's
+//!   decisions; `close.rs` — `terminate()`, the one close path, and lingering.
 //! - `ops.rs` — what the caller does to a registration (send, close, abort, pause, settings).
 //! - `registry.rs` — making registrations (adopt, listen, connect), draining, freeing.
 //! - `listener.rs` (accept policy), `timers.rs` (timers and deadlines), `remote.rs` (the part
@@ -15,9 +16,11 @@
 
 #![forbid(unsafe_code)]
 
+mod close;
 mod dispatch;
 mod listener;
 mod ops;
+mod passes;
 mod registry;
 mod remote;
 mod slab;

@@ -1,0 +1,250 @@
+//! The passes over a stream: each reads or writes, feeds the outcome to the state machine
+//! (`stream.rs`), and carries out the decision it returns.
+
+use std::time::Instant;
+
+use super::stream::{Decision, Stream};
+use super::{CloseReason, Entry, FdFate, Handler, Id, Loop, READ_BUDGET};
+use crate::sys::{self, ev};
+
+impl<H: Handler> Loop<H> {
+    /// Does what a transition of the stream state machine decided.
+    pub(super) fn carry_out(&self, id: Id, decision: Decision) {
+        match decision {
+            Decision::Nothing => {}
+            Decision::Flush { rearm } => {
+                let mut st = self.state.borrow_mut();
+                let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+                    return;
+                };
+                s.update_interest(self.epfd, id);
+                if rearm || s.deadline.is_none() {
+                    let deadline = Instant::now() + st.linger;
+                    st.arm_deadline(id, deadline);
+                }
+            }
+            Decision::SendFin => {
+                let mut st = self.state.borrow_mut();
+                let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+                    return;
+                };
+                let next = match sys::shutdown_write(s.fd) {
+                    Ok(()) => s.fin_sent(),
+                    Err(errno) => Decision::Terminate {
+                        reason: CloseReason::from_errno(errno),
+                        err: errno,
+                        fate: FdFate::Close,
+                    },
+                };
+                drop(st);
+                self.carry_out(id, next);
+            }
+            Decision::DeliverEof => {
+                let handler = match self.state.borrow_mut().entries.get_mut(id) {
+                    Some(Entry::Stream(s)) => {
+                        s.update_interest(self.epfd, id);
+                        s.handler.clone()
+                    }
+                    _ => return,
+                };
+                self.call(|| handler.on_data(self, id, &[]));
+            }
+            Decision::Terminate { reason, err, fate } => self.terminate(id, reason, err, fate),
+        }
+    }
+
+    /// Runs a transition on a live stream and carries out its decision.
+    fn transition(&self, id: Id, event: impl FnOnce(&mut Stream<H>) -> Decision) {
+        let decision = match self.state.borrow_mut().entries.get_mut(id) {
+            Some(Entry::Stream(s)) => event(s),
+            _ => return,
+        };
+        self.carry_out(id, decision);
+    }
+
+    pub(super) fn stream_pass(&self, id: Id, bits: u32) {
+        if matches!(self.state.borrow().entries.get(id), Some(Entry::Stream(s)) if s.connecting()) {
+            return self.connect_pass(id, bits);
+        }
+        let hangup = bits & (ev::HUP | ev::ERR) != 0;
+        let drained = if bits & (ev::IN | ev::RDHUP) != 0 || hangup {
+            self.read_pass(id, bits)
+        } else {
+            true
+        };
+        let writable_due = if bits & ev::OUT != 0 || hangup {
+            self.flush(id)
+        } else {
+            false
+        };
+        // A hangup or failure ends the stream only once everything readable was delivered.
+        // A recorded send failure names the cause better than SO_ERROR, which that send cleared.
+        if drained {
+            self.transition(id, |s| s.input_drained());
+            if hangup {
+                self.settle_hangup(id, bits);
+            }
+        }
+        if writable_due {
+            let handler = match self.state.borrow().entries.get(id) {
+                Some(Entry::Stream(s)) if !s.ending() => Some(s.handler.clone()),
+                _ => None,
+            };
+            if let Some(handler) = handler {
+                self.call(|| handler.on_writable(self, id));
+            }
+        }
+    }
+
+    /// The outcome of an outbound connect: writability or an error. Success is reported as
+    /// on_accept with listener 0, failure as the connection's one on_close.
+    fn connect_pass(&self, id: Id, bits: u32) {
+        if bits & (ev::OUT | ev::ERR | ev::HUP) == 0 {
+            return;
+        }
+        let mut st = self.state.borrow_mut();
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+            return;
+        };
+        let errno = match sys::take_socket_error(s.fd) {
+            Ok(0) if bits & (ev::ERR | ev::HUP) != 0 => sys::ECONNRESET,
+            Ok(errno) | Err(errno) => errno,
+        };
+        let decision = s.connected(errno);
+        if decision != Decision::Nothing {
+            drop(st);
+            return self.carry_out(id, decision);
+        }
+        s.touch();
+        s.update_interest(self.epfd, id);
+        // Closed while connecting with bytes queued: no on_accept, just the graceful close.
+        let handler = (!s.discard_input).then(|| s.handler.clone());
+        drop(st);
+        if let Some(handler) = handler {
+            self.call(|| handler.on_accept(self, 0, id));
+        }
+        // Bytes queued while connecting (and a wanted FIN or close) go out now.
+        self.stream_pass(id, ev::OUT);
+    }
+
+    /// Reads and delivers up to the budget. Data keeps flowing after RDHUP/HUP/ERR until the
+    /// kernel reports EOF or the error itself: those bits mean "read now", never "close now".
+    /// Returns false when input may remain (budget spent, or an EOF held for the next step), so
+    /// a hangup must not be settled yet.
+    fn read_pass(&self, id: Id, bits: u32) -> bool {
+        // A short read proves nothing once the peer may have closed: read to EOF or EAGAIN.
+        let must_drain = bits & (ev::RDHUP | ev::HUP | ev::ERR) != 0;
+        let hangup = bits & (ev::HUP | ev::ERR) != 0;
+        for _ in 0..READ_BUDGET {
+            let (fd, is_socket, discard, handler) = {
+                let st = self.state.borrow();
+                let Some(Entry::Stream(s)) = st.entries.get(id) else {
+                    return true;
+                };
+                if !s.may_read(hangup) {
+                    return true;
+                }
+                (s.fd, s.access.is_socket, s.discard_input, s.handler.clone())
+            };
+            let mut buf = self.read_buf.borrow_mut();
+            let result = if is_socket {
+                sys::recv(fd, &mut buf)
+            } else {
+                sys::read(fd, &mut buf)
+            };
+            match result {
+                Ok(0) => {
+                    drop(buf);
+                    let mut st = self.state.borrow_mut();
+                    let held = matches!(st.entries.get(id), Some(Entry::Stream(s))
+                        if s.data_step == self.step.get() && s.handler.delivers_later());
+                    if held {
+                        // The handler has not seen this step's data yet: let its reaction (the
+                        // reply to the last request) be applied before the EOF ends the stream.
+                        st.next_step.push(id);
+                        return false;
+                    }
+                    drop(st);
+                    self.transition(id, |s| s.peer_eof());
+                    return true;
+                }
+                Ok(n) => {
+                    let full = n == buf.len();
+                    drop(buf);
+                    {
+                        let mut st = self.state.borrow_mut();
+                        st.stats.bytes_in += n as u64;
+                        if let Some(Entry::Stream(s)) = st.entries.get_mut(id) {
+                            s.touch();
+                            s.data_step = self.step.get();
+                        }
+                    }
+                    if !discard {
+                        let buf = self.read_buf.borrow();
+                        self.call(|| handler.on_data(self, id, &buf[..n]));
+                    }
+                    if !full && !must_drain {
+                        return true;
+                    }
+                }
+                Err(sys::EAGAIN) => return true,
+                Err(errno) => {
+                    drop(buf);
+                    self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
+                    return true;
+                }
+            }
+        }
+        // Budget spent with input left. Level-triggered epoll reports it again; edge-triggered
+        // needs a service pass, as does a failed stream (no event may come for it).
+        let mut st = self.state.borrow_mut();
+        if matches!(st.entries.get(id), Some(Entry::Stream(s)) if s.opts.edge || s.failure().is_some())
+        {
+            st.schedule(id);
+        }
+        false
+    }
+
+    /// HUP or ERR after the read pass: if the stream is still here and nothing more can come,
+    /// end it now (level-triggered HUP/ERR would otherwise be reported forever).
+    fn settle_hangup(&self, id: Id, bits: u32) {
+        let fd = match self.state.borrow().entries.get(id) {
+            Some(Entry::Stream(s)) => s.fd,
+            _ => return,
+        };
+        // SO_ERROR is read (and cleared) only when the kernel reported an error.
+        let err = (bits & ev::ERR != 0).then(|| sys::take_socket_error(fd).unwrap_or(0));
+        self.transition(id, |s| s.hung_up(err));
+    }
+
+    /// Writes queued output. Returns true when the queue just drained to the low-water mark after
+    /// having been above the high-water mark (on_writable is due).
+    pub(super) fn flush(&self, id: Id) -> bool {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+            return false;
+        };
+        st.stats.bytes_out += s.write_queue() as u64;
+        let writable_due = s.above_high && s.out.len() <= s.flow.low;
+        if writable_due {
+            s.above_high = false;
+        }
+        if s.out.is_empty() {
+            // A connection owns memory only while it has queued output.
+            s.out = std::collections::VecDeque::new();
+            s.update_interest(self.epfd, id);
+            // A failed write is settled once the input is drained (input_drained), not here.
+            let decision = if s.failure().is_some() {
+                Decision::Nothing
+            } else {
+                s.drained()
+            };
+            drop(guard);
+            self.carry_out(id, decision);
+        } else {
+            s.update_interest(self.epfd, id);
+        }
+        writable_due
+    }
+}
