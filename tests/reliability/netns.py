@@ -17,7 +17,7 @@ drops every packet just the same; `dropper` says which one was used.
 Leaving the `with` block (or close()) deletes both namespaces, which destroys the veth pair.
 Processes started in them must be ended first, by pid, by their owner (a namespace with a
 live process outlives its name). `sweep()` deletes namespaces left behind by test processes
-that no longer exist (a SIGKILLed pytest). `unavailable()` says why namespaces cannot be
+that no longer exist (a SIGKILLed pytest), first killing, by pid, what still runs inside them. `unavailable()` says why namespaces cannot be
 created here (not root, no iproute2), or None.
 
 Standard library only. Command line: `python3 netns.py sweep` | `python3 netns.py check`.
@@ -74,6 +74,12 @@ def sweep() -> list[str]:
             continue
         pid = name.split("-")[1]
         if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            # Processes that dead test started inside its own namespace: end them by pid.
+            for child in _ip("netns", "pids", name, check=False).stdout.split():
+                try:
+                    os.kill(int(child), 9)
+                except (ProcessLookupError, ValueError):
+                    pass
             _ip("netns", "del", name, check=False)
             gone.append(name)
     return gone
