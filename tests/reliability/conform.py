@@ -15,13 +15,18 @@ and stop cleanly (closing and logging every connection, exit status 0) on SIGTER
 Each scenario starts a fresh server, drives real connections on 127.0.0.1, and checks the log
 with the oracle: every connection is accepted once, closes exactly once with the right reason,
 logs nothing after its close; ids are never reused; the peer gets back exactly what it sent;
-the server does not spin. Prints PASS/FAIL per scenario and exits 1 if any failed.
+the server does not spin; and after every scenario (but the two that stop it on purpose) the
+server must still serve a new client: connect, echo round trip, close. The flood/reset
+scenarios (flood_then_reset, reset_with_output_pending, reset_with_megabytes_unread) catch a
+server that dies when one client goes away badly, e.g. because a send raised or returned an
+error it did not expect. Prints PASS/FAIL per scenario and exits 1 if any failed.
 Needs only Python 3.9+ and Linux.
 """
 
 from __future__ import annotations
 
 import argparse
+import selectors
 import signal
 import socket
 import sys
@@ -38,11 +43,14 @@ from relharness import (ECONNRESET, EPIPE, Server, connect, cpu_during, first_mi
 RESET = {("peer_reset", ECONNRESET), ("peer_reset", EPIPE)}
 EOF = {("peer_eof", 0)}
 SCENARIOS: dict[str, tuple[str, Callable[[Server], None]]] = {}
+STOPS_SERVER: set[str] = set()  # scenarios that end the server on purpose (SIGTERM/SIGINT)
 
 
-def scenario(doc: str):
+def scenario(doc: str, stops_server: bool = False):
     def register(fn: Callable[[Server], None]) -> Callable[[Server], None]:
         SCENARIOS[fn.__name__] = (doc, fn)
+        if stops_server:
+            STOPS_SERVER.add(fn.__name__)
         return fn
     return register
 
@@ -203,6 +211,103 @@ def idle_connections(srv: Server) -> None:
         close_of(srv, cid, EOF)
 
 
+def flood(sock: socket.socket, total: int, seconds: float) -> int:
+    """Send up to total pattern bytes without reading anything, for at most `seconds` or until
+    the peer stops taking them (nothing accepted for 0.5 s); returns the bytes the kernel took."""
+    sock.setblocking(False)
+    data = pattern(0, total)
+    sent, last_progress = 0, time.monotonic()
+    deadline = last_progress + seconds
+    while sent < total and time.monotonic() < min(deadline, last_progress + 0.5):
+        try:
+            n = sock.send(data[sent:sent + 256 * 1024])
+        except BlockingIOError:
+            time.sleep(0.005)
+            continue
+        sent += n
+        last_progress = time.monotonic()
+    sock.setblocking(True)
+    return sent
+
+
+@scenario("flood 8 MiB without reading the echo, then RST: one close, the server lives")
+def flood_then_reset(srv: Server) -> None:
+    s = connect(srv.port, rcvbuf=64 * 1024)
+    cid = srv.conn_id(s)
+    flood(s, 8 * 1024 * 1024, 3.0)
+    rst_close(s, settle=0)  # at once: the server is still reading and echoing when it arrives
+    close_of(srv, cid, RESET | EOF)
+
+
+def pump(sock: socket.socket, total: int, until_received: int, seconds: float) -> int:
+    """Send pattern bytes and read the echo at the same time (one thread, non-blocking) until
+    until_received bytes came back; returns the bytes received."""
+    sel = selectors.DefaultSelector()
+    sock.setblocking(False)
+    sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    data = pattern(0, total)
+    sent = got = 0
+    deadline = time.monotonic() + seconds
+    while got < until_received and time.monotonic() < deadline:
+        for _, ev in sel.select(0.1):
+            if ev & selectors.EVENT_READ:
+                b = sock.recv(256 * 1024)
+                assert b, f"server closed after echoing {got} bytes"
+                got += len(b)
+            if ev & selectors.EVENT_WRITE and sent < total:
+                try:
+                    sent += sock.send(data[sent:sent + 256 * 1024])
+                except BlockingIOError:
+                    pass
+            if sent >= total:
+                sel.modify(sock, selectors.EVENT_READ)
+    sel.close()
+    sock.setblocking(True)
+    assert got >= until_received, f"only {got} bytes echoed in {seconds}s"
+    return got
+
+
+@scenario("RST mid-echo (x4) while the server has output pending and input arriving: one close each")
+def reset_with_output_pending(srv: Server) -> None:
+    # Four connections, cut at different points: where the RST lands in the server's step
+    # (writing, reading, paused) is a race, so one cut alone might miss the window.
+    for cut in (256 * 1024, 512 * 1024, 1024 * 1024, 2048 * 1024):
+        s = connect(srv.port, rcvbuf=64 * 1024)  # small: once we stop reading, output piles up
+        cid = srv.conn_id(s)
+        pump(s, 8 * 1024 * 1024, cut, 20.0)  # the echo is flowing both ways
+        flood(s, 1024 * 1024, 0.1)  # we stop reading, keep sending: the server's output piles up
+        rst_close(s, settle=0)  # now, with the server mid-stream: its next write hits the RST
+        close_of(srv, cid, RESET | EOF)
+
+
+@scenario("RST with megabytes written and unread (the server's window full, its reading paused): one close")
+def reset_with_megabytes_unread(srv: Server) -> None:
+    s = connect(srv.port, rcvbuf=16 * 1024)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+    cid = srv.conn_id(s)
+    sent = flood(s, 16 * 1024 * 1024, 4.0)  # until the server stops taking bytes
+    assert sent >= 1024 * 1024, f"only {sent} bytes left us before the connection stalled"
+    rst_close(s, settle=0)  # megabytes still in flight or unread on the server's side
+    close_of(srv, cid, RESET | EOF)
+
+
+def serves_a_new_client(srv: Server) -> None:
+    """After every scenario: the server still accepts, echoes, and closes a new client."""
+    try:
+        s = connect(srv.port, timeout=5)
+    except OSError as e:
+        raise AssertionError(f"server no longer serving: a new client cannot connect ({e})") from None
+    try:
+        cid = srv.conn_id(s, timeout=5)
+        msg = b"still serving?\n"
+        got = echo_exact(s, msg, 5)
+        assert got == msg, f"a new client got {got!r} back"
+    except (AssertionError, OSError) as e:
+        raise AssertionError(f"server no longer serving a new client: {e}") from None
+    s.close()
+    close_of(srv, cid, EOF)
+
+
 def stop_closes_everything(srv: Server, sig: int) -> None:
     socks = [connect(srv.port) for _ in range(5)]
     ids = [srv.conn_id(s) for s in socks]
@@ -217,12 +322,12 @@ def stop_closes_everything(srv: Server, sig: int) -> None:
         s.close()
 
 
-@scenario("SIGTERM with 5 open connections: each closed and logged, exit status 0")
+@scenario("SIGTERM with 5 open connections: each closed and logged, exit status 0", stops_server=True)
 def sigterm_closes_all(srv: Server) -> None:
     stop_closes_everything(srv, signal.SIGTERM)
 
 
-@scenario("SIGINT with 5 open connections: each closed and logged, exit status 0")
+@scenario("SIGINT with 5 open connections: each closed and logged, exit status 0", stops_server=True)
 def sigint_closes_all(srv: Server) -> None:
     stop_closes_everything(srv, signal.SIGINT)
 
@@ -242,6 +347,8 @@ def run(command: list[str], names: list[str], timeout: float) -> int:
         try:
             srv = Server(command, strict=False)
             fn(srv)
+            if name not in STOPS_SERVER:
+                serves_a_new_client(srv)
             srv.finish()
             passed += 1
             print(f"PASS {name:24s} {time.monotonic() - t0:5.2f}s  {doc}", flush=True)

@@ -1,5 +1,6 @@
 """The shipped conformance checker (conform.py) passes against cmd_server in echo mode, in both
-trigger modes, and against the C and Python example echo servers; it fails a broken one."""
+trigger modes, and against the C and Python example echo servers; it fails a broken one, and
+its flood/reset scenarios fail a server that dies when a client resets."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def test_conform_against_c_example_echo_server() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
 
 
+# Issue 10: with the binding whose send() raised because of the peer, one client that floods and
+# resets ends the Python example (the flood/reset scenarios must catch that). The binding that
+# implements the new contract (a peer never raises; loop.set_exception_handler) must pass.
+OLD_BINDING = "def set_exception_handler" not in (ROOT / "python-bindings" / "eploop" / "_loop.py").read_text()
+
+
+@pytest.mark.xfail(OLD_BINDING, strict=True,
+                   reason="issue 10: this binding's send() raises on a reset peer and kills the example")
 def test_conform_against_python_example_echo_server() -> None:
     echo = ROOT / "python-bindings" / "examples" / "echo_server.py"
     if not echo.exists():
@@ -47,6 +56,64 @@ def test_conform_detects_a_broken_server(tmp_path) -> None:
     proc = run_conform([sys.executable, str(broken), "{port}"])
     assert proc.returncode == 1, proc.stdout
     assert "FAIL" in proc.stdout and "PASS" in proc.stdout
+
+
+def test_conform_catches_a_server_that_dies_when_a_client_resets(tmp_path) -> None:
+    """The flood/reset scenarios, each followed by "does a new client get served?", must fail a
+    server whose send raises on a reset peer (and that blocks while a peer does not read)."""
+    fragile = tmp_path / "fragile_echo.py"
+    fragile.write_text(FRAGILE_SERVER)
+    names = ["flood_then_reset", "reset_with_output_pending", "reset_with_megabytes_unread"]
+    proc = subprocess.run([sys.executable, str(HERE / "conform.py"), "--timeout", "30",
+                           *[a for n in names for a in ("--only", n)], "--", sys.executable, str(fragile), "{port}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout
+    for name in names:
+        assert f"FAIL {name}" in proc.stdout, proc.stdout
+    # ...while the same server passes the plain echo scenario and the serving check after it.
+    proc = subprocess.run([sys.executable, str(HERE / "conform.py"), "--only", "echo_then_fin", "--",
+                           sys.executable, str(fragile), "{port}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+# A seed-style echo server, correct for polite clients: one close per connection, right reasons,
+# but a blocking sendall() without try: a peer that resets while it writes ends the process.
+FRAGILE_SERVER = r'''
+import selectors, signal, socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(128)
+sel = selectors.DefaultSelector(); sel.register(srv, selectors.EVENT_READ)
+print("listening", srv.getsockname()[1], flush=True)
+ids, next_id, stop = {}, [1], []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+while not stop:
+    try:
+        events = sel.select(0.1)
+    except InterruptedError:
+        continue
+    for key, _ in events:
+        if key.fileobj is srv:
+            c, addr = srv.accept()
+            ids[c] = next_id[0]; next_id[0] += 1
+            sel.register(c, selectors.EVENT_READ)
+            print("accept", ids[c], "%s:%d" % addr, flush=True)
+            continue
+        c = key.fileobj
+        try:
+            data = c.recv(65536)
+        except ConnectionResetError:
+            sel.unregister(c); c.close()
+            print("close", ids.pop(c), "peer_reset", 104, flush=True)
+            continue
+        if data:
+            c.sendall(data)  # no try: the seed's way
+        else:
+            sel.unregister(c); c.close()
+            print("close", ids.pop(c), "peer_eof", 0, flush=True)
+for c in list(ids):
+    print("close", ids.pop(c), "loop_freed", 0, flush=True); c.close()
+'''
 
 
 # A select.epoll echo server with the classic bugs: it logs a close on every EPOLLHUP/EPOLLRDHUP
