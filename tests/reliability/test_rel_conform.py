@@ -33,14 +33,8 @@ def test_conform_against_c_example_echo_server() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
 
 
-# Issue 10: with the binding whose send() raised because of the peer, one client that floods and
-# resets ends the Python example (the flood/reset scenarios must catch that). The binding that
-# implements the new contract (a peer never raises; loop.set_exception_handler) must pass.
-OLD_BINDING = "def set_exception_handler" not in (ROOT / "python-bindings" / "eploop" / "_loop.py").read_text()
-
-
-@pytest.mark.xfail(OLD_BINDING, strict=True,
-                   reason="issue 10: this binding's send() raises on a reset peer and kills the example")
+# Issue 10: when send() raised because of the peer, one client that floods and resets ended the
+# Python example; the flood/reset scenarios catch that, and the example must now pass them all.
 def test_conform_against_python_example_echo_server() -> None:
     echo = ROOT / "python-bindings" / "examples" / "echo_server.py"
     if not echo.exists():
