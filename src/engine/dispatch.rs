@@ -22,6 +22,7 @@ impl Drop for DepthGuard<'_> {
 enum Kind {
     Listener,
     Stream,
+    Connecting,
     Lingering,
 }
 
@@ -58,8 +59,10 @@ impl<H: Handler> Loop<H> {
         {
             // Peer EOFs held back last step (Handler::delivers_later) are read in this one.
             let mut st = self.state.borrow_mut();
-            for id in std::mem::take(&mut st.next_step) {
-                st.schedule(id);
+            if !st.next_step.is_empty() {
+                for id in std::mem::take(&mut st.next_step) {
+                    st.schedule(id);
+                }
             }
         }
         let timeout = self.wait_timeout(timeout_ms);
@@ -78,8 +81,17 @@ impl<H: Handler> Loop<H> {
             events.grow(n * 2);
         }
         drop(events);
-        self.run_service();
-        self.run_timers(Instant::now());
+        // What the step left to do, read with one borrow: most steps have none of it.
+        let (service, timers) = {
+            let st = self.state.borrow();
+            (!st.service.is_empty(), !st.timers.is_empty())
+        };
+        if service {
+            self.run_service();
+        }
+        if timers {
+            self.run_timers(Instant::now());
+        }
         self.deliver_closes();
         self.state.borrow_mut().entries.compact();
         if self.remote.take_stop() {
@@ -101,6 +113,7 @@ impl<H: Handler> Loop<H> {
     fn kind(&self, id: Id) -> Option<Kind> {
         match self.state.borrow().entries.get(id)? {
             Entry::Listener(_) => Some(Kind::Listener),
+            Entry::Stream(s) if s.connecting() => Some(Kind::Connecting),
             Entry::Stream(_) => Some(Kind::Stream),
             Entry::Lingering(_) => Some(Kind::Lingering),
             Entry::Closed(Closed {
@@ -117,6 +130,7 @@ impl<H: Handler> Loop<H> {
             None => self.state.borrow_mut().stats.stale_events += 1,
             Some(Kind::Listener) => self.accept_pass(id),
             Some(Kind::Stream) => self.stream_pass(id, bits),
+            Some(Kind::Connecting) => self.connect_pass(id, bits),
             Some(Kind::Lingering) => self.linger_pass(id),
         }
         self.deliver_closes();
@@ -143,7 +157,14 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Delivers every close decided so far; closes decided by these callbacks are delivered too.
+    #[inline]
     pub(super) fn deliver_closes(&self) {
+        if !self.state.borrow().closes.is_empty() {
+            self.deliver_pending_closes();
+        }
+    }
+
+    fn deliver_pending_closes(&self) {
         loop {
             let (id, closed) = {
                 let mut st = self.state.borrow_mut();

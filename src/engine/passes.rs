@@ -7,6 +7,18 @@ use super::stream::{Decision, Stream};
 use super::{CloseReason, Entry, FdFate, Handler, Id, Loop, READ_BUDGET};
 use crate::sys::{self, ev};
 
+/// How a read pass ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// Nothing more to read now; `failed`: the stream's write side failed (it ends now).
+    Drained { failed: bool },
+    /// Input may remain (budget spent, or an EOF held for the next step): a hangup must not be
+    /// settled yet.
+    MayRemain,
+    /// The stream ended during the pass.
+    Gone,
+}
+
 impl<H: Handler> Loop<H> {
     /// Does what a transition of the stream state machine decided.
     pub(super) fn carry_out(&self, id: Id, decision: Decision) {
@@ -63,24 +75,22 @@ impl<H: Handler> Loop<H> {
     }
 
     pub(super) fn stream_pass(&self, id: Id, bits: u32) {
-        if matches!(self.state.borrow().entries.get(id), Some(Entry::Stream(s)) if s.connecting()) {
-            return self.connect_pass(id, bits);
-        }
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
-        let drained = if bits & (ev::IN | ev::RDHUP) != 0 || hangup {
+        let read_end = if bits & (ev::IN | ev::RDHUP) != 0 || hangup {
             self.read_pass(id, bits)
         } else {
-            true
+            ReadEnd::Drained { failed: false }
         };
-        let writable_due = if bits & ev::OUT != 0 || hangup {
-            self.flush(id)
-        } else {
-            false
-        };
+        let flushing = bits & ev::OUT != 0 || hangup;
+        let writable_due = flushing && self.flush(id);
         // A hangup or failure ends the stream only once everything readable was delivered.
         // A recorded send failure names the cause better than SO_ERROR, which that send cleared.
-        if drained {
-            self.transition(id, |s| s.input_drained());
+        if let ReadEnd::Drained { failed } = read_end {
+            // Only a failed read or flush leaves something to settle: no lookup in the steady
+            // state.
+            if failed || flushing {
+                self.transition(id, |s| s.input_drained());
+            }
             if hangup {
                 self.settle_hangup(id, bits);
             }
@@ -98,7 +108,7 @@ impl<H: Handler> Loop<H> {
 
     /// The outcome of an outbound connect: writability or an error. Success is reported as
     /// on_accept with listener 0, failure as the connection's one on_close.
-    fn connect_pass(&self, id: Id, bits: u32) {
+    pub(super) fn connect_pass(&self, id: Id, bits: u32) {
         if bits & (ev::OUT | ev::ERR | ev::HUP) == 0 {
             return;
         }
@@ -124,28 +134,37 @@ impl<H: Handler> Loop<H> {
             self.call(|| handler.on_accept(self, 0, id));
         }
         // Bytes queued while connecting (and a wanted FIN or close) go out now.
-        self.stream_pass(id, ev::OUT);
+        if matches!(self.state.borrow().entries.get(id), Some(Entry::Stream(_))) {
+            self.stream_pass(id, ev::OUT);
+        }
     }
 
     /// Reads and delivers up to the budget. Data keeps flowing after RDHUP/HUP/ERR until the
     /// kernel reports EOF or the error itself: those bits mean "read now", never "close now".
-    /// Returns false when input may remain (budget spent, or an EOF held for the next step), so
-    /// a hangup must not be settled yet.
-    fn read_pass(&self, id: Id, bits: u32) -> bool {
+    /// The state is looked up once before the first read and once after each handler call (which
+    /// also prepares the next read): the steady state costs two lookups per message.
+    fn read_pass(&self, id: Id, bits: u32) -> ReadEnd {
         // A short read proves nothing once the peer may have closed: read to EOF or EAGAIN.
         let must_drain = bits & (ev::RDHUP | ev::HUP | ev::ERR) != 0;
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
-        for _ in 0..READ_BUDGET {
-            let (fd, is_socket, discard, handler) = {
-                let st = self.state.borrow();
-                let Some(Entry::Stream(s)) = st.entries.get(id) else {
-                    return true;
-                };
-                if !s.may_read(hangup) {
-                    return true;
-                }
-                (s.fd, s.access.is_socket, s.discard_input, s.handler.clone())
+        let (fd, is_socket, mut discard, mut handler, mut failed) = {
+            let st = self.state.borrow();
+            let Some(Entry::Stream(s)) = st.entries.get(id) else {
+                return ReadEnd::Gone;
             };
+            let failed = s.failure().is_some();
+            if !s.may_read(hangup) {
+                return ReadEnd::Drained { failed };
+            }
+            (
+                s.fd,
+                s.access.is_socket,
+                s.discard_input,
+                s.handler.clone(),
+                failed,
+            )
+        };
+        for _ in 0..READ_BUDGET {
             let mut buf = self.read_buf.borrow_mut();
             let result = if is_socket {
                 sys::recv(fd, &mut buf)
@@ -162,36 +181,40 @@ impl<H: Handler> Loop<H> {
                         // The handler has not seen this step's data yet: let its reaction (the
                         // reply to the last request) be applied before the EOF ends the stream.
                         st.next_step.push(id);
-                        return false;
+                        return ReadEnd::MayRemain;
                     }
                     drop(st);
                     self.transition(id, |s| s.peer_eof());
-                    return true;
+                    return ReadEnd::Drained { failed: false };
                 }
                 Ok(n) => {
                     let full = n == buf.len();
                     drop(buf);
-                    {
-                        let mut st = self.state.borrow_mut();
-                        st.stats.bytes_in += n as u64;
-                        if let Some(Entry::Stream(s)) = st.entries.get_mut(id) {
-                            s.touch();
-                            s.data_step = self.step.get();
-                        }
-                    }
                     if !discard {
                         let buf = self.read_buf.borrow();
                         self.call(|| handler.on_data(self, id, &buf[..n]));
                     }
-                    if !full && !must_drain {
-                        return true;
+                    // After the handler: the bookkeeping, and what it left of the stream.
+                    let mut st = self.state.borrow_mut();
+                    st.stats.bytes_in += n as u64;
+                    let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+                        return ReadEnd::Gone;
+                    };
+                    s.touch();
+                    s.data_step = self.step.get();
+                    failed = s.failure().is_some();
+                    if (!full && !must_drain) || !s.may_read(hangup) {
+                        return ReadEnd::Drained { failed };
                     }
+                    // The handler may have closed the stream or changed its user pointer.
+                    discard = s.discard_input;
+                    handler = s.handler.clone();
                 }
-                Err(sys::EAGAIN) => return true,
+                Err(sys::EAGAIN) => return ReadEnd::Drained { failed },
                 Err(errno) => {
                     drop(buf);
                     self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
-                    return true;
+                    return ReadEnd::Gone;
                 }
             }
         }
@@ -202,7 +225,7 @@ impl<H: Handler> Loop<H> {
         {
             st.schedule(id);
         }
-        false
+        ReadEnd::MayRemain
     }
 
     /// HUP or ERR after the read pass: if the stream is still here and nothing more can come,

@@ -13,6 +13,9 @@ pub struct Remote<P> {
     pub(super) wake_fd: Fd,
     /// Values posted and not run yet; None once the loop is being freed (posting is over).
     posted: Mutex<Option<Vec<P>>>,
+    /// Set after a post is queued, cleared before the queue is taken: lets the loop ask "anything
+    /// posted?" every step without taking the lock.
+    has_posts: AtomicBool,
 }
 
 impl<P> Remote<P> {
@@ -29,6 +32,7 @@ impl<P> Remote<P> {
             Some(queue) => queue.push(posted),
             None => return Err(Error::Busy),
         }
+        self.has_posts.store(true, Ordering::Release);
         sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
     }
 
@@ -40,6 +44,9 @@ impl<P> Remote<P> {
 
     /// Takes what was posted; `last` also ends posting (the loop is being freed).
     pub(super) fn take_posted(&self, last: bool) -> Vec<P> {
+        if !last && !self.has_posts.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
         let mut guard = self.lock_posted();
         if last {
             guard.take().unwrap_or_default()
@@ -49,9 +56,7 @@ impl<P> Remote<P> {
     }
 
     pub(super) fn has_posted(&self) -> bool {
-        self.lock_posted()
-            .as_ref()
-            .is_some_and(|queue| !queue.is_empty())
+        self.has_posts.load(Ordering::Acquire)
     }
 }
 
@@ -61,6 +66,7 @@ impl<P> Remote<P> {
             stop: AtomicBool::new(false),
             wake_fd,
             posted: Mutex::new(Some(Vec::new())),
+            has_posts: AtomicBool::new(false),
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Slab<T> {
     floor: u32,
     /// This slab's tag, in the top 16 bits of every id it hands out.
     tag: u64,
+    /// Entries were removed since the last compaction (nothing to give back otherwise).
+    shrunk: bool,
 }
 
 impl<T> Slab<T> {
@@ -48,6 +50,7 @@ impl<T> Slab<T> {
             live: 0,
             floor: 1,
             tag: u64::from(next_tag()) << 48,
+            shrunk: false,
         }
     }
 
@@ -108,6 +111,7 @@ impl<T> Slab<T> {
         }
         let value = slot.1.take()?;
         self.live -= 1;
+        self.shrunk = true;
         slot.0 += 1;
         if slot.0 != RETIRED {
             self.free.push(index as u32);
@@ -117,7 +121,11 @@ impl<T> Slab<T> {
 
     /// Gives memory back after a crowd has left: when at most a quarter of a large table is in
     /// use, free slots at its end are cut off (their generations raise the floor for new slots).
+    #[inline]
     pub fn compact(&mut self) {
+        if !std::mem::take(&mut self.shrunk) {
+            return;
+        }
         if self.slots.len() < 1024 || self.live * 4 > self.slots.len() {
             return;
         }

@@ -165,13 +165,9 @@ impl Drop for Hold<'_> {
     }
 }
 
-thread_local! {
-    static THREAD_MARK: u8 = const { 0 };
-}
-
 /// A non-zero number unique to the calling thread among the live threads of the process.
 fn thread_token() -> usize {
-    THREAD_MARK.with(|mark| mark as *const u8 as usize)
+    crate::sys::thread_token()
 }
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);

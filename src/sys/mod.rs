@@ -607,3 +607,10 @@ pub fn on_fork_in_child(child: extern "C" fn()) {
     // with ENOMEM, in which case forks simply go unnoticed (reported by nothing: best effort).
     let _ = unsafe { libc::pthread_atfork(None, None, Some(child)) };
 }
+
+/// A number that identifies the calling thread among the live threads of the process (its
+/// pthread_t: one load from the thread pointer, no system call, unlike gettid).
+pub fn thread_token() -> usize {
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    unsafe { libc::pthread_self() as usize }
+}
