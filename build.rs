@@ -54,7 +54,8 @@ fn main() {
         fs::create_dir_all(path.parent().expect("include/ has a parent")).expect("create include/");
         fs::write(&path, header).expect("write include/eploop.h");
     }
-    println!("cargo:rerun-if-changed=src/ffi");
+    // cbindgen parses the whole crate: any source file can change the header.
+    println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=build.rs");
 }
 

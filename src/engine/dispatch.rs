@@ -71,7 +71,7 @@ impl<H: Handler> Loop<H> {
         for i in 0..n {
             let (bits, token) = events.get(i);
             if token == WAKE_TOKEN {
-                sys::eventfd_drain(self.remote.wake_fd);
+                self.remote.wake_fd.drain();
                 self.run_posted();
             } else {
                 self.dispatch(token, bits);

@@ -1,6 +1,7 @@
 //! Listeners and the accept policy: a budget per wakeup, shedding load when the process is out
 //! of descriptors (a reserve fd, accept-and-reset), and backing off when memory runs out.
 
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::time::{Duration, Instant};
 
 use super::stream::{Access, Stream};
@@ -49,12 +50,13 @@ impl<H: Handler> Loop<H> {
             };
             match sys::accept(fd) {
                 Ok(conn_fd) => {
+                    let conn_fd = conn_fd.into_raw_fd();
                     let opts = Options {
                         borrow: false,
                         ..opts
                     };
                     let mut stream =
-                        Stream::new(conn_fd, handler.clone(), opts, Access::SOCKET, flow);
+                        Stream::new(conn_fd, handler.clone(), opts, Access::socket(), flow);
                     stream.idle = idle;
                     match self.add_stream(stream) {
                         Ok(conn) => {
@@ -87,11 +89,11 @@ impl<H: Handler> Loop<H> {
         let Some(reserve) = reserve else {
             return self.back_off(id);
         };
-        sys::close(reserve);
+        drop(reserve);
         let mut shed = 0;
         while let Ok(conn) = sys::accept(fd) {
-            let _ = sys::set_linger_zero(conn);
-            sys::close(conn);
+            let _ = sys::set_linger_zero(conn.as_raw_fd());
+            drop(conn);
             shed += 1;
         }
         self.state.borrow_mut().stats.accept_overloads += shed;

@@ -30,6 +30,7 @@ mod timers;
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, ev, Errno, Fd};
@@ -260,7 +261,7 @@ struct State<H> {
     stats: Stats,
     linger: Duration,
     /// A spare descriptor released to accept-and-reset connections when the process hits EMFILE.
-    reserve_fd: Option<Fd>,
+    reserve_fd: Option<OwnedFd>,
 }
 
 /// One event loop. Not thread-safe: owned and run by one thread; only [`Remote`] is shared.
@@ -282,21 +283,11 @@ pub struct Loop<H: Handler> {
 impl<H: Handler> Loop<H> {
     pub fn new() -> Result<Self, Errno> {
         let epfd = sys::epoll_create()?;
-        let wake_fd = match sys::eventfd() {
-            Ok(fd) => fd,
-            Err(e) => {
-                sys::close(epfd);
-                return Err(e);
-            }
-        };
-        if let Err(e) = sys::epoll_add(epfd, wake_fd, ev::IN, WAKE_TOKEN) {
-            sys::close(wake_fd);
-            sys::close(epfd);
-            return Err(e);
-        }
+        let wake_fd = sys::Waker::new()?;
+        sys::epoll_add(epfd.as_raw_fd(), wake_fd.as_raw_fd(), ev::IN, WAKE_TOKEN)?;
         Ok(Loop {
             remote: Remote::new(wake_fd),
-            epfd,
+            epfd: epfd.into_raw_fd(),
             state: RefCell::new(State {
                 entries: Slab::new(),
                 live: 0,
@@ -339,11 +330,6 @@ impl<H: Handler> Loop<H> {
 impl<H: Handler> Drop for Loop<H> {
     fn drop(&mut self) {
         self.close_all();
-        let st = self.state.get_mut();
-        if let Some(fd) = st.reserve_fd.take() {
-            sys::close(fd);
-        }
-        sys::close(self.remote.wake_fd);
         sys::close(self.epfd);
     }
 }

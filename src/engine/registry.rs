@@ -2,6 +2,7 @@
 //! free), and the loop's counters.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::IntoRawFd;
 use std::time::{Duration, Instant};
 
 use super::listener::Listener;
@@ -79,7 +80,17 @@ impl<H: Handler> Loop<H> {
         } else {
             backlog
         };
-        let fd = sys::listen(addr, backlog, opts.reuse_port)?;
+        // A restarted server binds at once: past connections in TIME_WAIT or a socket file left
+        // by an earlier run do not block the address.
+        let ip = matches!(addr, sys::Addr::Ip(_));
+        if let sys::Addr::Unix(path) = addr {
+            sys::unlink_stale_unix_socket(path);
+        }
+        let listen_opts = sys::ListenOptions {
+            reuse_addr: ip,
+            reuse_port: ip && opts.reuse_port,
+        };
+        let fd = sys::listen(addr, backlog, listen_opts)?.into_raw_fd();
         let opts = Options {
             borrow: false,
             ..opts
@@ -104,11 +115,12 @@ impl<H: Handler> Loop<H> {
             Err((Some(fd), errno)) => (fd, Some(errno)),
             Err((None, errno)) => return Err(Error::Os(errno)),
         };
+        let fd = fd.into_raw_fd();
         let opts = Options {
             borrow: false,
             ..opts
         };
-        let mut stream = Stream::new(fd, handler, opts, Access::SOCKET, Flow::default());
+        let mut stream = Stream::new(fd, handler, opts, Access::socket(), Flow::default());
         stream.phase = Phase::Connecting { then: None };
         let id = self.add_stream(stream).inspect_err(|_| sys::close(fd))?;
         if let Some(errno) = failure {

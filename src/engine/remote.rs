@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::Error;
-use crate::sys::{self, Fd};
+use crate::sys;
 
 /// The part of a loop another thread or a signal handler may touch.
 pub struct Remote<P> {
     stop: AtomicBool,
-    pub(super) wake_fd: Fd,
+    pub(super) wake_fd: sys::Waker,
     /// Values posted and not run yet; None once the loop is being freed (posting is over).
     posted: Mutex<Option<Vec<P>>>,
     /// Set after a post is queued, cleared before the queue is taken: lets the loop ask "anything
@@ -22,7 +22,7 @@ impl<P> Remote<P> {
     /// Requests the loop to return from ep_run / ep_run_once. Async-signal-safe.
     pub fn stop(&self) -> Result<(), Error> {
         self.stop.store(true, Ordering::SeqCst);
-        sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
+        self.wake_fd.wake().map_err(Error::Os)
     }
 
     /// Hands `posted` to the loop's thread and wakes it. Callable from any thread. Fails with
@@ -33,7 +33,7 @@ impl<P> Remote<P> {
             None => return Err(Error::Busy),
         }
         self.has_posts.store(true, Ordering::Release);
-        sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
+        self.wake_fd.wake().map_err(Error::Os)
     }
 
     fn lock_posted(&self) -> std::sync::MutexGuard<'_, Option<Vec<P>>> {
@@ -61,7 +61,7 @@ impl<P> Remote<P> {
 }
 
 impl<P> Remote<P> {
-    pub(super) fn new(wake_fd: Fd) -> Self {
+    pub(super) fn new(wake_fd: sys::Waker) -> Self {
         Remote {
             stop: AtomicBool::new(false),
             wake_fd,

@@ -82,11 +82,14 @@ pub(super) struct Access {
 }
 
 impl Access {
-    pub const SOCKET: Access = Access {
-        is_socket: true,
-        readable: true,
-        writable: true,
-    };
+    /// A connected stream socket: both directions.
+    pub fn socket() -> Access {
+        Access {
+            is_socket: true,
+            readable: true,
+            writable: true,
+        }
+    }
 }
 
 pub(super) struct Stream<H> {

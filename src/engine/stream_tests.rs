@@ -5,7 +5,7 @@ const LOCAL: CloseReason = CloseReason::Local;
 const EOF: CloseReason = CloseReason::PeerEof;
 
 fn stream(opts: Options) -> Stream<()> {
-    Stream::new(-1, (), opts, Access::SOCKET, Flow::default())
+    Stream::new(-1, (), opts, Access::socket(), Flow::default())
 }
 fn open() -> Stream<()> {
     stream(Options::default())
