@@ -3,6 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -72,7 +73,7 @@ impl<H: Handler> Loop<H> {
         for i in 0..n {
             let (bits, token) = events.get(i);
             if token == WAKE_TOKEN {
-                sys::eventfd_drain(self.remote.wake_fd);
+                self.remote.wake_fd.drain();
                 self.run_posted();
             } else {
                 self.dispatch(token, bits);
@@ -304,6 +305,7 @@ impl<H: Handler> Loop<H> {
             };
             match sys::accept(fd) {
                 Ok(conn_fd) => {
+                    let conn_fd = conn_fd.into_raw_fd();
                     let mut stream = super::Stream::new(
                         conn_fd,
                         handler.clone(),
@@ -352,11 +354,11 @@ impl<H: Handler> Loop<H> {
         let Some(reserve) = reserve else {
             return self.back_off(id);
         };
-        sys::close(reserve);
+        drop(reserve);
         let mut shed = 0;
         while let Ok(conn) = sys::accept(fd) {
-            let _ = sys::set_linger_zero(conn);
-            sys::close(conn);
+            let _ = sys::set_linger_zero(conn.as_raw_fd());
+            drop(conn);
             shed += 1;
         }
         self.state.borrow_mut().stats.accept_overloads += shed;

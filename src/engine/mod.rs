@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -129,7 +130,7 @@ const DRAIN_TOKEN: Id = 0;
 /// The part of a loop another thread or a signal handler may touch.
 pub struct Remote<P> {
     stop: AtomicBool,
-    wake_fd: Fd,
+    wake_fd: sys::Waker,
     /// Values posted and not run yet; None once the loop is being freed (posting is over).
     posted: Mutex<Option<Vec<P>>>,
 }
@@ -138,7 +139,7 @@ impl<P> Remote<P> {
     /// Requests the loop to return from ep_run / ep_run_once. Async-signal-safe.
     pub fn stop(&self) -> Result<(), Error> {
         self.stop.store(true, Ordering::SeqCst);
-        sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
+        self.wake_fd.wake().map_err(Error::Os)
     }
 
     /// Hands `posted` to the loop's thread and wakes it. Callable from any thread. Fails with
@@ -148,7 +149,7 @@ impl<P> Remote<P> {
             Some(queue) => queue.push(posted),
             None => return Err(Error::Busy),
         }
-        sys::eventfd_signal(self.wake_fd).map_err(Error::Os)
+        self.wake_fd.wake().map_err(Error::Os)
     }
 
     fn lock_posted(&self) -> std::sync::MutexGuard<'_, Option<Vec<P>>> {
@@ -332,7 +333,7 @@ struct State<H> {
     stats: Stats,
     linger: Duration,
     /// A spare descriptor released to accept-and-reset connections when the process hits EMFILE.
-    reserve_fd: Option<Fd>,
+    reserve_fd: Option<OwnedFd>,
 }
 
 /// One event loop. Not thread-safe: owned and run by one thread; only [`Remote`] is shared.
@@ -351,25 +352,15 @@ pub struct Loop<H: Handler> {
 impl<H: Handler> Loop<H> {
     pub fn new() -> Result<Self, Errno> {
         let epfd = sys::epoll_create()?;
-        let wake_fd = match sys::eventfd() {
-            Ok(fd) => fd,
-            Err(e) => {
-                sys::close(epfd);
-                return Err(e);
-            }
-        };
-        if let Err(e) = sys::epoll_add(epfd, wake_fd, ev::IN, WAKE_TOKEN) {
-            sys::close(wake_fd);
-            sys::close(epfd);
-            return Err(e);
-        }
+        let wake_fd = sys::Waker::new()?;
+        sys::epoll_add(epfd.as_raw_fd(), wake_fd.as_raw_fd(), ev::IN, WAKE_TOKEN)?;
         Ok(Loop {
             remote: Remote {
                 stop: AtomicBool::new(false),
                 wake_fd,
                 posted: Mutex::new(Some(Vec::new())),
             },
-            epfd,
+            epfd: epfd.into_raw_fd(),
             state: RefCell::new(State {
                 entries: Slab::new(),
                 live: 0,
@@ -475,7 +466,17 @@ impl<H: Handler> Loop<H> {
         } else {
             backlog
         };
-        let fd = sys::listen(addr, backlog, opts.reuse_port)?;
+        // A restarted server binds at once: past connections in TIME_WAIT or a socket file left
+        // by an earlier run do not block the address.
+        let ip = matches!(addr, sys::Addr::Ip(_));
+        if let sys::Addr::Unix(path) = addr {
+            sys::unlink_stale_unix_socket(path);
+        }
+        let listen_opts = sys::ListenOptions {
+            reuse_addr: ip,
+            reuse_port: ip && opts.reuse_port,
+        };
+        let fd = sys::listen(addr, backlog, listen_opts)?.into_raw_fd();
         let opts = Options {
             borrow: false,
             ..opts
@@ -500,6 +501,7 @@ impl<H: Handler> Loop<H> {
             Err((Some(fd), errno)) => (fd, Some(errno)),
             Err((None, errno)) => return Err(Error::Os(errno)),
         };
+        let fd = fd.into_raw_fd();
         let mut stream = Stream::new(
             fd,
             handler,
@@ -931,11 +933,6 @@ impl<H: Handler> Loop<H> {
 impl<H: Handler> Drop for Loop<H> {
     fn drop(&mut self) {
         self.close_all();
-        let st = self.state.get_mut();
-        if let Some(fd) = st.reserve_fd.take() {
-            sys::close(fd);
-        }
-        sys::close(self.remote.wake_fd);
         sys::close(self.epfd);
     }
 }

@@ -1,0 +1,161 @@
+//! Socket addresses: eploop's [`Addr`] and its conversion to and from the kernel's layout.
+
+use std::mem::{align_of, size_of};
+use std::net::SocketAddr;
+use std::os::raw::c_int;
+
+use super::errno::{Errno, SysResult, EINVAL};
+
+/// A socket address of any family eploop speaks: IPv4, IPv6, or a Unix path.
+pub enum Addr {
+    Ip(SocketAddr),
+    /// A filesystem path, or an abstract name when it starts with '@'.
+    Unix(Vec<u8>),
+}
+
+/// A socket address in the kernel's layout, large enough for any family.
+pub(super) struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawAddr {
+    pub(super) fn of(addr: &Addr) -> SysResult<RawAddr> {
+        match addr {
+            Addr::Ip(SocketAddr::V4(a)) => Ok(RawAddr::holding(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            })),
+            Addr::Ip(SocketAddr::V6(a)) => Ok(RawAddr::holding(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            })),
+            Addr::Unix(path) => RawAddr::unix(path),
+        }
+    }
+
+    fn unix(path: &[u8]) -> SysResult<RawAddr> {
+        if let Some(errno) = unix_path_error(path) {
+            return Err(errno);
+        }
+        // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+        let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, src) in sun.sun_path.iter_mut().zip(path) {
+            *dst = *src as libc::c_char;
+        }
+        // An abstract name uses a leading NUL instead of '@' and no terminating NUL.
+        let abstract_name = path[0] == b'@';
+        if abstract_name {
+            sun.sun_path[0] = 0;
+        }
+        let terminator = usize::from(!abstract_name);
+        let mut raw = RawAddr::holding(sun);
+        raw.len = (size_of::<libc::sa_family_t>() + path.len() + terminator) as libc::socklen_t;
+        Ok(raw)
+    }
+
+    /// A zeroed buffer for the kernel to write an address of any family into.
+    pub(super) fn empty() -> RawAddr {
+        RawAddr {
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            storage: unsafe { std::mem::zeroed() },
+            len: size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        }
+    }
+
+    /// Stores one concrete sockaddr_* struct, with its size as the length.
+    fn holding<T>(sockaddr: T) -> RawAddr {
+        const {
+            assert!(size_of::<T>() <= size_of::<libc::sockaddr_storage>());
+            assert!(align_of::<T>() <= align_of::<libc::sockaddr_storage>());
+        }
+        let mut raw = RawAddr::empty();
+        // SAFETY: the storage is large enough and aligned for a T (checked at compile time).
+        unsafe {
+            std::ptr::write(
+                (&mut raw.storage as *mut libc::sockaddr_storage).cast(),
+                sockaddr,
+            )
+        };
+        raw.len = size_of::<T>() as libc::socklen_t;
+        raw
+    }
+
+    /// The address family, which is also the socket domain to create.
+    pub(super) fn family(&self) -> c_int {
+        c_int::from(self.storage.ss_family)
+    }
+
+    pub(super) fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
+    }
+
+    pub(super) fn len(&self) -> libc::socklen_t {
+        self.len
+    }
+
+    /// Pointers for the kernel to fill in (getsockname, accept): the buffer and its length.
+    pub(super) fn as_mut_parts(&mut self) -> (*mut libc::sockaddr, *mut libc::socklen_t) {
+        (
+            (&mut self.storage as *mut libc::sockaddr_storage).cast(),
+            &mut self.len,
+        )
+    }
+
+    /// The port of an IPv4 or IPv6 address.
+    pub(super) fn port(&self) -> SysResult<u16> {
+        let ptr = (&self.storage as *const libc::sockaddr_storage).cast::<u8>();
+        match self.family() {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in, which fits in it.
+                let sin: libc::sockaddr_in = unsafe { std::ptr::read(ptr.cast()) };
+                Ok(u16::from_be(sin.sin_port))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6, which fits in it.
+                let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read(ptr.cast()) };
+                Ok(u16::from_be(sin6.sin6_port))
+            }
+            _ => Err(libc::EAFNOSUPPORT),
+        }
+    }
+}
+
+/// Why `path` cannot name a Unix socket, if it cannot: sun_path keeps one byte for the
+/// terminating NUL (an abstract name spends it on the leading NUL instead).
+fn unix_path_error(path: &[u8]) -> Option<Errno> {
+    const SUN_PATH_LEN: usize = size_of::<libc::sockaddr_un>() - size_of::<libc::sa_family_t>();
+    if path.is_empty() || path.contains(&0) {
+        Some(EINVAL)
+    } else if path.len() >= SUN_PATH_LEN {
+        Some(libc::ENAMETOOLONG)
+    } else {
+        None
+    }
+}
+
+/// Removes the socket file at `path` (left by a listener that did not clean up) so a new
+/// listener can bind there. Anything else at the path, an abstract name, or a path no Unix
+/// socket could have is left alone.
+pub fn unlink_stale_unix_socket(path: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    if path.first() == Some(&b'@') || unix_path_error(path).is_some() {
+        return;
+    }
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+

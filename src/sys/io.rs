@@ -1,0 +1,64 @@
+//! Reading and writing: read/recv into one buffer, send/write from up to two.
+
+use std::os::raw::c_int;
+
+use super::errno::{SysResult, EPIPE};
+use super::fd::Fd;
+use super::sigpipe::SigpipeGuard;
+use super::syscall::retry;
+
+/// Reads into `buf`; Ok(0) is end of file.
+pub fn read(fd: Fd, buf: &mut [u8]) -> SysResult<usize> {
+    let (ptr, len) = (buf.as_mut_ptr().cast(), buf.len());
+    // SAFETY: `ptr` and `len` describe `buf`, writable for the duration of the call.
+    retry(|| syscall!(unsafe { libc::read(fd, ptr, len) })).map(|n| n as usize)
+}
+
+/// Receives from a socket into `buf`; Ok(0) is the peer's EOF.
+pub fn recv(fd: Fd, buf: &mut [u8]) -> SysResult<usize> {
+    let (ptr, len) = (buf.as_mut_ptr().cast(), buf.len());
+    // SAFETY: `ptr` and `len` describe `buf`, writable for the duration of the call.
+    retry(|| syscall!(unsafe { libc::recv(fd, ptr, len, 0) })).map(|n| n as usize)
+}
+
+/// The non-empty buffers of `bufs` as iovecs; valid as long as `bufs` is borrowed.
+fn iovecs<'a>(bufs: &'a [&'a [u8]]) -> Vec<libc::iovec> {
+    bufs.iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut _,
+            iov_len: b.len(),
+        })
+        .collect()
+}
+
+/// Sends up to two buffers on a socket, in order, never raising SIGPIPE.
+pub fn send_vectored(fd: Fd, bufs: &[&[u8]]) -> SysResult<usize> {
+    if let [only] = bufs {
+        let (ptr, len) = (only.as_ptr().cast(), only.len());
+        // SAFETY: `ptr` and `len` describe `only`, readable for the duration of the call.
+        return retry(|| syscall!(unsafe { libc::send(fd, ptr, len, libc::MSG_NOSIGNAL) }))
+            .map(|n| n as usize);
+    }
+    let mut iov = iovecs(bufs);
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len();
+    // SAFETY: `msg` points at `iov`, which points at buffers borrowed for the duration of the call.
+    retry(|| syscall!(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) })).map(|n| n as usize)
+}
+
+/// Writes up to two buffers to a non-socket descriptor (pipe, tty) without ever letting SIGPIPE
+/// reach the process: SIGPIPE is blocked for the call, and one raised by this write is consumed.
+pub fn write_vectored(fd: Fd, bufs: &[&[u8]]) -> SysResult<usize> {
+    let iov = iovecs(bufs);
+    let (ptr, count) = (iov.as_ptr(), iov.len() as c_int);
+    let guard = SigpipeGuard::block();
+    // SAFETY: `ptr` and `count` describe `iov`, which describes buffers borrowed for the call.
+    let result = retry(|| syscall!(unsafe { libc::writev(fd, ptr, count) })).map(|n| n as usize);
+    if result == Err(EPIPE) {
+        guard.consume_pending();
+    }
+    result
+}
