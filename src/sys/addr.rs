@@ -159,3 +159,40 @@ pub fn unlink_stale_unix_socket(path: &[u8]) {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn ip_addresses_keep_family_length_and_port() {
+        let v4 = RawAddr::of(&Addr::Ip((Ipv4Addr::LOCALHOST, 8080).into())).unwrap();
+        assert_eq!(v4.family(), libc::AF_INET);
+        assert_eq!(v4.len() as usize, size_of::<libc::sockaddr_in>());
+        assert_eq!(v4.port(), Ok(8080));
+        let v6 = RawAddr::of(&Addr::Ip((Ipv6Addr::LOCALHOST, 443).into())).unwrap();
+        assert_eq!(v6.family(), libc::AF_INET6);
+        assert_eq!(v6.len() as usize, size_of::<libc::sockaddr_in6>());
+        assert_eq!(v6.port(), Ok(443));
+    }
+
+    #[test]
+    fn unix_lengths_count_the_nul_of_a_path_but_not_of_an_abstract_name() {
+        let family = size_of::<libc::sa_family_t>();
+        let path = RawAddr::of(&Addr::Unix(b"/tmp/a.sock".to_vec())).unwrap();
+        assert_eq!(path.family(), libc::AF_UNIX);
+        assert_eq!(path.len() as usize, family + 11 + 1);
+        assert_eq!(path.port(), Err(libc::EAFNOSUPPORT));
+        let name = RawAddr::of(&Addr::Unix(b"@name".to_vec())).unwrap();
+        assert_eq!(name.len() as usize, family + 5);
+    }
+
+    #[test]
+    fn unix_paths_that_cannot_fit_are_refused() {
+        let err = |p: &[u8]| RawAddr::of(&Addr::Unix(p.to_vec())).err();
+        assert_eq!(err(b""), Some(EINVAL));
+        assert_eq!(err(b"a\0b"), Some(EINVAL));
+        assert_eq!(err(&[b'a'; 107]), None);
+        assert_eq!(err(&[b'a'; 108]), Some(libc::ENAMETOOLONG));
+    }
+}
