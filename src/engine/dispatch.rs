@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::passes::ReadSetup;
 use super::{Closed, Entry, Error, Handler, Id, Loop, RunState, WAKE_TOKEN};
 use crate::sys::{self, ev};
 
@@ -19,9 +20,10 @@ impl Drop for DepthGuard<'_> {
     }
 }
 
-enum Kind {
+enum Kind<H> {
     Listener,
-    Stream,
+    /// A stream, with what its read pass needs (read in the same lookup).
+    Stream(ReadSetup<H>),
     Connecting,
     Lingering,
 }
@@ -103,6 +105,7 @@ impl<H: Handler> Loop<H> {
         }
     }
 
+    #[inline(always)]
     fn has_work(&self) -> bool {
         let st = self.state.borrow();
         st.live - st.unref_count + st.lingering > 0
@@ -110,11 +113,11 @@ impl<H: Handler> Loop<H> {
             || self.remote.has_posted()
     }
 
-    fn kind(&self, id: Id) -> Option<Kind> {
+    fn kind(&self, id: Id, bits: u32) -> Option<Kind<H>> {
         match self.state.borrow().entries.get(id)? {
             Entry::Listener(_) => Some(Kind::Listener),
             Entry::Stream(s) if s.connecting() => Some(Kind::Connecting),
-            Entry::Stream(_) => Some(Kind::Stream),
+            Entry::Stream(s) => Some(Kind::Stream(ReadSetup::of(s, bits))),
             Entry::Lingering(_) => Some(Kind::Lingering),
             Entry::Closed(Closed {
                 lingering: Some(_), ..
@@ -125,17 +128,18 @@ impl<H: Handler> Loop<H> {
 
     /// One dispatch step: the event's pass, then the closes it decided.
     fn dispatch(&self, id: Id, bits: u32) {
-        match self.kind(id) {
+        match self.kind(id, bits) {
             // A stale event: its registration ended earlier in this batch (maybe its fd was reused).
             None => self.state.borrow_mut().stats.stale_events += 1,
             Some(Kind::Listener) => self.accept_pass(id),
-            Some(Kind::Stream) => self.stream_pass(id, bits),
+            Some(Kind::Stream(setup)) => self.stream_pass(id, bits, setup),
             Some(Kind::Connecting) => self.connect_pass(id, bits),
             Some(Kind::Lingering) => self.linger_pass(id),
         }
         self.deliver_closes();
     }
 
+    #[inline(never)]
     fn run_service(&self) {
         let pending: VecDeque<Id> = std::mem::take(&mut self.state.borrow_mut().service);
         for id in pending {
@@ -157,13 +161,14 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Delivers every close decided so far; closes decided by these callbacks are delivered too.
-    #[inline]
+    #[inline(always)]
     pub(super) fn deliver_closes(&self) {
         if !self.state.borrow().closes.is_empty() {
             self.deliver_pending_closes();
         }
     }
 
+    #[inline(never)]
     fn deliver_pending_closes(&self) {
         loop {
             let (id, closed) = {

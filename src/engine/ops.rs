@@ -33,7 +33,7 @@ impl<H: Handler> Loop<H> {
         let mut written = 0;
         if s.out.is_empty() && !s.connecting() {
             while !rest.is_empty() {
-                match s.write(&[rest]) {
+                match s.write_one(rest) {
                     Ok(n) => {
                         rest = &rest[n..];
                         written += n;

@@ -5,7 +5,30 @@ use std::time::Instant;
 
 use super::stream::{Decision, Stream};
 use super::{CloseReason, Entry, FdFate, Handler, Id, Loop, READ_BUDGET};
-use crate::sys::{self, ev};
+use crate::sys::{self, ev, Fd};
+
+/// What a read pass needs from its stream, taken in the lookup that dispatched the event.
+pub(super) struct ReadSetup<H> {
+    fd: Fd,
+    is_socket: bool,
+    discard: bool,
+    handler: H,
+    failed: bool,
+    may_read: bool,
+}
+
+impl<H: Clone> ReadSetup<H> {
+    pub(super) fn of(s: &Stream<H>, bits: u32) -> Self {
+        ReadSetup {
+            fd: s.fd,
+            is_socket: s.access.is_socket,
+            discard: s.discard_input,
+            handler: s.handler.clone(),
+            failed: s.failure().is_some(),
+            may_read: s.may_read(bits & (ev::HUP | ev::ERR) != 0),
+        }
+    }
+}
 
 /// How a read pass ended.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -74,10 +97,10 @@ impl<H: Handler> Loop<H> {
         self.carry_out(id, decision);
     }
 
-    pub(super) fn stream_pass(&self, id: Id, bits: u32) {
+    pub(super) fn stream_pass(&self, id: Id, bits: u32, setup: ReadSetup<H>) {
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
         let read_end = if bits & (ev::IN | ev::RDHUP) != 0 || hangup {
-            self.read_pass(id, bits)
+            self.read_pass(id, bits, setup)
         } else {
             ReadEnd::Drained { failed: false }
         };
@@ -134,36 +157,32 @@ impl<H: Handler> Loop<H> {
             self.call(|| handler.on_accept(self, 0, id));
         }
         // Bytes queued while connecting (and a wanted FIN or close) go out now.
-        if matches!(self.state.borrow().entries.get(id), Some(Entry::Stream(_))) {
-            self.stream_pass(id, ev::OUT);
-        }
+        let setup = match self.state.borrow().entries.get(id) {
+            Some(Entry::Stream(s)) => ReadSetup::of(s, ev::OUT),
+            _ => return,
+        };
+        self.stream_pass(id, ev::OUT, setup);
     }
 
     /// Reads and delivers up to the budget. Data keeps flowing after RDHUP/HUP/ERR until the
     /// kernel reports EOF or the error itself: those bits mean "read now", never "close now".
     /// The state is looked up once before the first read and once after each handler call (which
     /// also prepares the next read): the steady state costs two lookups per message.
-    fn read_pass(&self, id: Id, bits: u32) -> ReadEnd {
+    fn read_pass(&self, id: Id, bits: u32, setup: ReadSetup<H>) -> ReadEnd {
         // A short read proves nothing once the peer may have closed: read to EOF or EAGAIN.
         let must_drain = bits & (ev::RDHUP | ev::HUP | ev::ERR) != 0;
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
-        let (fd, is_socket, mut discard, mut handler, mut failed) = {
-            let st = self.state.borrow();
-            let Some(Entry::Stream(s)) = st.entries.get(id) else {
-                return ReadEnd::Gone;
-            };
-            let failed = s.failure().is_some();
-            if !s.may_read(hangup) {
-                return ReadEnd::Drained { failed };
-            }
-            (
-                s.fd,
-                s.access.is_socket,
-                s.discard_input,
-                s.handler.clone(),
-                failed,
-            )
-        };
+        let ReadSetup {
+            fd,
+            is_socket,
+            mut discard,
+            mut handler,
+            mut failed,
+            may_read,
+        } = setup;
+        if !may_read {
+            return ReadEnd::Drained { failed };
+        }
         for _ in 0..READ_BUDGET {
             let mut buf = self.read_buf.borrow_mut();
             let result = if is_socket {

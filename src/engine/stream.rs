@@ -377,6 +377,16 @@ impl<H> Stream<H> {
         }
     }
 
+    /// Writes one buffer (the direct path of ep_send).
+    #[inline]
+    pub fn write_one(&self, buf: &[u8]) -> Result<usize, Errno> {
+        if self.access.is_socket {
+            sys::send(self.fd, buf)
+        } else {
+            sys::write_vectored(self.fd, &[buf])
+        }
+    }
+
     pub fn write(&self, bufs: &[&[u8]]) -> Result<usize, Errno> {
         if self.access.is_socket {
             sys::send_vectored(self.fd, bufs)

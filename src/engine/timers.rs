@@ -107,6 +107,7 @@ impl<H: Handler> Loop<H> {
         }
     }
 
+    #[inline(never)]
     pub(super) fn run_timers(&self, now: Instant) {
         loop {
             let (seq, id) = {

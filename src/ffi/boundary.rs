@@ -99,7 +99,9 @@ impl Fallback for () {
 }
 
 /// Runs `body` on a live, unpoisoned loop of this process, from the one thread using it, inside
-/// the panic boundary. A panic poisons the loop.
+/// the panic boundary. A panic poisons the loop. Inlined into every export: it is on the path of
+/// every ep_send.
+#[inline(always)]
 pub(super) fn enter<T: Fallback>(boxed: Option<&LoopBox>, body: impl FnOnce(&LoopBox) -> T) -> T {
     let Some(boxed) = boxed else {
         return T::fallback(EP_ENULL);
@@ -144,14 +146,18 @@ macro_rules! with_loop {
 struct Hold<'a>(Option<&'a AtomicUsize>);
 
 impl<'a> Hold<'a> {
+    #[inline(always)]
     fn take(boxed: &'a LoopBox) -> Option<Self> {
         let me = thread_token();
+        // A call from a callback finds its own thread holding the loop: no atomic write then.
+        if boxed.holder.load(Ordering::Relaxed) == me {
+            return Some(Hold(None));
+        }
         match boxed
             .holder
             .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
         {
             Ok(_) => Some(Hold(Some(&boxed.holder))),
-            Err(holder) if holder == me => Some(Hold(None)),
             Err(_) => None,
         }
     }

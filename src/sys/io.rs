@@ -8,6 +8,7 @@ use super::sigpipe::SigpipeGuard;
 use super::syscall::retry;
 
 /// Reads into `buf`; Ok(0) is end of file.
+#[inline]
 pub fn read(fd: Fd, buf: &mut [u8]) -> SysResult<usize> {
     let (ptr, len) = (buf.as_mut_ptr().cast(), buf.len());
     // SAFETY: `ptr` and `len` describe `buf`, writable for the duration of the call.
@@ -15,32 +16,50 @@ pub fn read(fd: Fd, buf: &mut [u8]) -> SysResult<usize> {
 }
 
 /// Receives from a socket into `buf`; Ok(0) is the peer's EOF.
+#[inline]
 pub fn recv(fd: Fd, buf: &mut [u8]) -> SysResult<usize> {
     let (ptr, len) = (buf.as_mut_ptr().cast(), buf.len());
     // SAFETY: `ptr` and `len` describe `buf`, writable for the duration of the call.
     retry(|| syscall!(unsafe { libc::recv(fd, ptr, len, 0) })).map(|n| n as usize)
 }
 
-/// The non-empty buffers of `bufs` as iovecs; valid as long as `bufs` is borrowed.
-fn iovecs<'a>(bufs: &'a [&'a [u8]]) -> Vec<libc::iovec> {
-    bufs.iter()
-        .filter(|b| !b.is_empty())
-        .map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut _,
-            iov_len: b.len(),
-        })
-        .collect()
+/// At most this many buffers go to one vectored write (no allocation per write).
+const MAX_IOV: usize = 2;
+
+/// The non-empty buffers of `bufs` (at most [`MAX_IOV`]) as iovecs, and how many there are;
+/// valid as long as `bufs` is borrowed.
+fn iovecs<'a>(bufs: &'a [&'a [u8]]) -> ([libc::iovec; MAX_IOV], usize) {
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iov = [empty; MAX_IOV];
+    let mut n = 0;
+    for buf in bufs.iter().filter(|b| !b.is_empty()).take(MAX_IOV) {
+        iov[n] = libc::iovec {
+            iov_base: buf.as_ptr() as *mut _,
+            iov_len: buf.len(),
+        };
+        n += 1;
+    }
+    (iov, n)
+}
+
+/// Sends `buf` on a socket, never raising SIGPIPE.
+#[inline]
+pub fn send(fd: Fd, buf: &[u8]) -> SysResult<usize> {
+    let (ptr, len) = (buf.as_ptr().cast(), buf.len());
+    // SAFETY: `ptr` and `len` describe `buf`, readable for the duration of the call.
+    retry(|| syscall!(unsafe { libc::send(fd, ptr, len, libc::MSG_NOSIGNAL) })).map(|n| n as usize)
 }
 
 /// Sends up to two buffers on a socket, in order, never raising SIGPIPE.
 pub fn send_vectored(fd: Fd, bufs: &[&[u8]]) -> SysResult<usize> {
     if let [only] = bufs {
-        let (ptr, len) = (only.as_ptr().cast(), only.len());
-        // SAFETY: `ptr` and `len` describe `only`, readable for the duration of the call.
-        return retry(|| syscall!(unsafe { libc::send(fd, ptr, len, libc::MSG_NOSIGNAL) }))
-            .map(|n| n as usize);
+        return send(fd, only);
     }
-    let mut iov = iovecs(bufs);
+    let (mut iov, n) = iovecs(bufs);
+    let iov = &mut iov[..n];
     // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
@@ -52,8 +71,8 @@ pub fn send_vectored(fd: Fd, bufs: &[&[u8]]) -> SysResult<usize> {
 /// Writes up to two buffers to a non-socket descriptor (pipe, tty) without ever letting SIGPIPE
 /// reach the process: SIGPIPE is blocked for the call, and one raised by this write is consumed.
 pub fn write_vectored(fd: Fd, bufs: &[&[u8]]) -> SysResult<usize> {
-    let iov = iovecs(bufs);
-    let (ptr, count) = (iov.as_ptr(), iov.len() as c_int);
+    let (iov, n) = iovecs(bufs);
+    let (ptr, count) = (iov.as_ptr(), n as c_int);
     let guard = SigpipeGuard::block();
     // SAFETY: `ptr` and `count` describe `iov`, which describes buffers borrowed for the call.
     let result = retry(|| syscall!(unsafe { libc::writev(fd, ptr, count) })).map(|n| n as usize);
