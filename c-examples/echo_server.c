@@ -34,12 +34,20 @@
 #include <sys/socket.h>
 
 static ep_loop *g_loop; /* read by the signal handler only while ep_run is running */
-static ep_id g_listener;
 static int g_quiet;
+
+static void on_data(ep_loop *loop, ep_id conn, const uint8_t *data, size_t len, void *user);
+static void on_writable(ep_loop *loop, ep_id conn, void *user);
+static void on_close(ep_loop *loop, ep_id conn, ep_close_reason reason, int err, void *user);
+
+/* A connection's own callbacks, given to it in on_accept: the listener keeps its own. */
+static const ep_callbacks connection_callbacks = {
+    .on_data = on_data, .on_writable = on_writable, .on_close = on_close};
 
 static void on_accept(ep_loop *loop, ep_id listener, ep_id conn, void *user) {
   (void)listener;
   (void)user;
+  ep_set_callbacks(loop, conn, &connection_callbacks, NULL);
   if (!g_quiet) log_accept(loop, conn, conn);
 }
 
@@ -63,11 +71,10 @@ static void on_writable(ep_loop *loop, ep_id conn, void *user) {
   }
 }
 
-static void on_close(ep_loop *loop, ep_id id, ep_close_reason reason, int err, void *user) {
+static void on_close(ep_loop *loop, ep_id conn, ep_close_reason reason, int err, void *user) {
   (void)loop;
   (void)user;
-  if (id == g_listener) return; /* the listener goes away with the loop; not a connection */
-  if (!g_quiet) log_close(id, reason, err);
+  if (!g_quiet) log_close(conn, reason, err);
 }
 
 static void on_signal(int signo) {
@@ -114,16 +121,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "echo_server: ep_loop_new failed\n");
     return 1;
   }
-  const ep_callbacks callbacks = {
-      .on_accept = on_accept, .on_data = on_data, .on_writable = on_writable, .on_close = on_close};
-  int64_t listener = ep_listen(loop, host, port, 0, 0, &callbacks, NULL);
+  const ep_callbacks listener_callbacks = {.on_accept = on_accept}; /* its close: not logged */
+  int64_t listener = ep_listen(loop, host, port, 0, 0, &listener_callbacks, NULL);
   if (listener < 0) {
     fprintf(stderr, "echo_server: listen on %s:%u: %s\n", host, port, ep_strerror((int)listener));
     ep_loop_free(loop);
     return 1;
   }
-  g_listener = (ep_id)listener;
-  int bound_port = ep_local_port(loop, g_listener);
+  int bound_port = ep_local_port(loop, (ep_id)listener);
   if (bound_port < 0) {
     fprintf(stderr, "echo_server: ep_local_port: %s\n", ep_strerror(bound_port));
     ep_loop_free(loop);

@@ -203,6 +203,15 @@
  */
 #define EP_UNREF 32
 
+/*
+ Keep Nagle's algorithm on the TCP connections this listener accepts, or on this ep_connect()
+ connection. By default eploop sets TCP_NODELAY on them, as asyncio, uvloop and Go do: a
+ request/response server's small replies then leave at once instead of waiting up to 40 ms for
+ the peer's delayed ACK. Bulk senders that write in small pieces may prefer EP_NAGLE (or
+ TCP_CORK through ep_fd()).
+ */
+#define EP_NAGLE 64
+
 
 
 
@@ -369,8 +378,10 @@ typedef void (*ep_post_cb)(struct ep_loop *lp, void *user);
 typedef struct ep_callbacks {
   /*
    A listener accepted `conn`. The connection inherits the listener's callbacks, user pointer,
-   EP_EDGE/EP_HALF_CLOSE flags and watermarks; call ep_set_user() here to attach state.
-   For ep_connect(), `listener` is 0: the outbound connection is up.
+   EP_EDGE/EP_HALF_CLOSE/EP_NAGLE flags and watermarks; call ep_set_user() here to attach
+   state, or ep_set_callbacks() to give the connection callbacks of its own (the listener's
+   on_close then only ever sees the listener). For ep_connect(), `listener` is 0: the
+   outbound connection is up.
    */
   void (*on_accept)(struct ep_loop *lp, ep_id listener, ep_id conn, void *user);
   /*
@@ -787,6 +798,19 @@ int64_t ep_connect_unix(struct ep_loop *lp,
  `lp` as for ep_loop_free().
  */
 int ep_set_user(struct ep_loop *lp, ep_id id, void *user);
+
+/*
+ Gives a registration its own callbacks and user pointer, in one call: typically from on_accept,
+ so that a connection stops sharing its listener's callbacks (the listener keeps its own, and
+ its on_close then only ever sees the listener). `cbs` is copied. Takes effect from the next
+ callback on; works until the id's on_close has run. Returns 0, EP_ENULL (NULL cbs), EP_ESTALE,
+ EP_EKIND (a timer, or an EP_QUEUE registration, whose events go to ep_poll()), or a loop error
+ (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+
+ # Safety
+ `lp` as for ep_loop_free(); `cbs` NULL or pointing at a valid ep_callbacks.
+ */
+int ep_set_callbacks(struct ep_loop *lp, ep_id id, const struct ep_callbacks *cbs, void *user);
 
 /*
  The user pointer of a registration whose on_close has not run yet; NULL if `id` is stale, on

@@ -24,6 +24,8 @@ pub(super) struct Listener<H> {
     /// Accepting stopped until this instant (out of descriptors and of the reserve).
     pub backoff_until: Option<Instant>,
     pub interest: u32,
+    /// Accepted connections get TCP_NODELAY (a TCP listener without EP_NAGLE).
+    pub nodelay: bool,
 }
 
 impl<H> Listener<H> {
@@ -39,11 +41,11 @@ impl<H> Listener<H> {
 impl<H: Handler> Loop<H> {
     pub(super) fn accept_pass(&self, id: Id) {
         for _ in 0..ACCEPT_BUDGET {
-            let (fd, handler, opts, flow, idle) = {
+            let (fd, handler, opts, flow, idle, nodelay) = {
                 let st = self.state.borrow();
                 match st.entries.get(id) {
                     Some(Entry::Listener(l)) if !l.paused && l.backoff_until.is_none() => {
-                        (l.fd, l.handler.clone(), l.opts, l.flow, l.idle)
+                        (l.fd, l.handler.clone(), l.opts, l.flow, l.idle, l.nodelay)
                     }
                     _ => return,
                 }
@@ -51,6 +53,10 @@ impl<H: Handler> Loop<H> {
             match sys::accept(fd) {
                 Ok(conn_fd) => {
                     let conn_fd = conn_fd.into_raw_fd();
+                    if nodelay {
+                        // Best effort, as asyncio does: a failure only costs latency.
+                        let _ = sys::set_nodelay(conn_fd);
+                    }
                     let opts = Options {
                         borrow: false,
                         ..opts

@@ -119,6 +119,8 @@ pub struct Options {
     pub reuse_port: bool,
     /// Does not keep ep_run running and is not counted as open (libuv's unref).
     pub unref: bool,
+    /// Keep Nagle's algorithm on accepted and connected TCP sockets (default: TCP_NODELAY).
+    pub nagle: bool,
 }
 
 /// What one step of the loop leaves behind.

@@ -116,6 +116,10 @@ impl<H: Handler> Loop<H> {
             Err((None, errno)) => return Err(Error::Os(errno)),
         };
         let fd = fd.into_raw_fd();
+        if !opts.nagle && matches!(addr, sys::Addr::Ip(_)) {
+            // Best effort, as asyncio does: a failure only costs latency.
+            let _ = sys::set_nodelay(fd);
+        }
         let opts = Options {
             borrow: false,
             ..opts
@@ -157,6 +161,7 @@ impl<H: Handler> Loop<H> {
                 paused: false,
                 backoff_until: None,
                 interest,
+                nodelay: !opts.nagle && sys::is_tcp(fd),
             }),
         )?;
         if let Err(e) = sys::epoll_add(self.epfd, fd, interest, id) {

@@ -94,8 +94,10 @@ pub extern "C" fn ep_close_reason_name(reason: c_int) -> *const c_char {
 #[derive(Clone, Copy)]
 pub struct ep_callbacks {
     /// A listener accepted `conn`. The connection inherits the listener's callbacks, user pointer,
-    /// EP_EDGE/EP_HALF_CLOSE flags and watermarks; call ep_set_user() here to attach state.
-    /// For ep_connect(), `listener` is 0: the outbound connection is up.
+    /// EP_EDGE/EP_HALF_CLOSE/EP_NAGLE flags and watermarks; call ep_set_user() here to attach
+    /// state, or ep_set_callbacks() to give the connection callbacks of its own (the listener's
+    /// on_close then only ever sees the listener). For ep_connect(), `listener` is 0: the
+    /// outbound connection is up.
     pub on_accept: Option<
         unsafe extern "C" fn(lp: *mut ep_loop, listener: ep_id, conn: ep_id, user: *mut c_void),
     >,

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::time::Duration;
 
 use super::boundary::Engine;
-use super::errors::{code, id_or_code, status, EP_ENULL};
+use super::errors::{code, id_or_code, status, EP_EKIND, EP_ENULL};
 use super::handler::{ep_callbacks, FfiHandler, NO_CALLBACKS};
 use super::{ep_id, ep_loop};
 use crate::engine::{self, Error, Options};
@@ -30,7 +30,14 @@ pub const EP_QUEUE: u32 = 16;
 /// libuv's uv_unref): for a helper fd, such as a binding's signal pipe, that should not by itself
 /// keep the loop alive. Its events are delivered as usual.
 pub const EP_UNREF: u32 = 32;
-const ALL_FLAGS: u32 = EP_EDGE | EP_BORROW | EP_HALF_CLOSE | EP_REUSEPORT | EP_QUEUE | EP_UNREF;
+/// Keep Nagle's algorithm on the TCP connections this listener accepts, or on this ep_connect()
+/// connection. By default eploop sets TCP_NODELAY on them, as asyncio, uvloop and Go do: a
+/// request/response server's small replies then leave at once instead of waiting up to 40 ms for
+/// the peer's delayed ACK. Bulk senders that write in small pieces may prefer EP_NAGLE (or
+/// TCP_CORK through ep_fd()).
+pub const EP_NAGLE: u32 = 64;
+const ALL_FLAGS: u32 =
+    EP_EDGE | EP_BORROW | EP_HALF_CLOSE | EP_REUSEPORT | EP_QUEUE | EP_UNREF | EP_NAGLE;
 
 fn options(flags: u32) -> Result<Options, Error> {
     if flags & !ALL_FLAGS != 0 {
@@ -42,6 +49,7 @@ fn options(flags: u32) -> Result<Options, Error> {
         half_close: flags & EP_HALF_CLOSE != 0,
         reuse_port: flags & EP_REUSEPORT != 0,
         unref: flags & EP_UNREF != 0,
+        nagle: flags & EP_NAGLE != 0,
     })
 }
 
@@ -255,6 +263,43 @@ pub unsafe extern "C" fn ep_set_user(lp: *mut ep_loop, id: ep_id, user: *mut c_v
     with_loop!(lp, |boxed| status(
         boxed.engine.with_handler(id, |h| h.user = user)
     ))
+}
+
+/// Gives a registration its own callbacks and user pointer, in one call: typically from on_accept,
+/// so that a connection stops sharing its listener's callbacks (the listener keeps its own, and
+/// its on_close then only ever sees the listener). `cbs` is copied. Takes effect from the next
+/// callback on; works until the id's on_close has run. Returns 0, EP_ENULL (NULL cbs), EP_ESTALE,
+/// EP_EKIND (a timer, or an EP_QUEUE registration, whose events go to ep_poll()), or a loop error
+/// (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+///
+/// # Safety
+/// `lp` as for ep_loop_free(); `cbs` NULL or pointing at a valid ep_callbacks.
+#[no_mangle]
+pub unsafe extern "C" fn ep_set_callbacks(
+    lp: *mut ep_loop,
+    id: ep_id,
+    cbs: *const ep_callbacks,
+    user: *mut c_void,
+) -> c_int {
+    // SAFETY: a non-NULL `cbs` points at a valid ep_callbacks (contract); it is copied.
+    let Some(cbs) = (unsafe { cbs.as_ref() }).copied() else {
+        return EP_ENULL;
+    };
+    with_loop!(lp, |boxed| {
+        let set = boxed.engine.with_handler(id, |h| {
+            if h.queued || h.timer.is_some() {
+                return false;
+            }
+            h.cbs = cbs;
+            h.user = user;
+            true
+        });
+        match set {
+            Ok(true) => 0,
+            Ok(false) => EP_EKIND,
+            Err(e) => code(e),
+        }
+    })
 }
 
 /// The user pointer of a registration whose on_close has not run yet; NULL if `id` is stale, on

@@ -28,6 +28,6 @@ pub use fd::{
 pub use io::{read, recv, send, send_vectored, write_vectored};
 pub use process::{on_fork_in_child, set_errno, thread_token};
 pub use socket::{
-    accept, connect, listen, local_port, set_keepalive, set_linger_zero, set_user_timeout,
-    shutdown_write, take_socket_error, ListenOptions,
+    accept, connect, is_tcp, listen, local_port, set_keepalive, set_linger_zero, set_nodelay,
+    set_user_timeout, shutdown_write, take_socket_error, ListenOptions,
 };

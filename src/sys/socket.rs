@@ -128,3 +128,13 @@ pub fn local_port(fd: Fd) -> SysResult<u16> {
     syscall!(unsafe { libc::getsockname(fd, ptr, len) })?;
     raw.port()
 }
+
+/// True for a TCP socket (SO_PROTOCOL is IPPROTO_TCP); false for Unix sockets and other fds.
+pub fn is_tcp(fd: Fd) -> bool {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Ok(libc::IPPROTO_TCP)
+}
+
+/// Turns Nagle's algorithm off (TCP_NODELAY): small writes leave at once.
+pub fn set_nodelay(fd: Fd) -> SysResult<()> {
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
