@@ -99,7 +99,7 @@ sdist: $(VENV)/.dist-tools
 wheel: lib $(VENV)/.dist-tools
 	rm -rf $(DIST)/linux $(DIST)/eploop-*.whl
 	CARGO_TARGET_DIR=$(ROOT)/target $(PY) -m pip wheel -q --no-deps -w $(DIST)/linux ./python-bindings
-	$(PY) -m auditwheel repair -w $(DIST) $(DIST)/linux/eploop-*.whl
+	PATH=$(VENV)/bin:$$PATH $(PY) -m auditwheel repair -w $(DIST) $(DIST)/linux/eploop-*.whl
 	$(PY) -m auditwheel show $(DIST)/eploop-*.whl
 
 clean:
