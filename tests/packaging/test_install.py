@@ -1,6 +1,7 @@
 """The installed library works for a C programmer who only has pkg-config: `make install` into a
-temporary prefix, then build and run a program with nothing but pkg-config's flags (no path into
-the source tree), dynamically and statically, and check the soname."""
+temporary prefix with a lib64 layout, then build and run a program with nothing but pkg-config's
+flags (no path into the source tree): dynamically, with the static library, and fully static
+(`gcc -static`); check the soname, and that uninstall removes every layout's files."""
 
 import os
 import pathlib
@@ -56,17 +57,19 @@ def prefix(tmp_path_factory):
     if shutil.which("pkg-config") is None:
         pytest.fail("pkg-config is required (CI installs it)")
     prefix = tmp_path_factory.mktemp("prefix")
-    run(["make", "-C", str(ROOT), "install", f"PREFIX={prefix}"])
+    # The lib64 layout (Fedora, openSUSE): everything must follow LIBDIR, the .pc file included.
+    run(["make", "-C", str(ROOT), "install", f"PREFIX={prefix}", "LIBDIR=lib64"])
     return prefix
 
 
 def pkg_config(prefix, *args):
-    env = dict(os.environ, PKG_CONFIG_PATH=str(prefix / "lib" / "pkgconfig"))
+    env = dict(os.environ, PKG_CONFIG_PATH=str(prefix / "lib64" / "pkgconfig"))
     return run(["pkg-config", *args, "eploop"], env=env).stdout.split()
 
 
 def test_installed_files_and_soname(prefix):
-    lib = prefix / "lib"
+    assert not (prefix / "lib").exists()
+    lib = prefix / "lib64"
     assert (lib / f"libeploop.so.{VERSION}").is_file()
     assert os.readlink(lib / f"libeploop.so.{MAJOR}") == f"libeploop.so.{VERSION}"
     assert os.readlink(lib / "libeploop.so") == f"libeploop.so.{MAJOR}"
@@ -87,7 +90,8 @@ def test_program_built_with_pkg_config_only(prefix, tmp_path):
     run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(source), "-o", str(exe), *flags], cwd=tmp_path)
     needed = run(["readelf", "-d", str(exe)]).stdout
     assert f"Shared library: [libeploop.so.{MAJOR}]" in needed
-    out = run([str(exe)], env=dict(os.environ, LD_LIBRARY_PATH=str(prefix / "lib")), cwd=tmp_path).stdout
+    assert f"-L{prefix}/lib64" in flags
+    out = run([str(exe)], env=dict(os.environ, LD_LIBRARY_PATH=str(prefix / "lib64")), cwd=tmp_path).stdout
     assert out.strip() == f"version {VERSION} replies 1"
 
 
@@ -106,9 +110,41 @@ def test_static_library_links_with_libs_private(prefix, tmp_path):
     assert out.strip() == f"version {VERSION} replies 1"
 
 
-def test_uninstall_removes_everything(tmp_path):
+def test_fully_static_program_with_pkg_config_static(prefix, tmp_path):
+    """The command a user types: `gcc -static app.c $(pkg-config --static --libs eploop)`. It used to
+    stop at `cannot find -lgcc_s` (libgcc_s has no static archive)."""
+    source = tmp_path / "app.c"
+    source.write_text(PROGRAM)
+    exe = tmp_path / "app_fully_static"
+    flags = pkg_config(prefix, "--cflags", "--static", "--libs")
+    assert "-lgcc_s" not in flags
+    run(["gcc", "-static", "-std=c11", str(source), "-o", str(exe), *flags], cwd=tmp_path)
+    headers = run(["readelf", "-l", "-d", str(exe)]).stdout
+    assert "INTERP" not in headers and "There is no dynamic section" in headers, headers
+    out = run([str(exe)], env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path).stdout
+    assert out.strip() == f"version {VERSION} replies 1"
+
+
+def test_libs_private_are_what_rustc_reports(prefix, tmp_path):
+    """Libs.private is rustc's list of native libraries for a static link, less -lgcc_s: when a
+    toolchain update changes that list, this fails instead of a user's link."""
+    (tmp_path / "empty.rs").write_text("")
+    note = run(
+        ["rustc", "--crate-type", "staticlib", "--print", "native-static-libs", "empty.rs", "-o", "libempty.a"],
+        cwd=tmp_path,
+    ).stderr
+    (line,) = [ln for ln in note.splitlines() if "native-static-libs:" in ln]
+    reported = line.split("native-static-libs:", 1)[1].split()
+    pc = (prefix / "lib64" / "pkgconfig" / "eploop.pc").read_text()
+    (private,) = [ln.split(":", 1)[1].split() for ln in pc.splitlines() if ln.startswith("Libs.private:")]
+    assert private == [f for f in reported if f != "-lgcc_s"]
+
+
+@pytest.mark.parametrize("libdir", ["lib", "lib64", "lib/x86_64-linux-gnu"])
+def test_uninstall_removes_everything(tmp_path, libdir):
     prefix = tmp_path / "p"
-    run(["make", "-C", str(ROOT), "install", f"PREFIX={prefix}"])
+    run(["make", "-C", str(ROOT), "install", f"PREFIX={prefix}", f"LIBDIR={libdir}"])
+    assert (prefix / libdir / "pkgconfig" / "eploop.pc").read_text().count(f"libdir=${{prefix}}/{libdir}\n") == 1
     run(["make", "-C", str(ROOT), "uninstall", f"PREFIX={prefix}"])
     left = [p for p in prefix.rglob("*") if p.is_file() or p.is_symlink()]
     assert left == []
