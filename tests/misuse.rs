@@ -23,7 +23,10 @@ fn all_id_calls(lp: *mut ep_loop, id: u64) -> Vec<(&'static str, i32)> {
             ("ep_shutdown", ep_shutdown(lp, id)),
             ("ep_close", ep_close(lp, id)),
             ("ep_abort", ep_abort(lp, id)),
-            ("ep_set_user", ep_set_user(lp, id, 1 as *mut c_void)),
+            (
+                "ep_set_user",
+                ep_set_user(lp, id, std::ptr::dangling_mut::<c_void>()),
+            ),
             ("ep_get_user!=NULL", (!ep_get_user(lp, id).is_null()) as i32),
             ("ep_fd", ep_fd(lp, id)),
             ("ep_local_port", ep_local_port(lp, id)),
