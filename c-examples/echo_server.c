@@ -2,10 +2,12 @@
  * echo_server — what the seed 000 script wanted: echo every byte back, and learn exactly once,
  * with a reason, that the telnet client has gone (instead of spinning on empty reads forever).
  *
- * usage: echo_server PORT [-q] [--host ADDR]
+ * usage: echo_server PORT [-q] [--host ADDR] [--trace]
  *   PORT         TCP port; 0 picks a free one (printed on the "listening" line)
  *   -q           quiet: print only the "listening" line, no per-connection lines
  *   --host ADDR  address to bind (default 127.0.0.1; "::" or "0.0.0.0" for every interface)
+ *   --trace      print every decision the loop makes about a connection on stderr
+ *                ("trace <id> ..." lines: epoll bits, reads, writes, FIN, the close and its cause)
  *
  * stdout, line-buffered (DESIGN.md section 4):
  *   listening <port>
@@ -77,6 +79,15 @@ static void on_close(ep_loop *loop, ep_id conn, ep_close_reason reason, int err,
   if (!g_quiet) log_close(conn, reason, err);
 }
 
+/* --trace: why did the loop do what it did? One line per decision, on stderr. */
+static void print_trace(ep_loop *loop, const ep_trace_record *record, void *user) {
+  (void)loop;
+  (void)user;
+  char line[256];
+  ep_trace_format(record, line, sizeof line);
+  fprintf(stderr, "%s\n", line);
+}
+
 static void on_signal(int signo) {
   (void)signo;
   ep_stop(g_loop); /* async-signal-safe; ep_run returns EP_RUN_STOPPED */
@@ -101,17 +112,19 @@ static int parse_port(const char *text, uint16_t *port) {
 }
 
 static int usage(void) {
-  fprintf(stderr, "usage: echo_server PORT [-q] [--host ADDR]\n");
+  fprintf(stderr, "usage: echo_server PORT [-q] [--host ADDR] [--trace]\n");
   return 2;
 }
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
+  int trace = 0;
   uint16_t port;
   if (argc < 2 || parse_port(argv[1], &port) != 0) return usage();
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "-q") == 0) g_quiet = 1;
     else if (strcmp(argv[i], "--host") == 0 && i + 1 < argc) host = argv[++i];
+    else if (strcmp(argv[i], "--trace") == 0) trace = 1;
     else return usage();
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
@@ -121,6 +134,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "echo_server: ep_loop_new failed\n");
     return 1;
   }
+  if (trace) ep_set_trace(loop, print_trace, NULL);
   const ep_callbacks listener_callbacks = {.on_accept = on_accept}; /* its close: not logged */
   int64_t listener = ep_listen(loop, host, port, 0, 0, &listener_callbacks, NULL);
   if (listener < 0) {

@@ -212,6 +212,46 @@
  */
 #define EP_NAGLE 64
 
+/*
+ ep_trace_record.kind: epoll reported `bits` (EPOLLIN 0x1, EPOLLOUT 0x4, EPOLLERR 0x8,
+ EPOLLHUP 0x10, EPOLLRDHUP 0x2000) for the id.
+ */
+#define EP_TRACE_EPOLL 1
+
+/*
+ ep_trace_record.kind: a read returned `result` bytes (0: the peer's EOF) or -errno.
+ */
+#define EP_TRACE_READ 2
+
+/*
+ ep_trace_record.kind: a write (ep_send's direct write, or a flush of the queue) handed
+ `result` bytes to the kernel, or failed with -errno (-EAGAIN: the kernel took nothing now).
+ */
+#define EP_TRACE_WRITE 3
+
+/*
+ ep_trace_record.kind: the peer's EOF arrived in the same step as data an EP_QUEUE handler has
+ not seen yet; it is held until the next step so the reply to that data goes out first.
+ */
+#define EP_TRACE_EOF_HELD 4
+
+/*
+ ep_trace_record.kind: EPOLLHUP/EPOLLERR settled after the input was drained; `err` is SO_ERROR
+ (0: none).
+ */
+#define EP_TRACE_HANGUP 5
+
+/*
+ ep_trace_record.kind: FIN was sent (ep_shutdown(), or a graceful close whose queue drained).
+ */
+#define EP_TRACE_FIN_SENT 6
+
+/*
+ ep_trace_record.kind: the id's one close is decided with `reason` and `err`; its on_close
+ follows at the end of the step.
+ */
+#define EP_TRACE_CLOSE 7
+
 
 
 
@@ -451,6 +491,43 @@ typedef struct ep_stats {
  A timer's callback: `timer` is the id ep_timer_start() returned, `user` its user pointer.
  */
 typedef void (*ep_timer_cb)(struct ep_loop *lp, ep_id timer, void *user);
+
+/*
+ One decision of the loop about a registration, handed to the trace callback. Only the fields
+ the kind names are meaningful; the others are 0.
+ */
+typedef struct ep_trace_record {
+  /*
+   EP_TRACE_EPOLL ... EP_TRACE_CLOSE.
+   */
+  uint32_t kind;
+  /*
+   EP_TRACE_EPOLL: the epoll event bits.
+   */
+  uint32_t bits;
+  /*
+   The registration.
+   */
+  ep_id id;
+  /*
+   EP_TRACE_READ, EP_TRACE_WRITE: bytes, or -errno.
+   */
+  int64_t result;
+  /*
+   EP_TRACE_CLOSE: the ep_close_reason.
+   */
+  int reason;
+  /*
+   EP_TRACE_CLOSE, EP_TRACE_HANGUP: the errno (0: none).
+   */
+  int err;
+} ep_trace_record;
+
+/*
+ A trace callback: `record` is valid only during the call. It runs on the loop's thread like
+ any callback, and may call ep_* functions like any callback (it is best left to logging).
+ */
+typedef void (*ep_trace_cb)(struct ep_loop *lp, const struct ep_trace_record *record, void *user);
 
 #ifdef __cplusplus
 extern "C" {
@@ -930,6 +1007,33 @@ int64_t ep_timer_start(struct ep_loop *lp,
  `lp` as for ep_loop_free().
  */
 int ep_timer_cancel(struct ep_loop *lp, ep_id id);
+
+/*
+ Writes `record` as one line of text (no newline; it starts with "trace <id> ", so it never
+ looks like an event-log line) into `buf` of `len` bytes, NUL-terminated and truncated like
+ snprintf. Returns the length of the whole line (excluding the NUL), EP_ENULL (NULL record, or
+ NULL buf with len > 0). An unknown kind is formatted as "kind N", not refused. Callable from
+ any thread.
+
+ # Safety
+ `record` NULL or valid; `buf` NULL or writable for `len` bytes.
+ */
+int ep_trace_format(const struct ep_trace_record *record, char *buf, size_t len);
+
+/*
+ Sets the loop's trace hook: `cb(loop, record, user)` is called for every decision the loop
+ makes about a registration (epoll bits seen, each read and write result, an EOF held, a hangup
+ settled, FIN sent, the close decided with its cause). NULL turns tracing off; while off, each
+ trace point costs one branch. Replaces a hook set before (including the EPLOOP_TRACE one).
+ Returns 0 or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+
+ Setting EPLOOP_TRACE=1 in the environment makes every loop created afterwards trace to stderr
+ (one ep_trace_format() line each), without a code change.
+
+ # Safety
+ `lp` as for ep_loop_free().
+ */
+int ep_set_trace(struct ep_loop *lp, ep_trace_cb cb, void *user);
 
 #ifdef __cplusplus
 }  // extern "C"

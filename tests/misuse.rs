@@ -433,7 +433,7 @@ fn adopted_listener_fd_number_is_not_ours_after_failure() {
     let fd = l.into_raw_fd();
     let ident = identity(fd).unwrap();
     let h = Harness::new();
-    assert_eq!(h.register(fd, 0x40), -libc::EINVAL as i64);
+    assert_eq!(h.register(fd, 0x8000_0000), -libc::EINVAL as i64);
     assert!(still_open(fd, ident));
     assert!(
         !is_nonblocking(fd),

@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use super::{CloseReason, Closed, Ender, Entry, FdFate, Handler, Id, Lingering, Loop, READ_BUDGET};
+use super::{
+    CloseReason, Closed, Ender, Entry, FdFate, Handler, Id, Lingering, Loop, Trace, READ_BUDGET,
+};
 use crate::sys::{self, ev, Errno};
 
 impl<H: Handler> Loop<H> {
@@ -86,6 +88,8 @@ impl<H: Handler> Loop<H> {
         st.unref_count -= usize::from(unref);
         st.stats.closes[reason as usize] += 1;
         st.closes.push_back(id);
+        drop(st);
+        self.trace(id, || Trace::Close { reason, err });
     }
 
     pub(super) fn linger_pass(&self, id: Id) {

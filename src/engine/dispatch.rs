@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::passes::ReadSetup;
-use super::{Closed, Entry, Error, Handler, Id, Loop, RunState, WAKE_TOKEN};
+use super::{Closed, Entry, Error, Handler, Id, Loop, RunState, Trace, WAKE_TOKEN};
 use crate::sys::{self, ev};
 
 const MAX_EVENTS: usize = 4096;
@@ -128,6 +128,7 @@ impl<H: Handler> Loop<H> {
 
     /// One dispatch step: the event's pass, then the closes it decided.
     fn dispatch(&self, id: Id, bits: u32) {
+        self.trace(id, || Trace::Epoll { bits });
         match self.kind(id, bits) {
             // A stale event: its registration ended earlier in this batch (maybe its fd was reused).
             None => self.state.borrow_mut().stats.stale_events += 1,

@@ -26,6 +26,7 @@ mod remote;
 mod slab;
 mod stream;
 mod timers;
+mod trace;
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -41,6 +42,7 @@ pub use slab::Id;
 use slab::Slab;
 use stream::Stream;
 use timers::Timer;
+pub use trace::Trace;
 
 /// Why a registration ended. Exactly one per id, delivered through [`Handler::on_close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,8 @@ pub trait Handler: Clone {
     fn on_timer(&self, lp: &Loop<Self>, timer: Id);
     /// Runs a posted value on the loop's thread; every posted value is run exactly once.
     fn run_posted(lp: &Loop<Self>, posted: Self::Posted);
+    /// A trace record, while tracing is on (Loop::set_tracing).
+    fn on_trace(_lp: &Loop<Self>, _id: Id, _record: Trace) {}
     /// True when this handler only sees its events after the step (a binding's event queue): its
     /// reaction to data then comes with the next step, so the peer's EOF read in the same step as
     /// data is processed one step later, after that reaction (e.g. the reply) was applied.
@@ -280,6 +284,8 @@ pub struct Loop<H: Handler> {
     /// This is a copy of the loop in a child process after fork(): letting go of it must not
     /// touch what the parent still uses (the epoll set, socket options, queued output).
     forked: Cell<bool>,
+    /// The trace hook is on (see trace.rs).
+    tracing: Cell<bool>,
 }
 
 impl<H: Handler> Loop<H> {
@@ -312,6 +318,7 @@ impl<H: Handler> Loop<H> {
             freeing: Cell::new(false),
             step: Cell::new(0),
             forked: Cell::new(false),
+            tracing: Cell::new(false),
         })
     }
 

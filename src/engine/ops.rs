@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::stream::{Decision, Output};
+use super::trace::{self, Trace};
 use super::{CloseReason, Ender, Entry, Error, FdFate, Flow, Handler, Id, Loop, Target, MAX_QUEUE};
 use crate::sys::{self, Fd};
 
@@ -12,6 +13,17 @@ impl<H: Handler> Loop<H> {
     /// Queues or writes `data`. Ok(true) means "stop producing": the queue is above its
     /// high-water mark, or the peer is gone and the bytes were discarded (its on_close follows).
     pub fn send(&self, id: Id, data: &[u8]) -> Result<bool, Error> {
+        let mut write = None;
+        let result = self.send_locked(id, data, &mut write);
+        if let Some(result) = write {
+            self.trace(id, || Trace::Write { result });
+        }
+        result
+    }
+
+    /// `send` under the state borrow; `write` receives the direct write's outcome, if one was
+    /// tried, for the trace.
+    fn send_locked(&self, id: Id, data: &[u8], write: &mut Option<i64>) -> Result<bool, Error> {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
         let Some(s) = st.stream_mut(id)? else {
@@ -37,10 +49,19 @@ impl<H: Handler> Loop<H> {
                     Ok(n) => {
                         rest = &rest[n..];
                         written += n;
+                        *write = Some(written as i64);
                     }
-                    Err(sys::EAGAIN) => break,
+                    Err(sys::EAGAIN) => {
+                        *write = Some(if written > 0 {
+                            written as i64
+                        } else {
+                            -i64::from(sys::EAGAIN)
+                        });
+                        break;
+                    }
                     Err(errno) => {
                         // The peer's departure: on_close reports it once the input is drained.
+                        *write = Some(trace::outcome(Err(errno)));
                         s.write_failed(errno);
                         st.stats.bytes_out += written as u64;
                         st.schedule(id);

@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use super::stream::{Decision, Stream};
-use super::{CloseReason, Entry, FdFate, Handler, Id, Loop, READ_BUDGET};
+use super::trace::outcome;
+use super::{CloseReason, Entry, FdFate, Handler, Id, Loop, Trace, READ_BUDGET};
 use crate::sys::{self, ev, Fd};
 
 /// What a read pass needs from its stream, taken in the lookup that dispatched the event.
@@ -63,7 +64,8 @@ impl<H: Handler> Loop<H> {
                 let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
                     return;
                 };
-                let next = match sys::shutdown_write(s.fd) {
+                let sent = sys::shutdown_write(s.fd);
+                let next = match sent {
                     Ok(()) => s.fin_sent(),
                     Err(errno) => Decision::Terminate {
                         reason: CloseReason::from_errno(errno),
@@ -72,6 +74,9 @@ impl<H: Handler> Loop<H> {
                     },
                 };
                 drop(st);
+                if sent.is_ok() {
+                    self.trace(id, || Trace::FinSent);
+                }
                 self.carry_out(id, next);
             }
             Decision::DeliverEof => {
@@ -190,9 +195,13 @@ impl<H: Handler> Loop<H> {
             } else {
                 sys::read(fd, &mut buf)
             };
+            let full = result == Ok(buf.len());
+            drop(buf);
+            self.trace(id, || Trace::Read {
+                result: outcome(result),
+            });
             match result {
                 Ok(0) => {
-                    drop(buf);
                     let mut st = self.state.borrow_mut();
                     let held = matches!(st.entries.get(id), Some(Entry::Stream(s))
                         if s.data_step == self.step.get() && s.handler.delivers_later());
@@ -200,6 +209,8 @@ impl<H: Handler> Loop<H> {
                         // The handler has not seen this step's data yet: let its reaction (the
                         // reply to the last request) be applied before the EOF ends the stream.
                         st.next_step.push(id);
+                        drop(st);
+                        self.trace(id, || Trace::EofHeld);
                         return ReadEnd::MayRemain;
                     }
                     drop(st);
@@ -207,8 +218,6 @@ impl<H: Handler> Loop<H> {
                     return ReadEnd::Drained { failed: false };
                 }
                 Ok(n) => {
-                    let full = n == buf.len();
-                    drop(buf);
                     if !discard {
                         let buf = self.read_buf.borrow();
                         self.call(|| handler.on_data(self, id, &buf[..n]));
@@ -231,7 +240,6 @@ impl<H: Handler> Loop<H> {
                 }
                 Err(sys::EAGAIN) => return ReadEnd::Drained { failed },
                 Err(errno) => {
-                    drop(buf);
                     self.terminate(id, CloseReason::from_errno(errno), errno, FdFate::Close);
                     return ReadEnd::Gone;
                 }
@@ -256,6 +264,9 @@ impl<H: Handler> Loop<H> {
         };
         // SO_ERROR is read (and cleared) only when the kernel reported an error.
         let err = (bits & ev::ERR != 0).then(|| sys::take_socket_error(fd).unwrap_or(0));
+        self.trace(id, || Trace::Hangup {
+            err: err.unwrap_or(0),
+        });
         self.transition(id, |s| s.hung_up(err));
     }
 
@@ -267,26 +278,38 @@ impl<H: Handler> Loop<H> {
         let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
             return false;
         };
-        st.stats.bytes_out += s.write_queue() as u64;
+        let queued = !s.out.is_empty();
+        let was_failed = s.failure().is_some();
+        let written = s.write_queue();
+        st.stats.bytes_out += written as u64;
+        let write = match s.failure() {
+            Some(errno) if !was_failed => -i64::from(errno),
+            _ if written == 0 => -i64::from(sys::EAGAIN),
+            _ => written as i64,
+        };
         let writable_due = s.above_high && s.out.len() <= s.flow.low;
         if writable_due {
             s.above_high = false;
         }
-        if s.out.is_empty() {
+        let decision = if s.out.is_empty() {
             // A connection owns memory only while it has queued output.
             s.out = std::collections::VecDeque::new();
             s.update_interest(self.epfd, id);
             // A failed write is settled once the input is drained (input_drained), not here.
-            let decision = if s.failure().is_some() {
+            if s.failure().is_some() {
                 Decision::Nothing
             } else {
                 s.drained()
-            };
-            drop(guard);
-            self.carry_out(id, decision);
+            }
         } else {
             s.update_interest(self.epfd, id);
+            Decision::Nothing
+        };
+        drop(guard);
+        if queued {
+            self.trace(id, || Trace::Write { result: write });
         }
+        self.carry_out(id, decision);
         writable_due
     }
 }

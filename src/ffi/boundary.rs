@@ -3,7 +3,7 @@
 //! through [`with_loop!`], which also holds the one dereference of the C loop pointer.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::c_int;
+use std::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Once;
@@ -12,6 +12,7 @@ use super::batch::EventQueue;
 use super::ep_loop;
 use super::errors::{EP_EFORK, EP_ENULL, EP_EPANIC, EP_ETHREAD};
 use super::handler::FfiHandler;
+use super::trace::ep_trace_cb;
 use crate::engine;
 
 pub(super) type Engine = engine::Loop<FfiHandler>;
@@ -30,18 +31,23 @@ pub(super) struct LoopBox {
     /// The process's fork generation when the loop was made: a different one means this is a
     /// child's inherited copy.
     fork_generation: u64,
+    /// The trace hook (ep_set_trace) and its user pointer.
+    pub(super) trace: Cell<(ep_trace_cb, *mut c_void)>,
 }
 
 impl LoopBox {
     pub(super) fn new(engine: Engine) -> Self {
         watch_forks();
-        LoopBox {
+        let boxed = LoopBox {
             engine,
             poisoned: Cell::new(false),
             queue: RefCell::default(),
             holder: AtomicUsize::new(0),
             fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
-        }
+            trace: Cell::new((None, std::ptr::null_mut())),
+        };
+        boxed.trace_from_environment();
+        boxed
     }
 
     /// True in a child process that inherited this loop through fork().

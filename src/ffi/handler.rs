@@ -8,7 +8,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use super::batch::{EventQueue, EP_EVENT_ACCEPT, EP_EVENT_CLOSE, EP_EVENT_WRITABLE};
 use super::boundary::{Engine, LoopBox};
 use super::{ep_id, ep_loop};
-use crate::engine::{CloseReason, Handler};
+use crate::engine::{CloseReason, Handler, Trace};
 
 /// Why a registration ended; passed to on_close exactly once per id.
 #[repr(C)]
@@ -183,6 +183,10 @@ impl Handler for FfiHandler {
             // signature; the loop pointer is live for the duration of the call.
             unsafe { cb(LoopBox::as_ptr(lp), timer, self.user) }
         }
+    }
+
+    fn on_trace(lp: &Engine, id: u64, record: Trace) {
+        LoopBox::of(lp).emit_trace(LoopBox::as_ptr(lp), id, record);
     }
 
     fn delivers_later(&self) -> bool {

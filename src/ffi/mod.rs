@@ -1,6 +1,7 @@
 //! The C ABI, one file per C object: the loop (`lifecycle.rs`), registrations (`registration.rs`),
 //! connections (`connection.rs`), timers (`timer.rs`), counters (`stats.rs`), error codes
-//! (`errors.rs`), callbacks (`handler.rs`) and the batch interface for bindings (`batch.rs`).
+//! (`errors.rs`), callbacks (`handler.rs`), the trace hook (`trace.rs`) and the batch interface
+//! for bindings (`batch.rs`).
 //! Every export that takes a loop goes through one boundary (`boundary.rs`): NULL, fork and thread
 //! checks, the panic fallback, the poison flag. The doc comments here are the header's manual.
 
@@ -16,6 +17,7 @@ mod lifecycle;
 mod registration;
 mod stats;
 mod timer;
+mod trace;
 
 pub use batch::*;
 pub use connection::*;
@@ -25,6 +27,7 @@ pub use lifecycle::*;
 pub use registration::*;
 pub use stats::*;
 pub use timer::*;
+pub use trace::*;
 
 /// An event loop. Opaque. Create with ep_loop_new(), destroy with ep_loop_free(). A loop is used
 /// by one thread at a time (the one running it): calls from another thread while it is in use

@@ -70,6 +70,7 @@ class ExampleProcess:
         *,
         stdin: int | None = subprocess.DEVNULL,
         pass_fds: Sequence[int] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.proc = subprocess.Popen(
@@ -78,6 +79,7 @@ class ExampleProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=tuple(pass_fds),
+            env=None if env is None else {**os.environ, **env},
         )
         self.pid = self.proc.pid
         self.lines: list[str] = []

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """eploop close-path conformance checker, for any echo server that prints the event log.
 
-    python3 tests/reliability/conform.py [--only NAME ...] [--list] -- <server command>
+    python3 tests/reliability/conform.py [--only NAME ...] [--list] [--trace] -- <server command>
 
 The server command gets its port from the command line: write `{port}` where the port goes
 (it is replaced by 0), or pass 0 yourself. The server must echo what it receives and print, on
@@ -19,7 +19,9 @@ the server does not spin; and after every scenario (but the two that stop it on 
 server must still serve a new client: connect, echo round trip, close. The flood/reset
 scenarios (flood_then_reset, reset_with_output_pending, reset_with_megabytes_unread) catch a
 server that dies when one client goes away badly, e.g. because a send raised or returned an
-error it did not expect. Prints PASS/FAIL per scenario and exits 1 if any failed.
+error it did not expect. Prints PASS/FAIL per scenario and exits 1 if any failed. With --trace,
+an eploop server runs with EPLOOP_TRACE=1 and a failed scenario shows the end of its trace (the
+library's record of every decision: epoll bits, reads, writes, FIN, the close and its cause).
 Needs only Python 3.9+ and Linux.
 """
 
@@ -336,7 +338,7 @@ def _on_alarm(signum, frame) -> None:
     raise TimeoutError("scenario exceeded its time bound (--timeout)")
 
 
-def run(command: list[str], names: list[str], timeout: float) -> int:
+def run(command: list[str], names: list[str], timeout: float, trace: bool = False) -> int:
     signal.signal(signal.SIGALRM, _on_alarm)
     passed = failed = 0
     for name in names:
@@ -345,7 +347,7 @@ def run(command: list[str], names: list[str], timeout: float) -> int:
         srv = None
         signal.alarm(int(timeout))
         try:
-            srv = Server(command, strict=False)
+            srv = Server(command, env={"EPLOOP_TRACE": "1"} if trace else None, strict=False)
             fn(srv)
             if name not in STOPS_SERVER:
                 serves_a_new_client(srv)
@@ -356,6 +358,11 @@ def run(command: list[str], names: list[str], timeout: float) -> int:
             failed += 1
             msg = str(e).strip().replace("\n", "\n       ") or type(e).__name__
             print(f"FAIL {name:24s} {time.monotonic() - t0:5.2f}s  {doc}\n       {msg}", flush=True)
+            if trace and srv is not None:
+                lines = [ln for ln in srv.stderr_text(20000).splitlines() if ln.startswith("trace ")]
+                print("       the server's last decisions (EPLOOP_TRACE):", flush=True)
+                for line in lines[-40:]:
+                    print(f"         {line}", flush=True)
         finally:
             signal.alarm(0)
             if srv is not None:
@@ -369,6 +376,8 @@ def main() -> int:
     p.add_argument("--only", action="append", default=[], help="run only this scenario (repeatable)")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--timeout", type=float, default=60.0, help="per-scenario bound in seconds")
+    p.add_argument("--trace", action="store_true",
+                   help="run the server with EPLOOP_TRACE=1 and show its trace for failed scenarios")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- server command ({port} becomes 0)")
     a = p.parse_args()
     if a.list:
@@ -382,7 +391,7 @@ def main() -> int:
     unknown = [n for n in a.only if n not in SCENARIOS]
     if unknown:
         p.error(f"unknown scenario(s): {', '.join(unknown)}; see --list")
-    return run(command, a.only or list(SCENARIOS), a.timeout)
+    return run(command, a.only or list(SCENARIOS), a.timeout, a.trace)
 
 
 if __name__ == "__main__":

@@ -153,3 +153,37 @@ while not stop:
 for fd, c in conns.items():
     print("close", ids[fd], "loop_freed", 0, flush=True); c.close()
 '''
+
+
+ABORTING_SERVER = '''
+import sys
+import eploop
+
+class Abort(eploop.Handler):
+    def on_accept(self):
+        print(f"accept {self.conn.id} 127.0.0.1:{self.conn.peername[1]}", flush=True)
+
+    def on_data(self, data):
+        self.conn.abort()  # the bug the trace must explain
+
+    def on_close(self, reason, errno):
+        print(f"close {self.conn.id} {reason} {errno}", flush=True)
+
+with eploop.Loop() as loop:
+    listener = loop.listen(("127.0.0.1", int(sys.argv[1])), Abort)
+    print("listening", listener.port, flush=True)
+    loop.run()
+'''
+
+
+def test_conform_trace_shows_why_a_connection_closed(tmp_path) -> None:
+    """--trace runs the server with EPLOOP_TRACE=1 and prints, for a failed scenario, the
+    library's record of its decisions: here the abort that ended the connection."""
+    server = tmp_path / "aborting_echo.py"
+    server.write_text(ABORTING_SERVER)
+    proc = subprocess.run([sys.executable, str(HERE / "conform.py"), "--trace", "--only", "echo_then_fin", "--",
+                           sys.executable, str(server), "{port}"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "python-bindings")})
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    assert "the server's last decisions (EPLOOP_TRACE)" in proc.stdout, proc.stdout
+    assert " close abort 0" in proc.stdout, proc.stdout
