@@ -41,7 +41,7 @@ PY       := $(VENV)/bin/python
 PYTESTS  ?= tests python-bindings/tests
 DIST     := $(ROOT)/target/dist
 
-.PHONY: all lib examples demo test test-rust test-python venv clean install uninstall soak dist sdist wheel
+.PHONY: all lib examples demo test test-rust test-python venv clean install uninstall soak dist sdist wheel docs
 all: lib examples
 
 # The soname is libeploop.so.MAJOR: programs linked in the tree need that name beside the library.
@@ -78,6 +78,21 @@ test-rust: lib
 test-python: examples venv
 	CARGO_TARGET_DIR=$(ROOT)/target $(PY) -m pip install -q ./python-bindings
 	$(PY) -m pytest -q $(PYTESTS)
+
+# The API reference, from the sources: the C header through doxygen (target/docs/c/html) and the
+# Python package's docstrings through pdoc (target/docs/python). Any doxygen warning (an
+# undocumented function, field or constant) fails the build. Needs doxygen (apt).
+DOCS := $(ROOT)/target/docs
+docs: lib venv
+	@command -v doxygen >/dev/null || { echo "make docs: doxygen is missing (apt-get install doxygen)"; exit 1; }
+	@mkdir -p $(DOCS)/c
+	printf '%s\n' 'PROJECT_NAME=eploop' 'PROJECT_NUMBER=$(VERSION)' 'INPUT=include/eploop.h' \
+	  'OUTPUT_DIRECTORY=$(DOCS)/c' 'GENERATE_LATEX=NO' 'HAVE_DOT=NO' 'OPTIMIZE_OUTPUT_FOR_C=YES' \
+	  'QUIET=YES' 'WARN_IF_UNDOCUMENTED=YES' 'WARN_AS_ERROR=FAIL_ON_WARNINGS' 'FULL_PATH_NAMES=NO' \
+	  | doxygen -
+	CARGO_TARGET_DIR=$(ROOT)/target $(PY) -m pip install -q ./python-bindings pdoc
+	$(PY) -W error -m pdoc -o $(DOCS)/python eploop
+	@echo "API reference: $(DOCS)/c/html/index.html and $(DOCS)/python/index.html"
 
 # The long reliability tier: churn with random resets and injected faults, 10k connections,
 # fd exhaustion (about 5 minutes); prints its figures.

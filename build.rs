@@ -20,13 +20,15 @@ fn main() {
         include_guard: Some("EPLOOP_H".into()),
         style: cbindgen::Style::Both,
         usize_is_size_t: true,
-        documentation_style: cbindgen::DocumentationStyle::C,
+        documentation_style: cbindgen::DocumentationStyle::Doxy,
         sys_includes: vec!["stddef.h".into(), "stdint.h".into()],
         no_includes: true,
         header: Some(HEADER_PREAMBLE.into()),
         after_includes: Some(format!(
-            "\n/** Version of this header; compare with ep_version() at run time. */\n\
-             #define EP_VERSION_MAJOR {major}\n#define EP_VERSION_MINOR {minor}\n#define EP_VERSION_PATCH {patch}\n\
+            "\n/** Major version of this header; compare with ep_version() at run time. */\n\
+             #define EP_VERSION_MAJOR {major}\n/** Minor version of this header. */\n\
+             #define EP_VERSION_MINOR {minor}\n/** Patch version of this header. */\n\
+             #define EP_VERSION_PATCH {patch}\n/** \"MAJOR.MINOR.PATCH\" of this header. */\n\
              #define EP_VERSION_STRING \"{major}.{minor}.{patch}\"\n"
         )),
         autogen_warning: Some(
@@ -59,7 +61,8 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
 }
 
-const HEADER_PREAMBLE: &str = r#"/*
+const HEADER_PREAMBLE: &str = r#"/**
+ * \file eploop.h
  * eploop — Linux epoll as a callback event loop, with one normalized on_close.
  *
  * Requires C99 (or C++11); the header is not C89.

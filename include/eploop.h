@@ -1,4 +1,5 @@
-/*
+/**
+ * \file eploop.h
  * eploop — Linux epoll as a callback event loop, with one normalized on_close.
  *
  * Requires C99 (or C++11); the header is not C89.
@@ -36,10 +37,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/** Version of this header; compare with ep_version() at run time. */
+/** Major version of this header; compare with ep_version() at run time. */
 #define EP_VERSION_MAJOR 0
+/** Minor version of this header. */
 #define EP_VERSION_MINOR 1
+/** Patch version of this header. */
 #define EP_VERSION_PATCH 0
+/** "MAJOR.MINOR.PATCH" of this header. */
 #define EP_VERSION_STRING "0.1.0"
 
 
@@ -53,202 +57,202 @@
 
 
 
-/*
- ep_event.kind: on_accept (`listener` says which listener, 0 for ep_connect()).
+/**
+ * ep_event.kind: on_accept (`listener` says which listener, 0 for ep_connect()).
  */
 #define EP_EVENT_ACCEPT 1
 
-/*
- ep_event.kind: on_data (the bytes are at `offset`, `len` in ep_poll_result.data).
+/**
+ * ep_event.kind: on_data (the bytes are at `offset`, `len` in ep_poll_result.data).
  */
 #define EP_EVENT_DATA 2
 
-/*
- ep_event.kind: on_writable.
+/**
+ * ep_event.kind: on_writable.
  */
 #define EP_EVENT_WRITABLE 3
 
-/*
- ep_event.kind: on_close (`reason`, `err`); the last event of its id.
+/**
+ * ep_event.kind: on_close (`reason`, `err`); the last event of its id.
  */
 #define EP_EVENT_CLOSE 4
 
-/*
- ep_command.op: ep_send() of cmdbuf[offset .. offset + len]; its result is ep_send()'s.
+/**
+ * ep_command.op: ep_send() of cmdbuf[offset .. offset + len]; its result is ep_send()'s.
  */
 #define EP_CMD_SEND 1
 
-/*
- ep_command.op: ep_close(); its result is ep_close()'s.
+/**
+ * ep_command.op: ep_close(); its result is ep_close()'s.
  */
 #define EP_CMD_CLOSE 2
 
-/*
- ep_command.op: ep_abort(); its result is ep_abort()'s.
+/**
+ * ep_command.op: ep_abort(); its result is ep_abort()'s.
  */
 #define EP_CMD_ABORT 3
 
-/*
- ep_command.op: ep_shutdown(); its result is ep_shutdown()'s.
+/**
+ * ep_command.op: ep_shutdown(); its result is ep_shutdown()'s.
  */
 #define EP_CMD_SHUTDOWN 4
 
-/*
- ep_command.op: ep_pause_reading(); its result is ep_pause_reading()'s.
+/**
+ * ep_command.op: ep_pause_reading(); its result is ep_pause_reading()'s.
  */
 #define EP_CMD_PAUSE 5
 
-/*
- ep_command.op: ep_resume_reading(); its result is ep_resume_reading()'s.
+/**
+ * ep_command.op: ep_resume_reading(); its result is ep_resume_reading()'s.
  */
 #define EP_CMD_RESUME 6
 
-/*
- Unknown or stale id: never issued, already past its on_close, or an id of another loop.
+/**
+ * Unknown or stale id: never issued, already past its on_close, or an id of another loop.
  */
 #define EP_ESTALE -4001
 
-/*
- A required pointer argument was NULL.
+/**
+ * A required pointer argument was NULL.
  */
 #define EP_ENULL -4002
 
-/*
- Not allowed now: ep_run()/ep_run_once()/ep_poll() from inside a callback, or a call that
- creates something while ep_loop_free() is running.
+/**
+ * Not allowed now: ep_run()/ep_run_once()/ep_poll() from inside a callback, or a call that
+ * creates something while ep_loop_free() is running.
  */
 #define EP_EBUSY -4003
 
-/*
- The caller already ended this id itself: a call after its own ep_close() or ep_abort()
- (ep_abort() after ep_close() is still allowed). Not a peer's doing: a peer's departure never
- makes a call fail.
+/**
+ * The caller already ended this id itself: a call after its own ep_close() or ep_abort()
+ * (ep_abort() after ep_close() is still allowed). Not a peer's doing: a peer's departure never
+ * makes a call fail.
  */
 #define EP_ECLOSING -4004
 
-/*
- The operation does not apply to this kind of registration (e.g. ep_send() on a listener,
- ep_abort() on a timer).
+/**
+ * The operation does not apply to this kind of registration (e.g. ep_send() on a listener,
+ * ep_abort() on a timer).
  */
 #define EP_EKIND -4005
 
-/*
- An internal panic was caught; the loop is poisoned and every further call returns this.
+/**
+ * An internal panic was caught; the loop is poisoned and every further call returns this.
  */
 #define EP_EPANIC -4006
 
-/*
- Another thread is inside a call on this loop (typically running it): the call was refused and
- did nothing. A loop is used by one thread at a time; only ep_stop() and ep_post() may be called
- while another thread uses it.
+/**
+ * Another thread is inside a call on this loop (typically running it): the call was refused and
+ * did nothing. A loop is used by one thread at a time; only ep_stop() and ep_post() may be called
+ * while another thread uses it.
  */
 #define EP_ETHREAD -4007
 
-/*
- This process is a child that inherited the loop through fork(): every call but ep_loop_free()
- is refused, so that nothing the child does disturbs the parent's loop.
+/**
+ * This process is a child that inherited the loop through fork(): every call but ep_loop_free()
+ * is refused, so that nothing the child does disturbs the parent's loop.
  */
 #define EP_EFORK -4008
 
-/*
- ep_run()/ep_run_once(): nothing is registered any more.
+/**
+ * ep_run()/ep_run_once(): nothing is registered any more.
  */
 #define EP_RUN_EMPTY 0
 
-/*
- ep_run_once(): the loop still has registrations.
+/**
+ * ep_run_once(): the loop still has registrations.
  */
 #define EP_RUN_MORE 1
 
-/*
- ep_run()/ep_run_once(): returned because of ep_stop(); the stop request is consumed.
+/**
+ * ep_run()/ep_run_once(): returned because of ep_stop(); the stop request is consumed.
  */
 #define EP_RUN_STOPPED 2
 
-/*
- Edge-triggered epoll for this registration (default: level-triggered). Callbacks behave the same.
+/**
+ * Edge-triggered epoll for this registration (default: level-triggered). Callbacks behave the same.
  */
 #define EP_EDGE 1
 
-/*
- The loop never closes this fd: the caller keeps ownership. At the end the fd is removed from
- epoll and its blocking mode restored; an ep_close() still sends FIN, an ep_abort() sets SO_LINGER 0.
+/**
+ * The loop never closes this fd: the caller keeps ownership. At the end the fd is removed from
+ * epoll and its blocking mode restored; an ep_close() still sends FIN, an ep_abort() sets SO_LINGER 0.
  */
 #define EP_BORROW 2
 
-/*
- Deliver the peer's EOF as on_data(conn, NULL, 0) and keep the connection open for writing; end
- it with ep_close() or ep_shutdown(). Without it, the peer's EOF flushes what is queued and ends
- the connection with EP_CLOSE_PEER_EOF.
+/**
+ * Deliver the peer's EOF as on_data(conn, NULL, 0) and keep the connection open for writing; end
+ * it with ep_close() or ep_shutdown(). Without it, the peer's EOF flushes what is queued and ends
+ * the connection with EP_CLOSE_PEER_EOF.
  */
 #define EP_HALF_CLOSE 4
 
-/*
- ep_listen()/ep_listen_unix(): set SO_REUSEPORT, so several loops (one per thread) can listen on
- the same port and the kernel spreads connections across them.
+/**
+ * ep_listen()/ep_listen_unix(): set SO_REUSEPORT, so several loops (one per thread) can listen on
+ * the same port and the kernel spreads connections across them.
  */
 #define EP_REUSEPORT 8
 
-/*
- Record this registration's events (and those of the connections it accepts) for ep_poll()
- instead of calling callbacks; `cbs` may then be NULL. For language bindings: one crossing per
- loop step instead of one per event.
+/**
+ * Record this registration's events (and those of the connections it accepts) for ep_poll()
+ * instead of calling callbacks; `cbs` may then be NULL. For language bindings: one crossing per
+ * loop step instead of one per event.
  */
 #define EP_QUEUE 16
 
-/*
- This registration does not keep ep_run() running and is not counted in ep_stats.open (like
- libuv's uv_unref): for a helper fd, such as a binding's signal pipe, that should not by itself
- keep the loop alive. Its events are delivered as usual.
+/**
+ * This registration does not keep ep_run() running and is not counted in ep_stats.open (like
+ * libuv's uv_unref): for a helper fd, such as a binding's signal pipe, that should not by itself
+ * keep the loop alive. Its events are delivered as usual.
  */
 #define EP_UNREF 32
 
-/*
- Keep Nagle's algorithm on the TCP connections this listener accepts, or on this ep_connect()
- connection. By default eploop sets TCP_NODELAY on them, as asyncio, uvloop and Go do: a
- request/response server's small replies then leave at once instead of waiting up to 40 ms for
- the peer's delayed ACK. Bulk senders that write in small pieces may prefer EP_NAGLE (or
- TCP_CORK through ep_fd()).
+/**
+ * Keep Nagle's algorithm on the TCP connections this listener accepts, or on this ep_connect()
+ * connection. By default eploop sets TCP_NODELAY on them, as asyncio, uvloop and Go do: a
+ * request/response server's small replies then leave at once instead of waiting up to 40 ms for
+ * the peer's delayed ACK. Bulk senders that write in small pieces may prefer EP_NAGLE (or
+ * TCP_CORK through ep_fd()).
  */
 #define EP_NAGLE 64
 
-/*
- ep_trace_record.kind: epoll reported `bits` (EPOLLIN 0x1, EPOLLOUT 0x4, EPOLLERR 0x8,
- EPOLLHUP 0x10, EPOLLRDHUP 0x2000) for the id.
+/**
+ * ep_trace_record.kind: epoll reported `bits` (EPOLLIN 0x1, EPOLLOUT 0x4, EPOLLERR 0x8,
+ * EPOLLHUP 0x10, EPOLLRDHUP 0x2000) for the id.
  */
 #define EP_TRACE_EPOLL 1
 
-/*
- ep_trace_record.kind: a read returned `result` bytes (0: the peer's EOF) or -errno.
+/**
+ * ep_trace_record.kind: a read returned `result` bytes (0: the peer's EOF) or -errno.
  */
 #define EP_TRACE_READ 2
 
-/*
- ep_trace_record.kind: a write (ep_send's direct write, or a flush of the queue) handed
- `result` bytes to the kernel, or failed with -errno (-EAGAIN: the kernel took nothing now).
+/**
+ * ep_trace_record.kind: a write (ep_send's direct write, or a flush of the queue) handed
+ * `result` bytes to the kernel, or failed with -errno (-EAGAIN: the kernel took nothing now).
  */
 #define EP_TRACE_WRITE 3
 
-/*
- ep_trace_record.kind: the peer's EOF arrived in the same step as data an EP_QUEUE handler has
- not seen yet; it is held until the next step so the reply to that data goes out first.
+/**
+ * ep_trace_record.kind: the peer's EOF arrived in the same step as data an EP_QUEUE handler has
+ * not seen yet; it is held until the next step so the reply to that data goes out first.
  */
 #define EP_TRACE_EOF_HELD 4
 
-/*
- ep_trace_record.kind: EPOLLHUP/EPOLLERR settled after the input was drained; `err` is SO_ERROR
- (0: none).
+/**
+ * ep_trace_record.kind: EPOLLHUP/EPOLLERR settled after the input was drained; `err` is SO_ERROR
+ * (0: none).
  */
 #define EP_TRACE_HANGUP 5
 
-/*
- ep_trace_record.kind: FIN was sent (ep_shutdown(), or a graceful close whose queue drained).
+/**
+ * ep_trace_record.kind: FIN was sent (ep_shutdown(), or a graceful close whose queue drained).
  */
 #define EP_TRACE_FIN_SENT 6
 
-/*
- ep_trace_record.kind: the id's one close is decided with `reason` and `err`; its on_close
- follows at the end of the step.
+/**
+ * ep_trace_record.kind: the id's one close is decided with `reason` and `err`; its on_close
+ * follows at the end of the step.
  */
 #define EP_TRACE_CLOSE 7
 
@@ -264,268 +268,276 @@
 
 
 
-/*
- Why a registration ended; passed to on_close exactly once per id.
+/**
+ * Why a registration ended; passed to on_close exactly once per id.
  */
 typedef enum ep_close_reason {
-  /*
-   The peer closed its side: read() returned 0, or RDHUP/HUP with nothing left to read.
+  /**
+   * The peer closed its side: read() returned 0, or RDHUP/HUP with nothing left to read.
    */
   EP_CLOSE_PEER_EOF = 1,
-  /*
-   ECONNRESET, ECONNABORTED or EPIPE on read or send; `err` carries it.
+  /**
+   * ECONNRESET, ECONNABORTED or EPIPE on read or send; `err` carries it.
    */
   EP_CLOSE_PEER_RESET = 2,
-  /*
-   Any other I/O error, or EPOLLERR; `err` carries the errno (SO_ERROR).
+  /**
+   * Any other I/O error, or EPOLLERR; `err` carries the errno (SO_ERROR).
    */
   EP_CLOSE_ERROR = 3,
-  /*
-   ep_close() finished: queued data was handed to the kernel and FIN sent.
+  /**
+   * ep_close() finished: queued data was handed to the kernel and FIN sent.
    */
   EP_CLOSE_LOCAL = 4,
-  /*
-   ep_abort(): RST sent, queued data dropped.
+  /**
+   * ep_abort(): RST sent, queued data dropped.
    */
   EP_CLOSE_ABORT = 5,
-  /*
-   Idle or connect timeout, or a graceful close that made no progress for the linger time
-   (`err` = ETIMEDOUT).
+  /**
+   * Idle or connect timeout, or a graceful close that made no progress for the linger time
+   * (`err` = ETIMEDOUT).
    */
   EP_CLOSE_TIMEOUT = 6,
-  /*
-   ep_loop_free() ran while the registration was still open.
+  /**
+   * ep_loop_free() ran while the registration was still open.
    */
   EP_CLOSE_LOOP_FREED = 7,
 } ep_close_reason;
 
-/*
- An event loop. Opaque. Create with ep_loop_new(), destroy with ep_loop_free(). A loop is used
- by one thread at a time (the one running it): calls from another thread while it is in use
- return EP_ETHREAD, except ep_stop() and ep_post(), which any thread may call (ep_stop() also a
- signal handler). After fork(), the child may only ep_loop_free() an inherited loop.
+/**
+ * An event loop. Opaque. Create with ep_loop_new(), destroy with ep_loop_free(). A loop is used
+ * by one thread at a time (the one running it): calls from another thread while it is in use
+ * return EP_ETHREAD, except ep_stop() and ep_post(), which any thread may call (ep_stop() also a
+ * signal handler). After fork(), the child may only ep_loop_free() an inherited loop.
  */
 typedef struct ep_loop ep_loop;
 
-/*
- A registration: a listener, a connection, a timer, or any other adopted fd. 0 is never a valid
- id; an id is never reused and is unique among the loops of the process, so an old id, or an id
- of another loop, can only ever yield EP_ESTALE.
+/**
+ * A registration: a listener, a connection, a timer, or any other adopted fd. 0 is never a valid
+ * id; an id is never reused and is unique among the loops of the process, so an old id, or an id
+ * of another loop, can only ever yield EP_ESTALE.
  */
 typedef uint64_t ep_id;
 
-/*
- One operation for ep_poll() to apply before it waits.
+/**
+ * One operation for ep_poll() to apply before it waits.
  */
 typedef struct ep_command {
-  /*
-   EP_CMD_SEND, EP_CMD_CLOSE, EP_CMD_ABORT, EP_CMD_SHUTDOWN, EP_CMD_PAUSE or EP_CMD_RESUME.
+  /**
+   * EP_CMD_SEND, EP_CMD_CLOSE, EP_CMD_ABORT, EP_CMD_SHUTDOWN, EP_CMD_PAUSE or EP_CMD_RESUME.
    */
   uint32_t op;
-  /*
-   Must be 0.
+  /**
+   * Must be 0.
    */
   uint32_t reserved;
-  /*
-   The registration the command acts on.
+  /**
+   * The registration the command acts on.
    */
   ep_id id;
-  /*
-   EP_CMD_SEND: the bytes are cmdbuf[offset .. offset + len].
+  /**
+   * EP_CMD_SEND: where the bytes start in cmdbuf.
    */
   uint64_t offset;
+  /**
+   * EP_CMD_SEND: how many bytes (cmdbuf[offset .. offset + len]).
+   */
   uint64_t len;
 } ep_command;
 
-/*
- An event recorded for an EP_QUEUE registration; ep_poll() hands them out in callback order.
+/**
+ * An event recorded for an EP_QUEUE registration; ep_poll() hands them out in callback order.
  */
 typedef struct ep_event {
-  /*
-   EP_EVENT_ACCEPT, EP_EVENT_DATA, EP_EVENT_WRITABLE or EP_EVENT_CLOSE.
+  /**
+   * EP_EVENT_ACCEPT, EP_EVENT_DATA, EP_EVENT_WRITABLE or EP_EVENT_CLOSE.
    */
   uint32_t kind;
-  /*
-   EP_EVENT_CLOSE: the ep_close_reason; otherwise 0.
+  /**
+   * EP_EVENT_CLOSE: the ep_close_reason; otherwise 0.
    */
   uint32_t reason;
-  /*
-   EP_EVENT_CLOSE: the errno; otherwise 0.
+  /**
+   * EP_EVENT_CLOSE: the errno; otherwise 0.
    */
   int err;
-  /*
-   Always 0 (padding; may carry meaning in a later minor version).
+  /**
+   * Always 0 (padding; may carry meaning in a later minor version).
    */
   uint32_t reserved;
-  /*
-   The connection (or listener, for its own close).
+  /**
+   * The connection (or listener, for its own close).
    */
   ep_id id;
-  /*
-   EP_EVENT_ACCEPT: the listener, or 0 for an outbound connection (ep_connect); otherwise 0.
+  /**
+   * EP_EVENT_ACCEPT: the listener, or 0 for an outbound connection (ep_connect); otherwise 0.
    */
   ep_id listener;
-  /*
-   EP_EVENT_DATA: where the bytes are in ep_poll_result.data. `len` 0 is the peer's EOF
-   (EP_HALF_CLOSE only).
+  /**
+   * EP_EVENT_DATA: where the bytes start in ep_poll_result.data.
    */
   uint64_t offset;
+  /**
+   * EP_EVENT_DATA: how many bytes; 0 is the peer's EOF (EP_HALF_CLOSE only).
+   */
   uint64_t len;
-  /*
-   The registration's user pointer at the time of the event.
+  /**
+   * The registration's user pointer at the time of the event.
    */
   void *user;
 } ep_event;
 
-/*
- What ep_poll() returns. The arrays belong to the loop and stay valid until the next ep_poll()
- or ep_loop_free() on that loop.
+/**
+ * What ep_poll() returns. The arrays belong to the loop and stay valid until the next ep_poll()
+ * or ep_loop_free() on that loop.
  */
 typedef struct ep_poll_result {
-  /*
-   `count` events, in the order callbacks would have run.
+  /**
+   * `count` events, in the order callbacks would have run.
    */
   const struct ep_event *events;
-  /*
-   The number of events.
+  /**
+   * The number of events.
    */
   size_t count;
-  /*
-   The bytes of every EP_EVENT_DATA of this step, one after the other.
+  /**
+   * The bytes of every EP_EVENT_DATA of this step, one after the other.
    */
   const uint8_t *data;
+  /**
+   * The number of bytes at `data`.
+   */
   size_t data_len;
-  /*
-   EP_RUN_MORE, EP_RUN_EMPTY or EP_RUN_STOPPED, as ep_run_once() would return.
+  /**
+   * EP_RUN_MORE, EP_RUN_EMPTY or EP_RUN_STOPPED, as ep_run_once() would return.
    */
   int state;
 } ep_poll_result;
 
-/*
- A function posted to a loop with ep_post(); runs on the loop's thread.
+/**
+ * A function posted to a loop with ep_post(); runs on the loop's thread.
  */
 typedef void (*ep_post_cb)(struct ep_loop *lp, void *user);
 
-/*
- The callbacks of a registration. Any member may be NULL. Callbacks run on the loop's thread,
- inside ep_run()/ep_run_once()/ep_poll()/ep_loop_free(), never nested inside another callback
- of the same loop; they may call any ep_* function except ep_run/ep_run_once/ep_poll
- (EP_EBUSY) and ep_loop_free (ignored). `user` is the registration's user pointer (see
- ep_set_user()).
-
- ABI: this struct's layout is fixed within a major version (see the README's ABI policy).
+/**
+ * The callbacks of a registration. Any member may be NULL. Callbacks run on the loop's thread,
+ * inside ep_run()/ep_run_once()/ep_poll()/ep_loop_free(), never nested inside another callback
+ * of the same loop; they may call any ep_* function except ep_run/ep_run_once/ep_poll
+ * (EP_EBUSY) and ep_loop_free (ignored). `user` is the registration's user pointer (see
+ * ep_set_user()).
+ *
+ * ABI: this struct's layout is fixed within a major version (see the README's ABI policy).
  */
 typedef struct ep_callbacks {
-  /*
-   A listener accepted `conn`. The connection inherits the listener's callbacks, user pointer,
-   EP_EDGE/EP_HALF_CLOSE/EP_NAGLE flags and watermarks; call ep_set_user() here to attach
-   state, or ep_set_callbacks() to give the connection callbacks of its own (the listener's
-   on_close then only ever sees the listener). For ep_connect(), `listener` is 0: the
-   outbound connection is up.
+  /**
+   * A listener accepted `conn`. The connection inherits the listener's callbacks, user pointer,
+   * EP_EDGE/EP_HALF_CLOSE/EP_NAGLE flags and watermarks; call ep_set_user() here to attach
+   * state, or ep_set_callbacks() to give the connection callbacks of its own (the listener's
+   * on_close then only ever sees the listener). For ep_connect(), `listener` is 0: the
+   * outbound connection is up.
    */
   void (*on_accept)(struct ep_loop *lp, ep_id listener, ep_id conn, void *user);
-  /*
-   Bytes arrived. `data` is valid only during the call (it points into the loop's single read
-   buffer): copy what you keep. With EP_HALF_CLOSE, data == NULL and len == 0 means the peer's
-   EOF. Without it, len is never 0.
+  /**
+   * Bytes arrived. `data` is valid only during the call (it points into the loop's single read
+   * buffer): copy what you keep. With EP_HALF_CLOSE, data == NULL and len == 0 means the peer's
+   * EOF. Without it, len is never 0.
    */
   void (*on_data)(struct ep_loop *lp, ep_id conn, const uint8_t *data, size_t len, void *user);
-  /*
-   The output queue drained to its low-water mark after ep_send() had returned 1.
+  /**
+   * The output queue drained to its low-water mark after ep_send() had returned 1.
    */
   void (*on_writable)(struct ep_loop *lp, ep_id conn, void *user);
-  /*
-   The registration ended. Called exactly once per id, after every byte the kernel would still
-   hand over was delivered. This is the only way the peer's departure is reported. Nothing is
-   called for `conn` afterwards; free your state here.
+  /**
+   * The registration ended. Called exactly once per id, after every byte the kernel would still
+   * hand over was delivered. This is the only way the peer's departure is reported. Nothing is
+   * called for `conn` afterwards; free your state here.
    */
   void (*on_close)(struct ep_loop *lp, ep_id conn, enum ep_close_reason reason, int err, void *user);
 } ep_callbacks;
 
-/*
- Counters of a loop's life (see ep_get_stats()). ABI: fields are only ever appended at the end
- (a minor version may add some), and ep_get_stats() writes no more than the size its caller
- passes, so a program built against an older, smaller ep_stats keeps working.
+/**
+ * Counters of a loop's life (see ep_get_stats()). ABI: fields are only ever appended at the end
+ * (a minor version may add some), and ep_get_stats() writes no more than the size its caller
+ * passes, so a program built against an older, smaller ep_stats keeps working.
  */
 typedef struct ep_stats {
-  /*
-   Registrations open now: listeners, connections, other fds (not timers).
+  /**
+   * Registrations open now: listeners, connections, other fds (not timers).
    */
   uint64_t open;
-  /*
-   Sockets the loop is still draining after a graceful close.
+  /**
+   * Sockets the loop is still draining after a graceful close.
    */
   uint64_t lingering;
-  /*
-   Timers pending.
+  /**
+   * Timers pending.
    */
   uint64_t timers;
-  /*
-   Connections accepted since the loop was created.
+  /**
+   * Connections accepted since the loop was created.
    */
   uint64_t accepted;
-  /*
-   Connections reset at accept, or accept pauses, because fds or memory ran out (EMFILE...).
+  /**
+   * Connections reset at accept, or accept pauses, because fds or memory ran out (EMFILE...).
    */
   uint64_t accept_overloads;
-  /*
-   Events dropped because their registration ended earlier in the same epoll batch.
+  /**
+   * Events dropped because their registration ended earlier in the same epoll batch.
    */
   uint64_t stale_events;
-  /*
-   Bytes delivered through on_data.
+  /**
+   * Bytes delivered through on_data.
    */
   uint64_t bytes_in;
-  /*
-   Bytes handed to the kernel.
+  /**
+   * Bytes handed to the kernel.
    */
   uint64_t bytes_out;
-  /*
-   on_close calls so far, indexed by ep_close_reason (index 0 unused). Room for 15 reasons:
-   close reasons a later minor version adds are counted here without a layout change.
+  /**
+   * on_close calls so far, indexed by ep_close_reason (index 0 unused). Room for 15 reasons:
+   * close reasons a later minor version adds are counted here without a layout change.
    */
   uint64_t closes[16];
 } ep_stats;
 
-/*
- A timer's callback: `timer` is the id ep_timer_start() returned, `user` its user pointer.
+/**
+ * A timer's callback: `timer` is the id ep_timer_start() returned, `user` its user pointer.
  */
 typedef void (*ep_timer_cb)(struct ep_loop *lp, ep_id timer, void *user);
 
-/*
- One decision of the loop about a registration, handed to the trace callback. Only the fields
- the kind names are meaningful; the others are 0.
+/**
+ * One decision of the loop about a registration, handed to the trace callback. Only the fields
+ * the kind names are meaningful; the others are 0.
  */
 typedef struct ep_trace_record {
-  /*
-   EP_TRACE_EPOLL ... EP_TRACE_CLOSE.
+  /**
+   * EP_TRACE_EPOLL ... EP_TRACE_CLOSE.
    */
   uint32_t kind;
-  /*
-   EP_TRACE_EPOLL: the epoll event bits.
+  /**
+   * EP_TRACE_EPOLL: the epoll event bits.
    */
   uint32_t bits;
-  /*
-   The registration.
+  /**
+   * The registration.
    */
   ep_id id;
-  /*
-   EP_TRACE_READ, EP_TRACE_WRITE: bytes, or -errno.
+  /**
+   * EP_TRACE_READ, EP_TRACE_WRITE: bytes, or -errno.
    */
   int64_t result;
-  /*
-   EP_TRACE_CLOSE: the ep_close_reason.
+  /**
+   * EP_TRACE_CLOSE: the ep_close_reason.
    */
   int reason;
-  /*
-   EP_TRACE_CLOSE, EP_TRACE_HANGUP: the errno (0: none).
+  /**
+   * EP_TRACE_CLOSE, EP_TRACE_HANGUP: the errno (0: none).
    */
   int err;
 } ep_trace_record;
 
-/*
- A trace callback: `record` is valid only during the call. It runs on the loop's thread like
- any callback, and may call ep_* functions like any callback (it is best left to logging).
+/**
+ * A trace callback: `record` is valid only during the call. It runs on the loop's thread like
+ * any callback, and may call ep_* functions like any callback (it is best left to logging).
  */
 typedef void (*ep_trace_cb)(struct ep_loop *lp, const struct ep_trace_record *record, void *user);
 
@@ -533,25 +545,25 @@ typedef void (*ep_trace_cb)(struct ep_loop *lp, const struct ep_trace_record *re
 extern "C" {
 #endif // __cplusplus
 
-/*
- One loop step for bindings: applies `ncmds` commands in order (EP_CMD_SEND takes its bytes from
- `cmdbuf`, which is copied), writes each command's return code to `results[i]` (may be NULL),
- then waits at most `timeout_ms` and dispatches, exactly like ep_run_once(). The events of
- EP_QUEUE registrations recorded during the step — and any recorded earlier by ep_run_once() or
- ep_run() and not handed out yet (the wait is then skipped), or left from closes decided by the
- commands — are returned in `*out`, in the order callbacks would have run; the previous call's
- arrays become invalid. Because an EP_QUEUE registration only reacts to its events in the next
- call, a peer EOF read in the same step as data is processed one step later: the commands
- answering that data (the reply to a last request) are applied before EOF ends the connection.
- Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out` holds what
- was recorded), EP_EBUSY (from inside a callback: nothing applied), EP_ENULL (NULL out, or NULL
- cmds/cmdbuf with a non-zero count), -errno of epoll_wait(), or a loop error (EP_ENULL,
- EP_ETHREAD, EP_EFORK, EP_EPANIC). Callback registrations keep their callbacks.
-
- # Safety
- `lp` as for ep_loop_free(); `cmds` readable for `ncmds` commands (or NULL with 0); `cmdbuf`
- readable for `cmdbuf_len` bytes (or NULL with 0); `results` NULL or writable for `ncmds` ints;
- `out` writable.
+/**
+ * One loop step for bindings: applies `ncmds` commands in order (EP_CMD_SEND takes its bytes from
+ * `cmdbuf`, which is copied), writes each command's return code to `results[i]` (may be NULL),
+ * then waits at most `timeout_ms` and dispatches, exactly like ep_run_once(). The events of
+ * EP_QUEUE registrations recorded during the step — and any recorded earlier by ep_run_once() or
+ * ep_run() and not handed out yet (the wait is then skipped), or left from closes decided by the
+ * commands — are returned in `*out`, in the order callbacks would have run; the previous call's
+ * arrays become invalid. Because an EP_QUEUE registration only reacts to its events in the next
+ * call, a peer EOF read in the same step as data is processed one step later: the commands
+ * answering that data (the reply to a last request) are applied before EOF ends the connection.
+ * Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out` holds what
+ * was recorded), EP_EBUSY (from inside a callback: nothing applied), EP_ENULL (NULL out, or NULL
+ * cmds/cmdbuf with a non-zero count), -errno of epoll_wait(), or a loop error (EP_ENULL,
+ * EP_ETHREAD, EP_EFORK, EP_EPANIC). Callback registrations keep their callbacks.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `cmds` readable for `ncmds` commands (or NULL with 0); `cmdbuf`
+ * readable for `cmdbuf_len` bytes (or NULL with 0); `results` NULL or writable for `ncmds` ints;
+ * `out` writable.
  */
 int ep_poll(struct ep_loop *lp,
             int timeout_ms,
@@ -562,228 +574,231 @@ int ep_poll(struct ep_loop *lp,
             int *results,
             struct ep_poll_result *out);
 
-/*
- Sends `len` bytes from `buf` on connection (or pipe/tty) `id`. The bytes are copied: `buf` may
- be reused when this returns. What the kernel takes now is written at once, the rest is queued;
- bytes leave in call order. Never blocks, never a short count.
-
- Returns 0 when the queue is at or below its high-water mark, or 1 — "stop producing" — when it
- is above it (wait for on_writable) or when the peer is gone: after a reset, a failed write, or
- any other departure of the peer the bytes are discarded and 1 is returned until the
- connection's on_close, which reports the departure. Negative returns are the caller's mistakes
- only, with nothing queued: EP_ESTALE, EP_ENULL (NULL buf with len > 0), EP_EKIND (a listener or
- timer), EP_ECLOSING (after your own ep_close()/ep_abort()), -ESHUTDOWN (after your own
- ep_shutdown()), -EBADF (a read-only fd, e.g. a pipe's read end), -ENOBUFS (the queue would
- exceed 1 GiB), -ENOMEM, or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). May be
- called from callbacks.
-
- # Safety
- `lp` as for ep_loop_free(); `buf` readable for `len` bytes (or NULL with `len` 0).
+/**
+ * Sends `len` bytes from `buf` on connection (or pipe/tty) `id`. The bytes are copied: `buf` may
+ * be reused when this returns. What the kernel takes now is written at once, the rest is queued;
+ * bytes leave in call order. Never blocks, never a short count.
+ *
+ * Returns 0 when the queue is at or below its high-water mark, or 1 — "stop producing" — when it
+ * is above it (wait for on_writable) or when the peer is gone: after a reset, a failed write, or
+ * any other departure of the peer the bytes are discarded and 1 is returned until the
+ * connection's on_close, which reports the departure. Negative returns are the caller's mistakes
+ * only, with nothing queued: EP_ESTALE, EP_ENULL (NULL buf with len > 0), EP_EKIND (a listener or
+ * timer), EP_ECLOSING (after your own ep_close()/ep_abort()), -ESHUTDOWN (after your own
+ * ep_shutdown()), -EBADF (a read-only fd, e.g. a pipe's read end), -ENOBUFS (the queue would
+ * exceed 1 GiB), -ENOMEM, or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). May be
+ * called from callbacks.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `buf` readable for `len` bytes (or NULL with `len` 0).
  */
-int ep_send(struct ep_loop *lp, ep_id id, const void *buf, size_t len);
+int ep_send(struct ep_loop *lp,
+            ep_id id,
+            const void *buf,
+            size_t len);
 
-/*
- Sends FIN once the queued output has been written; reading continues, and the peer's EOF
- then ends the connection (on_close EP_CLOSE_LOCAL). Later ep_send() calls return -ESHUTDOWN.
- Returns 0 (also when repeated, and for a connection whose peer is gone), EP_ESTALE, EP_EKIND
- (a listener or timer), EP_ECLOSING (after your own ep_close()/ep_abort()), -ENOTSOCK (a pipe,
- a tty), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Sends FIN once the queued output has been written; reading continues, and the peer's EOF
+ * then ends the connection (on_close EP_CLOSE_LOCAL). Later ep_send() calls return -ESHUTDOWN.
+ * Returns 0 (also when repeated, and for a connection whose peer is gone), EP_ESTALE, EP_EKIND
+ * (a listener or timer), EP_ECLOSING (after your own ep_close()/ep_abort()), -ENOTSOCK (a pipe,
+ * a tty), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_shutdown(struct ep_loop *lp, ep_id id);
 
-/*
- Graceful close: flushes the queue, sends FIN, then the loop alone reads and discards until
- the peer's EOF or the linger time (so the peer gets everything even if it left request bytes
- unread). on_close(EP_CLOSE_LOCAL) comes once the data was handed to the kernel and FIN sent,
- always later, never from inside this call; if the peer left first, on_close keeps the peer's
- reason. Until on_close, further calls with the id return EP_ECLOSING, except ep_abort(), which
- still resets the connection (also while the loop lingers on it); ep_get_user()/ep_set_user()
- keep working. Once on_close runs, calls return EP_ESTALE. If the queue makes no progress for a
- whole linger time the connection is reset (EP_CLOSE_TIMEOUT). Closing a listener stops
- accepting at once. Returns 0 (also for a connection whose peer is gone), EP_ESTALE, EP_EKIND
- (a timer: use ep_timer_cancel()), EP_ECLOSING (already closed or aborted by you), or a loop
- error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Graceful close: flushes the queue, sends FIN, then the loop alone reads and discards until
+ * the peer's EOF or the linger time (so the peer gets everything even if it left request bytes
+ * unread). on_close(EP_CLOSE_LOCAL) comes once the data was handed to the kernel and FIN sent,
+ * always later, never from inside this call; if the peer left first, on_close keeps the peer's
+ * reason. Until on_close, further calls with the id return EP_ECLOSING, except ep_abort(), which
+ * still resets the connection (also while the loop lingers on it); ep_get_user()/ep_set_user()
+ * keep working. Once on_close runs, calls return EP_ESTALE. If the queue makes no progress for a
+ * whole linger time the connection is reset (EP_CLOSE_TIMEOUT). Closing a listener stops
+ * accepting at once. Returns 0 (also for a connection whose peer is gone), EP_ESTALE, EP_EKIND
+ * (a timer: use ep_timer_cancel()), EP_ECLOSING (already closed or aborted by you), or a loop
+ * error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_close(struct ep_loop *lp, ep_id id);
 
-/*
- Aborts: RST now (SO_LINGER 0), queued data dropped; on_close(EP_CLOSE_ABORT) follows, deferred
- (a connection that had already failed keeps its failure's reason; one that had completed
- ep_close() keeps EP_CLOSE_LOCAL, and the socket the loop lingers on is reset). Allowed until
- on_close, also after ep_close(). Returns 0, EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING
- (already aborted by you), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Aborts: RST now (SO_LINGER 0), queued data dropped; on_close(EP_CLOSE_ABORT) follows, deferred
+ * (a connection that had already failed keeps its failure's reason; one that had completed
+ * ep_close() keeps EP_CLOSE_LOCAL, and the socket the loop lingers on is reset). Allowed until
+ * on_close, also after ep_close(). Returns 0, EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING
+ * (already aborted by you), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_abort(struct ep_loop *lp, ep_id id);
 
-/*
- Read flow control: no on_data until ep_resume_reading() (a listener stops accepting). If the
- connection fails or hangs up meanwhile, what remains is delivered before on_close. Returns 0
- (also for a connection whose peer is gone), EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING (after
- your own ep_close()/ep_abort()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Read flow control: no on_data until ep_resume_reading() (a listener stops accepting). If the
+ * connection fails or hangs up meanwhile, what remains is delivered before on_close. Returns 0
+ * (also for a connection whose peer is gone), EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING (after
+ * your own ep_close()/ep_abort()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_pause_reading(struct ep_loop *lp, ep_id id);
 
-/*
- Undoes ep_pause_reading(); data that arrived meanwhile is delivered in the next step.
- Returns as ep_pause_reading().
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Undoes ep_pause_reading(); data that arrived meanwhile is delivered in the next step.
+ * Returns as ep_pause_reading().
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_resume_reading(struct ep_loop *lp, ep_id id);
 
-/*
- A static description of any code these functions return (0, -errno, or EP_E*). Never NULL;
- the string is never freed. Callable from any thread.
+/**
+ * A static description of any code these functions return (0, -errno, or EP_E*). Never NULL;
+ * the string is never freed. Callable from any thread.
  */
 const char *ep_strerror(int code);
 
-/*
- The event-log name of a close reason, as the examples print it: "peer_eof", "peer_reset",
- "error", "local", "abort", "timeout", "loop_freed"; "unknown" for any other value (takes an
- int, so any value is safe to pass). Static string, never NULL. Callable from any thread.
+/**
+ * The event-log name of a close reason, as the examples print it: "peer_eof", "peer_reset",
+ * "error", "local", "abort", "timeout", "loop_freed"; "unknown" for any other value (takes an
+ * int, so any value is safe to pass). Static string, never NULL. Callable from any thread.
  */
 const char *ep_close_reason_name(int reason);
 
-/*
- Creates an event loop (an epoll instance and a wakeup eventfd, both close-on-exec).
- Returns NULL on failure (errno describes it). The caller owns the loop and frees it with
- ep_loop_free(). Any thread may create a loop; it is then used by one thread at a time.
+/**
+ * Creates an event loop (an epoll instance and a wakeup eventfd, both close-on-exec).
+ * Returns NULL on failure (errno describes it). The caller owns the loop and frees it with
+ * ep_loop_free(). Any thread may create a loop; it is then used by one thread at a time.
  */
 struct ep_loop *ep_loop_new(void);
 
-/*
- Frees a loop: every open registration gets on_close(EP_CLOSE_LOOP_FREED) (closes already
- decided keep their own reason), lingering sockets are closed, pending timers are cancelled
- without a call (free a timer's `user` yourself, e.g. after ep_run() returned), what other
- threads posted runs, and every owned fd is closed. No callback runs after this returns. NULL is
- a no-op. Ignored from inside a callback of the same loop (call ep_stop() and free the loop
- after ep_run() returns) and while another thread is using the loop (EP_ETHREAD's rule: the loop
- is left as it was).
-
- In a child process that inherited the loop through fork(), this closes the child's copies of
- the descriptors and delivers on_close(EP_CLOSE_LOOP_FREED) so the child can free its copies of
- the user state, without touching what the parent uses: no epoll_ctl on the shared epoll set,
- no queued output written, no socket option or file flag changed, no FIN or RST sent.
-
- # Safety
- `lp` must be NULL or a pointer from ep_loop_new() not freed yet; afterwards it is dangling.
+/**
+ * Frees a loop: every open registration gets on_close(EP_CLOSE_LOOP_FREED) (closes already
+ * decided keep their own reason), lingering sockets are closed, pending timers are cancelled
+ * without a call (free a timer's `user` yourself, e.g. after ep_run() returned), what other
+ * threads posted runs, and every owned fd is closed. No callback runs after this returns. NULL is
+ * a no-op. Ignored from inside a callback of the same loop (call ep_stop() and free the loop
+ * after ep_run() returns) and while another thread is using the loop (EP_ETHREAD's rule: the loop
+ * is left as it was).
+ *
+ * In a child process that inherited the loop through fork(), this closes the child's copies of
+ * the descriptors and delivers on_close(EP_CLOSE_LOOP_FREED) so the child can free its copies of
+ * the user state, without touching what the parent uses: no epoll_ctl on the shared epoll set,
+ * no queued output written, no socket option or file flag changed, no FIN or RST sent.
+ *
+ * # Safety
+ * `lp` must be NULL or a pointer from ep_loop_new() not freed yet; afterwards it is dangling.
  */
 void ep_loop_free(struct ep_loop *lp);
 
-/*
- Runs the loop until ep_stop() (returns EP_RUN_STOPPED) or until nothing is registered, no
- socket is lingering and nothing is posted (EP_RUN_EMPTY). A callback that registers something
- (a reconnect from on_close, a timer) keeps it running. Signals interrupting the wait are
- ignored (EINTR is retried): call ep_stop() from the handler to stop. Returns EP_RUN_EMPTY,
- EP_RUN_STOPPED, EP_EBUSY (from inside a callback), -errno of epoll_wait(), or a loop error
- (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). Events of EP_QUEUE registrations are kept for the
- next ep_poll().
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Runs the loop until ep_stop() (returns EP_RUN_STOPPED) or until nothing is registered, no
+ * socket is lingering and nothing is posted (EP_RUN_EMPTY). A callback that registers something
+ * (a reconnect from on_close, a timer) keeps it running. Signals interrupting the wait are
+ * ignored (EINTR is retried): call ep_stop() from the handler to stop. Returns EP_RUN_EMPTY,
+ * EP_RUN_STOPPED, EP_EBUSY (from inside a callback), -errno of epoll_wait(), or a loop error
+ * (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). Events of EP_QUEUE registrations are kept for the
+ * next ep_poll().
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_run(struct ep_loop *lp);
 
-/*
- Waits at most `timeout_ms` (-1 = until something happens, 0 = poll) and dispatches what
- arrived. Returns EP_RUN_MORE, EP_RUN_EMPTY, EP_RUN_STOPPED (ep_stop() was called; consumed),
- -EINTR when a signal interrupted the wait (nothing was dispatched; lets a host language run
- its signal handlers), EP_EBUSY (from inside a callback), -errno of epoll_wait(), or a loop
- error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). Events of EP_QUEUE registrations are kept
- for the next ep_poll(), which returns them without waiting.
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Waits at most `timeout_ms` (-1 = until something happens, 0 = poll) and dispatches what
+ * arrived. Returns EP_RUN_MORE, EP_RUN_EMPTY, EP_RUN_STOPPED (ep_stop() was called; consumed),
+ * -EINTR when a signal interrupted the wait (nothing was dispatched; lets a host language run
+ * its signal handlers), EP_EBUSY (from inside a callback), -errno of epoll_wait(), or a loop
+ * error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). Events of EP_QUEUE registrations are kept
+ * for the next ep_poll(), which returns them without waiting.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_run_once(struct ep_loop *lp, int timeout_ms);
 
-/*
- Asks ep_run()/ep_run_once() to return (EP_RUN_STOPPED) at the end of the current step, waking
- it if it is waiting; a request made while the loop is not running is kept for the next run.
- Callable from any thread and from a signal handler (async-signal-safe: an atomic store and one
- write(2)). Returns 0, EP_ENULL, EP_EFORK (a child's inherited loop), or -errno of the wakeup
- write.
-
- # Safety
- `lp` must be NULL or a live loop that is not freed concurrently with this call.
+/**
+ * Asks ep_run()/ep_run_once() to return (EP_RUN_STOPPED) at the end of the current step, waking
+ * it if it is waiting; a request made while the loop is not running is kept for the next run.
+ * Callable from any thread and from a signal handler (async-signal-safe: an atomic store and one
+ * write(2)). Returns 0, EP_ENULL, EP_EFORK (a child's inherited loop), or -errno of the wakeup
+ * write.
+ *
+ * # Safety
+ * `lp` must be NULL or a live loop that is not freed concurrently with this call.
  */
 int ep_stop(struct ep_loop *lp);
 
-/*
- Runs `cb(loop, user)` on the loop's thread at its next step, waking it; a pending post counts as
- work, so ep_run()/ep_run_once() run it even if nothing is registered. Every successful post runs
- exactly once, in posting order, even if the loop is then freed (ep_loop_free() runs what is
- pending). Callable from any thread (not from signal handlers: it takes a lock) while the loop is
- alive. Returns 0, EP_ENULL (NULL loop or cb), EP_EBUSY (ep_loop_free() has started: this post
- will not run), EP_EFORK (a child's inherited loop), EP_EPANIC, or -errno of the wakeup.
-
- # Safety
- `lp` must be a live loop that is not freed concurrently with this call.
+/**
+ * Runs `cb(loop, user)` on the loop's thread at its next step, waking it; a pending post counts as
+ * work, so ep_run()/ep_run_once() run it even if nothing is registered. Every successful post runs
+ * exactly once, in posting order, even if the loop is then freed (ep_loop_free() runs what is
+ * pending). Callable from any thread (not from signal handlers: it takes a lock) while the loop is
+ * alive. Returns 0, EP_ENULL (NULL loop or cb), EP_EBUSY (ep_loop_free() has started: this post
+ * will not run), EP_EFORK (a child's inherited loop), EP_EPANIC, or -errno of the wakeup.
+ *
+ * # Safety
+ * `lp` must be a live loop that is not freed concurrently with this call.
  */
 int ep_post(struct ep_loop *lp, ep_post_cb cb, void *user);
 
-/*
- Graceful server shutdown: closes every listener now (on_close EP_CLOSE_LOCAL), lets open
- connections finish on their own for `grace_ms`, then closes the remaining ones gracefully
- (EP_UNREF registrations are left alone); those that cannot flush within the linger time are
- reset (EP_CLOSE_TIMEOUT). Connections drained this way still accept ep_send() (it returns 1
- and discards) until their on_close. ep_run() then returns EP_RUN_EMPTY once nothing is left
- (pending timers keep it running). Returns 0, EP_EBUSY (during ep_loop_free()), or a loop error
- (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Graceful server shutdown: closes every listener now (on_close EP_CLOSE_LOCAL), lets open
+ * connections finish on their own for `grace_ms`, then closes the remaining ones gracefully
+ * (EP_UNREF registrations are left alone); those that cannot flush within the linger time are
+ * reset (EP_CLOSE_TIMEOUT). Connections drained this way still accept ep_send() (it returns 1
+ * and discards) until their on_close. ep_run() then returns EP_RUN_EMPTY once nothing is left
+ * (pending timers keep it running). Returns 0, EP_EBUSY (during ep_loop_free()), or a loop error
+ * (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_drain(struct ep_loop *lp, uint32_t grace_ms);
 
-/*
- Bounds, for the whole loop, both how long a graceful close (or a flush after the peer's EOF) may
- go without progress before the connection is reset (EP_CLOSE_TIMEOUT), and how long the loop
- then lingers reading the peer's leftovers after FIN (default 5000 ms). Returns 0 or a loop
- error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Bounds, for the whole loop, both how long a graceful close (or a flush after the peer's EOF) may
+ * go without progress before the connection is reset (EP_CLOSE_TIMEOUT), and how long the loop
+ * then lingers reading the peer's leftovers after FIN (default 5000 ms). Returns 0 or a loop
+ * error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_set_linger(struct ep_loop *lp, uint32_t ms);
 
-/*
- The library's version, "MAJOR.MINOR.PATCH" (static string). Compare its major number with
- EP_VERSION_MAJOR to check that the header and the loaded library agree. Callable from any
- thread.
+/**
+ * The library's version, "MAJOR.MINOR.PATCH" (static string). Compare its major number with
+ * EP_VERSION_MAJOR to check that the header and the loaded library agree. Callable from any
+ * thread.
  */
 const char *ep_version(void);
 
-/*
- Adopts `fd` into the loop and returns its id (> 0), or a negative error.
-
- Works with any pollable fd: a listening socket (detected with SO_ACCEPTCONN; its accepted
- connections inherit `cbs`, `user`, EP_EDGE/EP_HALF_CLOSE, its watermarks and idle timeout), a
- connected stream socket, a pipe end, a tty, an eventfd or an inotify fd. The fd is made
- non-blocking (its original mode is restored when the loop lets go of it). The loop owns and
- eventually closes it unless `flags` has EP_BORROW. `cbs` is copied (it need not outlive the
- call) and must not be NULL unless `flags` has EP_QUEUE. A refused fd is left exactly as it came
- (blocking mode and close-on-exec flag untouched). Errors: EP_ENULL (NULL cbs), -EBADF (not an
- open fd), -EEXIST (already in this loop), -EPERM (not pollable: a regular file, a directory,
- /dev/null), -EINVAL (unknown flags, or EP_REUSEPORT, which only applies to listening), -ENOMEM,
- -ENOSPC (the epoll watch limit), EP_EBUSY (during ep_loop_free()), or a loop error (EP_ENULL,
- EP_ETHREAD, EP_EFORK, EP_EPANIC). May be called from callbacks.
-
- # Safety
- `lp` as for ep_loop_free(); `cbs` NULL or pointing at a valid ep_callbacks.
+/**
+ * Adopts `fd` into the loop and returns its id (> 0), or a negative error.
+ *
+ * Works with any pollable fd: a listening socket (detected with SO_ACCEPTCONN; its accepted
+ * connections inherit `cbs`, `user`, EP_EDGE/EP_HALF_CLOSE, its watermarks and idle timeout), a
+ * connected stream socket, a pipe end, a tty, an eventfd or an inotify fd. The fd is made
+ * non-blocking (its original mode is restored when the loop lets go of it). The loop owns and
+ * eventually closes it unless `flags` has EP_BORROW. `cbs` is copied (it need not outlive the
+ * call) and must not be NULL unless `flags` has EP_QUEUE. A refused fd is left exactly as it came
+ * (blocking mode and close-on-exec flag untouched). Errors: EP_ENULL (NULL cbs), -EBADF (not an
+ * open fd), -EEXIST (already in this loop), -EPERM (not pollable: a regular file, a directory,
+ * /dev/null), -EINVAL (unknown flags, or EP_REUSEPORT, which only applies to listening), -ENOMEM,
+ * -ENOSPC (the epoll watch limit), EP_EBUSY (during ep_loop_free()), or a loop error (EP_ENULL,
+ * EP_ETHREAD, EP_EFORK, EP_EPANIC). May be called from callbacks.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `cbs` NULL or pointing at a valid ep_callbacks.
  */
 int64_t ep_register(struct ep_loop *lp,
                     int fd,
@@ -791,18 +806,18 @@ int64_t ep_register(struct ep_loop *lp,
                     const struct ep_callbacks *cbs,
                     void *user);
 
-/*
- Creates a TCP listening socket (non-blocking, close-on-exec, SO_REUSEADDR; SO_REUSEPORT with
- EP_REUSEPORT) on `host`:`port` and registers it. `host` is a numeric IPv4 or IPv6 address
- ("127.0.0.1", "::1", "0.0.0.0", "::") or "localhost"; "" means every address (IPv6 and IPv4).
- `port` 0 picks a free port: read it with ep_local_port(). `backlog` <= 0 means SOMAXCONN.
- Returns the listener's id, or EP_ENULL (NULL host or cbs), -EINVAL (an unparsable host, unknown
- flags), -EADDRINUSE, -EACCES (a privileged port), -EADDRNOTAVAIL (an address not on this
- host), -EMFILE/-ENFILE, EP_EBUSY (during ep_loop_free()), or a loop error (EP_ENULL,
- EP_ETHREAD, EP_EFORK, EP_EPANIC). EP_BORROW is ignored.
-
- # Safety
- `lp` as for ep_loop_free(); `host` NULL or NUL-terminated; `cbs` as for ep_register().
+/**
+ * Creates a TCP listening socket (non-blocking, close-on-exec, SO_REUSEADDR; SO_REUSEPORT with
+ * EP_REUSEPORT) on `host`:`port` and registers it. `host` is a numeric IPv4 or IPv6 address
+ * ("127.0.0.1", "::1", "0.0.0.0", "::") or "localhost"; "" means every address (IPv6 and IPv4).
+ * `port` 0 picks a free port: read it with ep_local_port(). `backlog` <= 0 means SOMAXCONN.
+ * Returns the listener's id, or EP_ENULL (NULL host or cbs), -EINVAL (an unparsable host, unknown
+ * flags), -EADDRINUSE, -EACCES (a privileged port), -EADDRNOTAVAIL (an address not on this
+ * host), -EMFILE/-ENFILE, EP_EBUSY (during ep_loop_free()), or a loop error (EP_ENULL,
+ * EP_ETHREAD, EP_EFORK, EP_EPANIC). EP_BORROW is ignored.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `host` NULL or NUL-terminated; `cbs` as for ep_register().
  */
 int64_t ep_listen(struct ep_loop *lp,
                   const char *host,
@@ -812,15 +827,15 @@ int64_t ep_listen(struct ep_loop *lp,
                   const struct ep_callbacks *cbs,
                   void *user);
 
-/*
- Like ep_listen() on a Unix stream socket at `path` (a leading '@' names an abstract socket). An
- existing socket file at `path` is replaced, as asyncio does — even one a live server still
- listens on, so pick paths your program owns; any other existing file is an error
- (-EADDRINUSE). The loop does not unlink the file when the listener closes. Errors as for
- ep_listen(), plus -ENAMETOOLONG (a path longer than sun_path) and -ENOENT (a missing directory).
-
- # Safety
- `lp` as for ep_loop_free(); `path` NULL or NUL-terminated; `cbs` as for ep_register().
+/**
+ * Like ep_listen() on a Unix stream socket at `path` (a leading '@' names an abstract socket). An
+ * existing socket file at `path` is replaced, as asyncio does — even one a live server still
+ * listens on, so pick paths your program owns; any other existing file is an error
+ * (-EADDRINUSE). The loop does not unlink the file when the listener closes. Errors as for
+ * ep_listen(), plus -ENAMETOOLONG (a path longer than sun_path) and -ENOENT (a missing directory).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `path` NULL or NUL-terminated; `cbs` as for ep_register().
  */
 int64_t ep_listen_unix(struct ep_loop *lp,
                        const char *path,
@@ -829,18 +844,18 @@ int64_t ep_listen_unix(struct ep_loop *lp,
                        const struct ep_callbacks *cbs,
                        void *user);
 
-/*
- Connects to `host`:`port` (numeric IPv4/IPv6 or "localhost") without blocking and returns the
- new connection's id at once. Success is reported as on_accept(loop, 0, conn, user) — listener 0
- means "outbound" — after which it is an ordinary connection; failure (ECONNREFUSED, ...) as its
- one on_close (EP_CLOSE_ERROR or EP_CLOSE_PEER_RESET with the errno), and if `timeout_ms` (0 =
- none) passes first, as on_close(EP_CLOSE_TIMEOUT, ETIMEDOUT). ep_send() before the connection is
- up queues the bytes. Returns the id, or a negative error when no socket could be made:
- EP_ENULL (NULL host or cbs), -EINVAL (a bad host, unknown flags), -EMFILE/-ENFILE, EP_EBUSY
- (during ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free(); `host` NULL or NUL-terminated; `cbs` as for ep_register().
+/**
+ * Connects to `host`:`port` (numeric IPv4/IPv6 or "localhost") without blocking and returns the
+ * new connection's id at once. Success is reported as on_accept(loop, 0, conn, user) — listener 0
+ * means "outbound" — after which it is an ordinary connection; failure (ECONNREFUSED, ...) as its
+ * one on_close (EP_CLOSE_ERROR or EP_CLOSE_PEER_RESET with the errno), and if `timeout_ms` (0 =
+ * none) passes first, as on_close(EP_CLOSE_TIMEOUT, ETIMEDOUT). ep_send() before the connection is
+ * up queues the bytes. Returns the id, or a negative error when no socket could be made:
+ * EP_ENULL (NULL host or cbs), -EINVAL (a bad host, unknown flags), -EMFILE/-ENFILE, EP_EBUSY
+ * (during ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `host` NULL or NUL-terminated; `cbs` as for ep_register().
  */
 int64_t ep_connect(struct ep_loop *lp,
                    const char *host,
@@ -850,13 +865,13 @@ int64_t ep_connect(struct ep_loop *lp,
                    const struct ep_callbacks *cbs,
                    void *user);
 
-/*
- Like ep_connect() to the Unix stream socket at `path` (leading '@': abstract socket). A missing
- socket file or a refused connection is the connection's on_close, like ECONNREFUSED for TCP.
- Errors as for ep_connect(), plus -ENAMETOOLONG.
-
- # Safety
- `lp` as for ep_loop_free(); `path` NULL or NUL-terminated; `cbs` as for ep_register().
+/**
+ * Like ep_connect() to the Unix stream socket at `path` (leading '@': abstract socket). A missing
+ * socket file or a refused connection is the connection's on_close, like ECONNREFUSED for TCP.
+ * Errors as for ep_connect(), plus -ENAMETOOLONG.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `path` NULL or NUL-terminated; `cbs` as for ep_register().
  */
 int64_t ep_connect_unix(struct ep_loop *lp,
                         const char *path,
@@ -865,132 +880,132 @@ int64_t ep_connect_unix(struct ep_loop *lp,
                         const struct ep_callbacks *cbs,
                         void *user);
 
-/*
- Sets the user pointer passed to this registration's callbacks (e.g. from on_accept). Works
- until the id's on_close has run, also after its close was decided (after ep_close() or
- ep_abort()); the loop never dereferences or frees it. Returns 0, EP_ESTALE, or a
- loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Sets the user pointer passed to this registration's callbacks (e.g. from on_accept). Works
+ * until the id's on_close has run, also after its close was decided (after ep_close() or
+ * ep_abort()); the loop never dereferences or frees it. Returns 0, EP_ESTALE, or a
+ * loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_set_user(struct ep_loop *lp, ep_id id, void *user);
 
-/*
- Gives a registration its own callbacks and user pointer, in one call: typically from on_accept,
- so that a connection stops sharing its listener's callbacks (the listener keeps its own, and
- its on_close then only ever sees the listener). `cbs` is copied. Takes effect from the next
- callback on; works until the id's on_close has run. Returns 0, EP_ENULL (NULL cbs), EP_ESTALE,
- EP_EKIND (a timer, or an EP_QUEUE registration, whose events go to ep_poll()), or a loop error
- (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free(); `cbs` NULL or pointing at a valid ep_callbacks.
+/**
+ * Gives a registration its own callbacks and user pointer, in one call: typically from on_accept,
+ * so that a connection stops sharing its listener's callbacks (the listener keeps its own, and
+ * its on_close then only ever sees the listener). `cbs` is copied. Takes effect from the next
+ * callback on; works until the id's on_close has run. Returns 0, EP_ENULL (NULL cbs), EP_ESTALE,
+ * EP_EKIND (a timer, or an EP_QUEUE registration, whose events go to ep_poll()), or a loop error
+ * (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `cbs` NULL or pointing at a valid ep_callbacks.
  */
 int ep_set_callbacks(struct ep_loop *lp, ep_id id, const struct ep_callbacks *cbs, void *user);
 
-/*
- The user pointer of a registration whose on_close has not run yet; NULL if `id` is stale, on
- a loop error, or if the pointer is NULL.
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * The user pointer of a registration whose on_close has not run yet; NULL if `id` is stale, on
+ * a loop error, or if the pointer is NULL.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 void *ep_get_user(struct ep_loop *lp, ep_id id);
 
-/*
- The fd of a live registration (>= 0), for setsockopt (TCP_NODELAY, TCP_CORK), getpeername...
- It stays owned by the loop: do not close it (use ep_close) or change its O_NONBLOCK mode.
- Returns EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING (its close is decided: the fd may be gone
- already), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * The fd of a live registration (>= 0), for setsockopt (TCP_NODELAY, TCP_CORK), getpeername...
+ * It stays owned by the loop: do not close it (use ep_close) or change its O_NONBLOCK mode.
+ * Returns EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING (its close is decided: the fd may be gone
+ * already), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_fd(struct ep_loop *lp, ep_id id);
 
-/*
- The local port a socket registration is bound to (e.g. after ep_listen with port 0), or
- EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING (as for ep_fd()), -ENOTSOCK (not a socket),
- -EAFNOSUPPORT (not an IP socket), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * The local port a socket registration is bound to (e.g. after ep_listen with port 0), or
+ * EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING (as for ep_fd()), -ENOTSOCK (not a socket),
+ * -EAFNOSUPPORT (not an IP socket), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_local_port(struct ep_loop *lp, ep_id id);
 
-/*
- Sets the flow-control watermarks of a connection (default low 16 KiB, high 64 KiB): ep_send()
- returns 1 once the queue is above `high`, and on_writable fires when it drains to `low`. On a
- listener, sets the defaults its future connections inherit. Returns 0 (also for a connection
- whose peer is gone), EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING (after your own
- ep_close/ep_abort), -EINVAL (low > high), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK,
- EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Sets the flow-control watermarks of a connection (default low 16 KiB, high 64 KiB): ep_send()
+ * returns 1 once the queue is above `high`, and on_writable fires when it drains to `low`. On a
+ * listener, sets the defaults its future connections inherit. Returns 0 (also for a connection
+ * whose peer is gone), EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING (after your own
+ * ep_close/ep_abort), -EINVAL (low > high), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK,
+ * EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_set_watermarks(struct ep_loop *lp, ep_id id, size_t low, size_t high);
 
-/*
- Ends a connection with on_close(EP_CLOSE_TIMEOUT, ETIMEDOUT) once `ms` pass without a byte read
- or written (0 disables): the answer for peers that silently vanished. On a listener, sets the
- timeout of the connections it accepts from now on. Returns 0 (also for a connection whose peer
- is gone), EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING (after your own ep_close/ep_abort), or a
- loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Ends a connection with on_close(EP_CLOSE_TIMEOUT, ETIMEDOUT) once `ms` pass without a byte read
+ * or written (0 disables): the answer for peers that silently vanished. On a listener, sets the
+ * timeout of the connections it accepts from now on. Returns 0 (also for a connection whose peer
+ * is gone), EP_ESTALE, EP_EKIND (a timer), EP_ECLOSING (after your own ep_close/ep_abort), or a
+ * loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_set_idle_timeout(struct ep_loop *lp, ep_id id, uint32_t ms);
 
-/*
- TCP keepalive on a connection: probes after `idle_s` seconds of silence, every `interval_s`,
- `count` times, then the connection fails (on_close EP_CLOSE_ERROR, ETIMEDOUT). `idle_s` 0
- turns keepalive off. Returns 0 (also for a connection whose peer is gone), EP_ESTALE, EP_EKIND
- (listener or timer), EP_ECLOSING (after your own ep_close/ep_abort), -ENOTSOCK (a pipe, a tty),
- -EINVAL (out-of-range values), -EOPNOTSUPP (a Unix socket), or a loop error (EP_ENULL,
- EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * TCP keepalive on a connection: probes after `idle_s` seconds of silence, every `interval_s`,
+ * `count` times, then the connection fails (on_close EP_CLOSE_ERROR, ETIMEDOUT). `idle_s` 0
+ * turns keepalive off. Returns 0 (also for a connection whose peer is gone), EP_ESTALE, EP_EKIND
+ * (listener or timer), EP_ECLOSING (after your own ep_close/ep_abort), -ENOTSOCK (a pipe, a tty),
+ * -EINVAL (out-of-range values), -EOPNOTSUPP (a Unix socket), or a loop error (EP_ENULL,
+ * EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_set_keepalive(struct ep_loop *lp, ep_id id, int idle_s, int interval_s, int count);
 
-/*
- TCP_USER_TIMEOUT on a connection: sent data unacknowledged for `ms` fails the connection
- (on_close EP_CLOSE_ERROR, ETIMEDOUT). Returns as ep_set_keepalive().
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * TCP_USER_TIMEOUT on a connection: sent data unacknowledged for `ms` fails the connection
+ * (on_close EP_CLOSE_ERROR, ETIMEDOUT). Returns as ep_set_keepalive().
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_set_user_timeout(struct ep_loop *lp, ep_id id, uint32_t ms);
 
-/*
- Copies the loop's counters into `*out`: `size` must be the caller's `sizeof(ep_stats)`, and at
- most that many bytes are written (the first `size` bytes of the library's ep_stats; fields the
- caller's older header lacks are not written, and bytes a newer header has beyond the library's
- struct are zeroed). Returns 0, EP_ENULL (NULL out), -EINVAL (`size` smaller than the first
- field, 8), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free(); `out` NULL or writable for `size` bytes.
+/**
+ * Copies the loop's counters into `*out`: `size` must be the caller's `sizeof(ep_stats)`, and at
+ * most that many bytes are written (the first `size` bytes of the library's ep_stats; fields the
+ * caller's older header lacks are not written, and bytes a newer header has beyond the library's
+ * struct are zeroed). Returns 0, EP_ENULL (NULL out), -EINVAL (`size` smaller than the first
+ * field, 8), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `out` NULL or writable for `size` bytes.
  */
 int ep_get_stats(struct ep_loop *lp, struct ep_stats *out, size_t size);
 
-/*
- Starts a timer: `cb` runs on the loop's thread after `timeout_ms`, then every `repeat_ms` if it
- is not 0 (at fixed rate: a late loop skips missed periods instead of bursting). Timers with
- equal deadlines fire in the order they were started. A pending timer keeps ep_run() running.
- Timers get no on_close: a one-shot timer ends when its callback runs, any timer when
- ep_timer_cancel() is called — and ep_loop_free() cancels pending timers without calling them,
- so a `user` the timer owns must be freed by whoever frees the loop. ep_set_user() and
- ep_get_user() work on timers. Returns the timer's id, or EP_ENULL (NULL cb), -ENOMEM, EP_EBUSY
- (during ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). May be
- called from callbacks.
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Starts a timer: `cb` runs on the loop's thread after `timeout_ms`, then every `repeat_ms` if it
+ * is not 0 (at fixed rate: a late loop skips missed periods instead of bursting). Timers with
+ * equal deadlines fire in the order they were started. A pending timer keeps ep_run() running.
+ * Timers get no on_close: a one-shot timer ends when its callback runs, any timer when
+ * ep_timer_cancel() is called — and ep_loop_free() cancels pending timers without calling them,
+ * so a `user` the timer owns must be freed by whoever frees the loop. ep_set_user() and
+ * ep_get_user() work on timers. Returns the timer's id, or EP_ENULL (NULL cb), -ENOMEM, EP_EBUSY
+ * (during ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). May be
+ * called from callbacks.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int64_t ep_timer_start(struct ep_loop *lp,
                        uint64_t timeout_ms,
@@ -998,40 +1013,40 @@ int64_t ep_timer_start(struct ep_loop *lp,
                        ep_timer_cb cb,
                        void *user);
 
-/*
- Cancels a pending timer; its callback will not run again. Works from any callback, including
- the timer's own. Returns 0, EP_ESTALE (already fired one-shot, or cancelled), EP_EKIND (not a
- timer), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Cancels a pending timer; its callback will not run again. Works from any callback, including
+ * the timer's own. Returns 0, EP_ESTALE (already fired one-shot, or cancelled), EP_EKIND (not a
+ * timer), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_timer_cancel(struct ep_loop *lp, ep_id id);
 
-/*
- Writes `record` as one line of text (no newline; it starts with "trace <id> ", so it never
- looks like an event-log line) into `buf` of `len` bytes, NUL-terminated and truncated like
- snprintf. Returns the length of the whole line (excluding the NUL), EP_ENULL (NULL record, or
- NULL buf with len > 0). An unknown kind is formatted as "kind N", not refused. Callable from
- any thread.
-
- # Safety
- `record` NULL or valid; `buf` NULL or writable for `len` bytes.
+/**
+ * Writes `record` as one line of text (no newline; it starts with "trace <id> ", so it never
+ * looks like an event-log line) into `buf` of `len` bytes, NUL-terminated and truncated like
+ * snprintf. Returns the length of the whole line (excluding the NUL), EP_ENULL (NULL record, or
+ * NULL buf with len > 0). An unknown kind is formatted as "kind N", not refused. Callable from
+ * any thread.
+ *
+ * # Safety
+ * `record` NULL or valid; `buf` NULL or writable for `len` bytes.
  */
 int ep_trace_format(const struct ep_trace_record *record, char *buf, size_t len);
 
-/*
- Sets the loop's trace hook: `cb(loop, record, user)` is called for every decision the loop
- makes about a registration (epoll bits seen, each read and write result, an EOF held, a hangup
- settled, FIN sent, the close decided with its cause). NULL turns tracing off; while off, each
- trace point costs one branch. Replaces a hook set before (including the EPLOOP_TRACE one).
- Returns 0 or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
-
- Setting EPLOOP_TRACE=1 in the environment makes every loop created afterwards trace to stderr
- (one ep_trace_format() line each), without a code change.
-
- # Safety
- `lp` as for ep_loop_free().
+/**
+ * Sets the loop's trace hook: `cb(loop, record, user)` is called for every decision the loop
+ * makes about a registration (epoll bits seen, each read and write result, an EOF held, a hangup
+ * settled, FIN sent, the close decided with its cause). NULL turns tracing off; while off, each
+ * trace point costs one branch. Replaces a hook set before (including the EPLOOP_TRACE one).
+ * Returns 0 or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * Setting EPLOOP_TRACE=1 in the environment makes every loop created afterwards trace to stderr
+ * (one ep_trace_format() line each), without a code change.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
  */
 int ep_set_trace(struct ep_loop *lp, ep_trace_cb cb, void *user);
 

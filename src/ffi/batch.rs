@@ -26,9 +26,9 @@ pub struct ep_event {
     pub id: ep_id,
     /// EP_EVENT_ACCEPT: the listener, or 0 for an outbound connection (ep_connect); otherwise 0.
     pub listener: ep_id,
-    /// EP_EVENT_DATA: where the bytes are in ep_poll_result.data. `len` 0 is the peer's EOF
-    /// (EP_HALF_CLOSE only).
+    /// EP_EVENT_DATA: where the bytes start in ep_poll_result.data.
     pub offset: u64,
+    /// EP_EVENT_DATA: how many bytes; 0 is the peer's EOF (EP_HALF_CLOSE only).
     pub len: u64,
     /// The registration's user pointer at the time of the event.
     pub user: *mut c_void,
@@ -53,8 +53,9 @@ pub struct ep_command {
     pub reserved: u32,
     /// The registration the command acts on.
     pub id: ep_id,
-    /// EP_CMD_SEND: the bytes are cmdbuf[offset .. offset + len].
+    /// EP_CMD_SEND: where the bytes start in cmdbuf.
     pub offset: u64,
+    /// EP_CMD_SEND: how many bytes (cmdbuf[offset .. offset + len]).
     pub len: u64,
 }
 
@@ -82,6 +83,7 @@ pub struct ep_poll_result {
     pub count: usize,
     /// The bytes of every EP_EVENT_DATA of this step, one after the other.
     pub data: *const u8,
+    /// The number of bytes at `data`.
     pub data_len: usize,
     /// EP_RUN_MORE, EP_RUN_EMPTY or EP_RUN_STOPPED, as ep_run_once() would return.
     pub state: c_int,
