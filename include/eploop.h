@@ -83,6 +83,14 @@
 #define EP_CMD_SEND 1
 
 /**
+ * ep_command.flags for EP_CMD_SEND: the binding already told its user to stop producing (it
+ * counted the queue above the high-water mark without knowing what the kernel would take), so
+ * it promised an on_writable: if this send leaves the queue at or below the high-water mark
+ * (result 0), an EP_EVENT_WRITABLE for the id is recorded at once, in this ep_poll()'s events.
+ */
+#define EP_SEND_PROMISED_WRITABLE 1
+
+/**
  * ep_command.op: ep_close(); its result is ep_close()'s.
  */
 #define EP_CMD_CLOSE 2
@@ -327,9 +335,9 @@ typedef struct ep_command {
    */
   uint32_t op;
   /**
-   * Must be 0.
+   * EP_CMD_SEND: 0, or EP_SEND_PROMISED_WRITABLE. Other commands: must be 0.
    */
-  uint32_t reserved;
+  uint32_t flags;
   /**
    * The registration the command acts on.
    */
@@ -361,9 +369,11 @@ typedef struct ep_event {
    */
   int err;
   /**
-   * Always 0 (padding; may carry meaning in a later minor version).
+   * The bytes queued for output on the connection when the event was recorded (0 for other
+   * registrations; saturates at 4 GiB - 1, above the 1 GiB queue cap). With it a binding that
+   * batches its sends knows, without a call, whether the queue is above the high-water mark.
    */
-  uint32_t reserved;
+  uint32_t queued;
   /**
    * The connection (or listener, for its own close).
    */

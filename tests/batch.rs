@@ -146,7 +146,7 @@ impl Batch {
 fn cmd(op: u32, id: u64, offset: u64, len: u64) -> ep_command {
     ep_command {
         op,
-        reserved: 0,
+        flags: 0,
         id,
         offset,
         len,
@@ -511,4 +511,90 @@ fn drain_leaves_unref_registrations_alone() {
     );
     // SAFETY: closing our write end.
     unsafe { libc::close(fds[1]) };
+}
+
+/// A binding that batches its sends learns each connection's queued bytes from the events, and
+/// a send made after it told its user "stop producing" brings the promised on_writable even when
+/// the kernel took everything.
+#[test]
+fn queued_bytes_and_the_promised_writable() {
+    let b = Batch::new();
+    let (_listener, port) = b.listen();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let evs = b.poll_until(vec![], &[], |evs| {
+        evs.iter().any(|e| matches!(e, Ev::Accept { .. }))
+    });
+    let Some(Ev::Accept { id: conn, .. }) =
+        evs.into_iter().find(|e| matches!(e, Ev::Accept { .. }))
+    else {
+        unreachable!()
+    };
+    // The client does not read: fill the kernel's buffers and the queue past the high-water mark.
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sends = vec![];
+    for _ in 0..8 {
+        sends.push(cmd(EP_CMD_SEND, conn, 0, chunk.len() as u64));
+    }
+    let (rc, results, _, _) = b.poll(0, &sends, &chunk);
+    assert_eq!(rc, 0);
+    assert_eq!(
+        results.last(),
+        Some(&1),
+        "above the high-water mark: {results:?}"
+    );
+    // Data from the client now carries the queue's size.
+    client.write_all(b"ping").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let queued = loop {
+        assert!(Instant::now() < deadline, "no data event");
+        let mut out = ep_poll_result {
+            events: ptr::null(),
+            count: 0,
+            data: ptr::null(),
+            data_len: 0,
+            state: -1,
+        };
+        let (no_cmds, no_buf, no_results) = (ptr::null(), ptr::null(), ptr::null_mut());
+        // SAFETY: live loop, no commands, writable out.
+        let rc = unsafe { ep_poll(b.lp, 100, no_cmds, 0, no_buf, 0, no_results, &mut out) };
+        assert_eq!(rc, 0);
+        // SAFETY: `count` events valid until the next call.
+        let events = unsafe { std::slice::from_raw_parts(out.events, out.count) };
+        if let Some(e) = events.iter().find(|e| e.kind == EP_EVENT_DATA) {
+            break e.queued;
+        }
+    };
+    assert!(
+        queued as usize > 64 * 1024,
+        "queued {queued} should be above the high-water mark"
+    );
+
+    // A second connection, empty queue: a promised send that the kernel takes at once gets its
+    // writable event in the same ep_poll.
+    let _other = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let evs = b.poll_until(vec![], &[], |evs| {
+        evs.iter().any(|e| matches!(e, Ev::Accept { .. }))
+    });
+    let Some(Ev::Accept { id: other, .. }) =
+        evs.into_iter().find(|e| matches!(e, Ev::Accept { .. }))
+    else {
+        unreachable!()
+    };
+    let small = b"hello";
+    let mut promised = cmd(EP_CMD_SEND, other, 0, small.len() as u64);
+    promised.flags = EP_SEND_PROMISED_WRITABLE;
+    let (rc, results, evs, _) = b.poll(0, &[promised], small);
+    assert_eq!((rc, results), (0, vec![0]));
+    assert!(
+        evs.contains(&Ev::Writable(other)),
+        "the promised writable: {evs:?}"
+    );
+    // Flags on other commands, or unknown flags, are refused.
+    let mut bad = cmd(EP_CMD_PAUSE, other, 0, 0);
+    bad.flags = EP_SEND_PROMISED_WRITABLE;
+    let mut unknown = cmd(EP_CMD_SEND, other, 0, 1);
+    unknown.flags = 2;
+    let (_, results, _, _) = b.poll(0, &[bad, unknown], small);
+    assert_eq!(results, vec![-libc::EINVAL, -libc::EINVAL]);
+    drop(client);
 }

@@ -277,6 +277,14 @@ impl<H: Handler> Loop<H> {
         }
     }
 
+    /// The bytes queued for output on a stream (0 for anything else).
+    pub fn queued(&self, id: Id) -> usize {
+        match self.state.borrow().entries.get(id) {
+            Some(Entry::Stream(s)) => s.out.len(),
+            _ => 0,
+        }
+    }
+
     pub fn local_port(&self, id: Id) -> Result<u16, Error> {
         let fd = self.fd(id)?;
         sys::local_port(fd).map_err(Error::Os)

@@ -20,8 +20,10 @@ pub struct ep_event {
     pub reason: u32,
     /// EP_EVENT_CLOSE: the errno; otherwise 0.
     pub err: c_int,
-    /// Always 0 (padding; may carry meaning in a later minor version).
-    pub reserved: u32,
+    /// The bytes queued for output on the connection when the event was recorded (0 for other
+    /// registrations; saturates at 4 GiB - 1, above the 1 GiB queue cap). With it a binding that
+    /// batches its sends knows, without a call, whether the queue is above the high-water mark.
+    pub queued: u32,
     /// The connection (or listener, for its own close).
     pub id: ep_id,
     /// EP_EVENT_ACCEPT: the listener, or 0 for an outbound connection (ep_connect); otherwise 0.
@@ -49,8 +51,8 @@ pub const EP_EVENT_CLOSE: u32 = 4;
 pub struct ep_command {
     /// EP_CMD_SEND, EP_CMD_CLOSE, EP_CMD_ABORT, EP_CMD_SHUTDOWN, EP_CMD_PAUSE or EP_CMD_RESUME.
     pub op: u32,
-    /// Must be 0.
-    pub reserved: u32,
+    /// EP_CMD_SEND: 0, or EP_SEND_PROMISED_WRITABLE. Other commands: must be 0.
+    pub flags: u32,
     /// The registration the command acts on.
     pub id: ep_id,
     /// EP_CMD_SEND: where the bytes start in cmdbuf.
@@ -61,6 +63,11 @@ pub struct ep_command {
 
 /// ep_command.op: ep_send() of cmdbuf[offset .. offset + len]; its result is ep_send()'s.
 pub const EP_CMD_SEND: u32 = 1;
+/// ep_command.flags for EP_CMD_SEND: the binding already told its user to stop producing (it
+/// counted the queue above the high-water mark without knowing what the kernel would take), so
+/// it promised an on_writable: if this send leaves the queue at or below the high-water mark
+/// (result 0), an EP_EVENT_WRITABLE for the id is recorded at once, in this ep_poll()'s events.
+pub const EP_SEND_PROMISED_WRITABLE: u32 = 1;
 /// ep_command.op: ep_close(); its result is ep_close()'s.
 pub const EP_CMD_CLOSE: u32 = 2;
 /// ep_command.op: ep_abort(); its result is ep_abort()'s.
@@ -118,7 +125,7 @@ impl EventQueue {
             kind,
             reason: 0,
             err: 0,
-            reserved: 0,
+            queued: 0,
             id,
             listener: 0,
             offset: 0,
@@ -128,18 +135,24 @@ impl EventQueue {
         self.events.last_mut().expect("just pushed")
     }
 
-    pub(super) fn push_data(&mut self, id: ep_id, data: &[u8], user: *mut c_void) {
+    pub(super) fn push_data(&mut self, id: ep_id, data: &[u8], user: *mut c_void) -> &mut ep_event {
         let offset = self.data.len() as u64;
         self.data.extend_from_slice(data);
         let event = self.push(EP_EVENT_DATA, id, user);
         event.offset = offset;
         event.len = data.len() as u64;
+        event
     }
 }
 
 fn apply(boxed: &LoopBox, command: &ep_command, cmdbuf: &[u8]) -> c_int {
     let engine = &boxed.engine;
     let id = command.id;
+    if command.flags & !EP_SEND_PROMISED_WRITABLE != 0
+        || (command.flags != 0 && command.op != EP_CMD_SEND)
+    {
+        return -libc::EINVAL;
+    }
     let result = match command.op {
         EP_CMD_SEND => {
             let range = usize::try_from(command.offset)
@@ -147,12 +160,19 @@ fn apply(boxed: &LoopBox, command: &ep_command, cmdbuf: &[u8]) -> c_int {
                 .zip(usize::try_from(command.len).ok())
                 .and_then(|(offset, len)| Some(offset..offset.checked_add(len)?))
                 .filter(|range| range.end <= cmdbuf.len());
-            return match range {
-                Some(range) => match engine.send(id, &cmdbuf[range]) {
-                    Ok(above_high) => c_int::from(above_high),
-                    Err(e) => code(e),
-                },
-                None => -libc::EINVAL,
+            let Some(range) = range else {
+                return -libc::EINVAL;
+            };
+            return match engine.send(id, &cmdbuf[range]) {
+                Ok(false) if command.flags & EP_SEND_PROMISED_WRITABLE != 0 => {
+                    // The user was told to stop producing: keep the promise of an on_writable.
+                    if let Ok(user) = engine.with_handler(id, |h| h.user) {
+                        boxed.queue.borrow_mut().push(EP_EVENT_WRITABLE, id, user);
+                    }
+                    0
+                }
+                Ok(above_high) => c_int::from(above_high),
+                Err(e) => code(e),
             };
         }
         EP_CMD_CLOSE => engine.close(id),

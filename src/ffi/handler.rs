@@ -168,6 +168,11 @@ impl FfiHandler {
     }
 }
 
+/// ep_event.queued: the connection's queued output, saturated to 32 bits.
+fn queued_of(lp: &Engine, conn: u64) -> u32 {
+    u32::try_from(lp.queued(conn)).unwrap_or(u32::MAX)
+}
+
 /// What ep_post() hands across threads: a function and an opaque word.
 pub(super) struct FfiPost {
     pub(super) cb: unsafe extern "C" fn(lp: *mut ep_loop, user: *mut c_void),
@@ -210,7 +215,7 @@ impl Handler for FfiHandler {
 
     fn on_data(&self, lp: &Engine, conn: u64, data: &[u8]) {
         if let Some(mut queue) = self.record(lp) {
-            queue.push_data(conn, data, self.user);
+            queue.push_data(conn, data, self.user).queued = queued_of(lp, conn);
         } else if let Some(cb) = self.cbs.on_data {
             let ptr = if data.is_empty() {
                 std::ptr::null()
@@ -224,7 +229,7 @@ impl Handler for FfiHandler {
 
     fn on_writable(&self, lp: &Engine, conn: u64) {
         if let Some(mut queue) = self.record(lp) {
-            queue.push(EP_EVENT_WRITABLE, conn, self.user);
+            queue.push(EP_EVENT_WRITABLE, conn, self.user).queued = queued_of(lp, conn);
         } else if let Some(cb) = self.cbs.on_writable {
             // SAFETY: as in on_accept.
             unsafe { cb(LoopBox::as_ptr(lp), conn, self.user) }
