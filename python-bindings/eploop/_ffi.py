@@ -53,6 +53,7 @@ EP_HALF_CLOSE = 4
 EP_REUSEPORT = 8
 EP_QUEUE = 16
 EP_UNREF = 32
+EP_NAGLE = 64
 
 EP_EVENT_ACCEPT = 1
 EP_EVENT_DATA = 2
@@ -65,6 +66,7 @@ EP_CMD_ABORT = 3
 EP_CMD_SHUTDOWN = 4
 EP_CMD_PAUSE = 5
 EP_CMD_RESUME = 6
+EP_SEND_PROMISED_WRITABLE = 1
 
 EP_ESTALE = -4001
 EP_ENULL = -4002
@@ -72,10 +74,20 @@ EP_EBUSY = -4003
 EP_ECLOSING = -4004
 EP_EKIND = -4005
 EP_EPANIC = -4006
+EP_ETHREAD = -4007
+EP_EFORK = -4008
 
 EP_RUN_EMPTY = 0
 EP_RUN_MORE = 1
 EP_RUN_STOPPED = 2
+
+EP_TRACE_EPOLL = 1
+EP_TRACE_READ = 2
+EP_TRACE_WRITE = 3
+EP_TRACE_EOF_HELD = 4
+EP_TRACE_HANGUP = 5
+EP_TRACE_FIN_SENT = 6
+EP_TRACE_CLOSE = 7
 
 # ---------------------------------------------------------------------------------------------
 # Callback types and the callbacks struct
@@ -111,7 +123,7 @@ class Stats(Structure):
         ("stale_events", c_uint64),
         ("bytes_in", c_uint64),
         ("bytes_out", c_uint64),
-        ("closes", c_uint64 * 8),
+        ("closes", c_uint64 * 16),
     ]
 
 
@@ -120,7 +132,7 @@ class Command(Structure):
 
     _fields_ = [
         ("op", c_uint32),
-        ("reserved", c_uint32),
+        ("flags", c_uint32),
         ("id", c_uint64),
         ("offset", c_uint64),
         ("len", c_uint64),
@@ -134,13 +146,29 @@ class Event(Structure):
         ("kind", c_uint32),
         ("reason", c_uint32),
         ("err", c_int),
-        ("reserved", c_uint32),
+        ("queued", c_uint32),
         ("id", c_uint64),
         ("listener", c_uint64),
         ("offset", c_uint64),
         ("len", c_uint64),
         ("user", c_void_p),
     ]
+
+
+class TraceRecord(Structure):
+    """``struct ep_trace_record``: one decision of the loop, for ``ep_set_trace``."""
+
+    _fields_ = [
+        ("kind", c_uint32),
+        ("bits", c_uint32),
+        ("id", c_uint64),
+        ("result", c_int64),
+        ("reason", c_int),
+        ("err", c_int),
+    ]
+
+
+TRACE_CB = CFUNCTYPE(None, c_void_p, POINTER(TraceRecord), c_void_p)
 
 
 class PollResult(Structure):
@@ -201,7 +229,10 @@ SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "ep_set_keepalive": (c_int, (LOOP, ID, c_int, c_int, c_int)),
     "ep_set_user_timeout": (c_int, (LOOP, ID, c_uint32)),
     "ep_drain": (c_int, (LOOP, c_uint32)),
-    "ep_get_stats": (c_int, (LOOP, POINTER(Stats))),
+    "ep_get_stats": (c_int, (LOOP, POINTER(Stats), c_size_t)),
+    "ep_set_callbacks": (c_int, (LOOP, ID, POINTER(Callbacks), c_void_p)),
+    "ep_set_trace": (c_int, (LOOP, TRACE_CB, c_void_p)),
+    "ep_trace_format": (c_int, (POINTER(TraceRecord), c_char_p, c_size_t)),
     "ep_poll": (
         c_int,
         (

@@ -924,7 +924,7 @@ class Loop:
     def stats(self) -> Stats:
         """The loop's counters."""
         raw = _ffi.Stats()
-        code = lib.ep_get_stats(self._open_lp(), byref(raw))
+        code = lib.ep_get_stats(self._open_lp(), byref(raw), ctypes.sizeof(raw))
         if code < 0:
             raise _error(code, "ep_get_stats")
         return Stats(

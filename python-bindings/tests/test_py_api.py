@@ -53,6 +53,9 @@ C_TYPES = {
     "const uint8_t *": ctypes.c_void_p,
     "int *": ctypes.POINTER(ctypes.c_int),
     "struct ep_poll_result *": ctypes.POINTER(_ffi.PollResult),
+    "ep_trace_cb": _ffi.TRACE_CB,
+    "const struct ep_trace_record *": ctypes.POINTER(_ffi.TraceRecord),
+    "char *": ctypes.c_char_p,
 }
 
 
@@ -101,6 +104,7 @@ FIELD_TYPES = {
     "void *": ctypes.c_void_p,
     "const uint8_t *": ctypes.c_void_p,
     "const struct ep_event *": ctypes.POINTER(_ffi.Event),
+    "int64_t": ctypes.c_int64,
 }
 STRUCTS = {
     "ep_callbacks": _ffi.Callbacks,
@@ -108,6 +112,7 @@ STRUCTS = {
     "ep_command": _ffi.Command,
     "ep_event": _ffi.Event,
     "ep_poll_result": _ffi.PollResult,
+    "ep_trace_record": _ffi.TraceRecord,
 }
 
 
