@@ -607,3 +607,8 @@ pub fn on_fork_in_child(child: extern "C" fn()) {
     // with ENOMEM, in which case forks simply go unnoticed (reported by nothing: best effort).
     let _ = unsafe { libc::pthread_atfork(None, None, Some(child)) };
 }
+
+mod resolve;
+mod signals;
+pub use resolve::*;
+pub use signals::*;
