@@ -47,14 +47,20 @@ fn start(lp: *mut ep_loop, signo: c_int, flags: u32, seen: &Seen) -> u64 {
 
 fn raise_in_this_thread(signo: c_int) {
     // SAFETY: sends a signal to the calling thread, which blocks it (a handle watches it).
-    assert_eq!(unsafe { libc::pthread_kill(libc::pthread_self(), signo) }, 0);
+    assert_eq!(
+        unsafe { libc::pthread_kill(libc::pthread_self(), signo) },
+        0
+    );
 }
 
 fn blocked_here(signo: c_int) -> bool {
     // SAFETY: queries the calling thread's mask into a zeroed sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
-        assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set), 0);
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set),
+            0
+        );
         libc::sigismember(&set, signo) == 1
     }
 }
@@ -76,7 +82,10 @@ fn a_signal_is_an_ordinary_callback_with_its_id_and_number() {
     let seen = Seen::default();
     assert!(!blocked_here(libc::SIGUSR1));
     let id = start(lp.0, libc::SIGUSR1, 0, &seen);
-    assert!(blocked_here(libc::SIGUSR1), "the loop's thread blocks a watched signal");
+    assert!(
+        blocked_here(libc::SIGUSR1),
+        "the loop's thread blocks a watched signal"
+    );
     raise_in_this_thread(libc::SIGUSR1);
     run_until(lp.0, "the callback", || !seen.calls.borrow().is_empty());
     assert_eq!(*seen.calls.borrow(), vec![(id, libc::SIGUSR1)]);
@@ -88,7 +97,10 @@ fn a_signal_is_an_ordinary_callback_with_its_id_and_number() {
         assert_eq!(ep_signal_stop(lp.0, id), 0);
         assert_eq!(ep_signal_stop(lp.0, id), EP_ESTALE);
     }
-    assert!(!blocked_here(libc::SIGUSR1), "stopping the last handle restores the mask");
+    assert!(
+        !blocked_here(libc::SIGUSR1),
+        "stopping the last handle restores the mask"
+    );
 }
 
 #[test]
@@ -104,7 +116,10 @@ fn several_signals_and_handles_each_called_in_start_order() {
     let mut calls = seen.calls.borrow().clone();
     calls.sort_by_key(|&(_, signo)| signo);
     let usr1: Vec<_> = calls.iter().filter(|c| c.1 == libc::SIGUSR1).collect();
-    assert_eq!(usr1, vec![&(first, libc::SIGUSR1), &(second, libc::SIGUSR1)]);
+    assert_eq!(
+        usr1,
+        vec![&(first, libc::SIGUSR1), &(second, libc::SIGUSR1)]
+    );
     assert!(calls.contains(&(other, libc::SIGUSR2)));
 
     // A handle stopped by the callback of an earlier handle of the same delivery is not called.
@@ -132,7 +147,11 @@ fn a_handle_keeps_the_loop_running_unless_unref() {
     let seen = Seen::default();
     let unref = start(lp.0, libc::SIGUSR1, EP_UNREF, &seen);
     // SAFETY: live loop.
-    assert_eq!(unsafe { ep_run(lp.0) }, EP_RUN_EMPTY, "an EP_UNREF handle keeps nothing alive");
+    assert_eq!(
+        unsafe { ep_run(lp.0) },
+        EP_RUN_EMPTY,
+        "an EP_UNREF handle keeps nothing alive"
+    );
     let kept = start(lp.0, libc::SIGUSR2, 0, &seen);
     // SAFETY: live loop.
     assert_eq!(unsafe { ep_run_once(lp.0, 0) }, EP_RUN_MORE);
@@ -168,7 +187,10 @@ fn stopping_restores_a_mask_that_blocked_the_signal_already() {
     run_until(lp.0, "the callback", || !seen.calls.borrow().is_empty());
     // SAFETY: live loop.
     assert_eq!(unsafe { ep_signal_stop(lp.0, id) }, 0);
-    assert!(blocked_here(libc::SIGWINCH), "the program's own block stays");
+    assert!(
+        blocked_here(libc::SIGWINCH),
+        "the program's own block stays"
+    );
     // SAFETY: as above.
     unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, null_mut()) };
 }
@@ -207,7 +229,10 @@ fn misuse_is_refused_with_documented_codes() {
             ep_signal_start(null_mut(), libc::SIGUSR1, 0, Some(on_signal), user),
             i64::from(EP_ENULL)
         );
-        assert!(!blocked_here(libc::SIGUSR1), "a refused start changes no mask");
+        assert!(
+            !blocked_here(libc::SIGUSR1),
+            "a refused start changes no mask"
+        );
         let id = start(lp.0, libc::SIGUSR1, 0, &seen);
         assert_eq!(ep_close(lp.0, id), EP_EKIND);
         assert_eq!(ep_timer_cancel(lp.0, id), EP_EKIND);
@@ -244,7 +269,9 @@ fn each_loop_gets_the_signals_sent_to_its_thread() {
                 let seen = Seen::default();
                 let id = start(lp.0, libc::SIGUSR2, 0, &seen);
                 raise_in_this_thread(libc::SIGUSR2);
-                run_until(lp.0, "this thread's signal", || !seen.calls.borrow().is_empty());
+                run_until(lp.0, "this thread's signal", || {
+                    !seen.calls.borrow().is_empty()
+                });
                 // SAFETY: live loop.
                 assert_eq!(unsafe { ep_run_once(lp.0, 20) }, EP_RUN_MORE);
                 let calls = seen.calls.borrow().clone();

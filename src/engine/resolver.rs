@@ -37,7 +37,9 @@ struct Inbox {
 
 impl Mailbox {
     fn lock(&self) -> MutexGuard<'_, Inbox> {
-        self.inbox.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.inbox
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn deliver(&self, id: Id, answer: Answer) {

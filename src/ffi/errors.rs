@@ -101,7 +101,10 @@ mod tests {
         assert_eq!(EP_EAI_NONAME, -err(libc::EAI_NONAME));
         assert_eq!(EP_EAI_AGAIN, -err(libc::EAI_AGAIN));
         assert_eq!(EP_EAI_FAIL, -err(libc::EAI_FAIL));
-        assert_eq!(crate::sys::eai_of(err(libc::EAI_NONAME)), Some(libc::EAI_NONAME));
+        assert_eq!(
+            crate::sys::eai_of(err(libc::EAI_NONAME)),
+            Some(libc::EAI_NONAME)
+        );
         assert_eq!(crate::sys::eai_of(libc::ECONNREFUSED), None);
     }
 }
