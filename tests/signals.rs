@@ -47,10 +47,8 @@ fn start(lp: *mut ep_loop, signo: c_int, flags: u32, seen: &Seen) -> u64 {
 
 fn raise_in_this_thread(signo: c_int) {
     // SAFETY: sends a signal to the calling thread, which blocks it (a handle watches it).
-    assert_eq!(
-        unsafe { libc::pthread_kill(libc::pthread_self(), signo) },
-        0
-    );
+    let rc = unsafe { libc::pthread_kill(libc::pthread_self(), signo) };
+    assert_eq!(rc, 0);
 }
 
 fn blocked_here(signo: c_int) -> bool {
@@ -147,11 +145,8 @@ fn a_handle_keeps_the_loop_running_unless_unref() {
     let seen = Seen::default();
     let unref = start(lp.0, libc::SIGUSR1, EP_UNREF, &seen);
     // SAFETY: live loop.
-    assert_eq!(
-        unsafe { ep_run(lp.0) },
-        EP_RUN_EMPTY,
-        "an EP_UNREF handle keeps nothing alive"
-    );
+    let rc = unsafe { ep_run(lp.0) };
+    assert_eq!(rc, EP_RUN_EMPTY, "an EP_UNREF handle keeps nothing alive");
     let kept = start(lp.0, libc::SIGUSR2, 0, &seen);
     // SAFETY: live loop.
     assert_eq!(unsafe { ep_run_once(lp.0, 0) }, EP_RUN_MORE);
