@@ -104,17 +104,18 @@ impl<H: Handler> Loop<H> {
         opts: Options,
         handler: H,
     ) -> Result<Id, Error> {
-        match host {
-            "" | "*" => Err(Error::Os(sys::EINVAL)),
-            _ => match host.parse::<IpAddr>() {
-                Ok(ip) => self.connect(
-                    &sys::Addr::Ip(SocketAddr::new(ip, port)),
-                    timeout,
-                    opts,
-                    handler,
-                ),
-                Err(_) => self.connect_by_name(host, port, timeout, opts, handler),
-            },
+        match host.parse::<IpAddr>() {
+            Ok(ip) => self.connect(
+                &sys::Addr::Ip(SocketAddr::new(ip, port)),
+                timeout,
+                opts,
+                handler,
+            ),
+            // No host name is empty or has a ':' (an IPv6 address that did not parse, a port).
+            Err(_) if host.is_empty() || host == "*" || host.contains(':') => {
+                Err(Error::Os(sys::EINVAL))
+            }
+            Err(_) => self.connect_by_name(host, port, timeout, opts, handler),
         }
     }
 

@@ -201,7 +201,8 @@ pub unsafe extern "C" fn ep_listen_unix(
 /// on_close, the lookup's answer is ignored); only its socket does not exist yet, so ep_fd()
 /// gives a placeholder descriptor and socket options belong in on_accept. ep_loop_free() never
 /// waits for a lookup. Returns the id, or a negative error when no connection could be started:
-/// EP_ENULL (NULL host or cbs), -EINVAL (an empty host, unknown flags), -EMFILE/-ENFILE,
+/// EP_ENULL (NULL host or cbs), -EINVAL (an empty host, one with a ':' that is not an IPv6
+/// address, unknown flags), -EMFILE/-ENFILE,
 /// EP_EBUSY (during ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
 ///
 /// # Safety
