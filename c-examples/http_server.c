@@ -68,7 +68,6 @@ static struct {
   const char *host;
 } g_opt = {.host = "127.0.0.1"};
 
-static ep_loop *g_loop; /* read by the signal handler only while ep_run is running */
 static ep_id g_listener;
 
 static void report(ep_id conn, const char *what, int rc) {
@@ -323,18 +322,19 @@ static void on_close(ep_loop *loop, ep_id id, ep_close_reason reason, int err, v
   free(user);
 }
 
-static void on_signal(int signo) {
+/* SIGINT/SIGTERM come as ordinary callbacks on the loop's thread (never in a signal handler),
+ * so anything may be done here. EP_UNREF: the handles keep nothing alive by themselves. */
+static void on_signal(ep_loop *loop, ep_id handle, int signo, void *user) {
+  (void)handle;
   (void)signo;
-  ep_stop(g_loop); /* async-signal-safe; ep_run returns EP_RUN_STOPPED */
+  (void)user;
+  ep_stop(loop); /* ep_run returns EP_RUN_STOPPED */
 }
 
-static void set_stop_signals(void (*handler)(int)) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = handler;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
+static int watch_stop_signals(ep_loop *loop) {
+  int64_t rc = ep_signal_start(loop, SIGINT, EP_UNREF, on_signal, NULL);
+  if (rc > 0) rc = ep_signal_start(loop, SIGTERM, EP_UNREF, on_signal, NULL);
+  return rc < 0 ? (int)rc : 0;
 }
 
 static int parse_uint(const char *text, unsigned long max, unsigned long *out) {
@@ -394,13 +394,15 @@ int main(int argc, char **argv) {
   }
   printf("listening %d\n", bound_port);
 
-  g_loop = loop;
-  set_stop_signals(on_signal);
-  int rc;
+  int rc = watch_stop_signals(loop);
+  if (rc < 0) {
+    fprintf(stderr, "http_server: ep_signal_start: %s\n", ep_strerror(rc));
+    ep_loop_free(loop);
+    return 1;
+  }
   do {
     rc = ep_run(loop);
   } while (rc == -EINTR);
-  set_stop_signals(SIG_IGN); /* from here on the loop is being freed: no more ep_stop */
   if (rc < 0) fprintf(stderr, "http_server: ep_run: %s\n", ep_strerror(rc));
 
   ep_loop_free(loop); /* logs "close <id> loop_freed 0" and frees every open connection */

@@ -17,10 +17,11 @@
  *
  * Threads: every loop is created, and its listener bound, by the main thread; each worker then
  * runs one loop and nothing else (a loop belongs to the thread that runs it). SIGINT/SIGTERM are
- * blocked in every thread and taken by the main thread with sigwait(), which then calls
- * ep_stop() on each loop (ep_stop is thread-safe), joins the workers, and frees the loops: open
- * connections are logged "close <id> loop_freed 0". A signal handler calling ep_stop would work
- * too (it is async-signal-safe), but could race with ep_loop_free at exit; sigwait cannot.
+ * blocked in every thread (before any is created: threads inherit the mask), so a signal sent to
+ * the process waits for the one loop that watches it: the main thread's control loop, whose only
+ * registrations are two ep_signal_start() handles. Their callback stops the control loop; the
+ * main thread then calls ep_stop() on each worker's loop (ep_stop is thread-safe), joins the
+ * workers, and frees the loops: open connections are logged "close <id> loop_freed 0".
  */
 #include <eploop.h>
 
@@ -96,6 +97,25 @@ static void *run_worker(void *arg) {
   return NULL;
 }
 
+/* A stop signal: a callback on the control loop's thread, like any other. */
+static void on_stop_signal(ep_loop *control, ep_id handle, int signo, void *user) {
+  (void)handle;
+  (void)signo;
+  (void)user;
+  ep_stop(control);
+}
+
+/* Runs until SIGINT or SIGTERM (the handles keep the control loop alive: no EP_UNREF). */
+static int run_control_loop(void) {
+  ep_loop *control = ep_loop_new();
+  int64_t rc = ep_signal_start(control, SIGINT, 0, on_stop_signal, NULL);
+  if (rc > 0) rc = ep_signal_start(control, SIGTERM, 0, on_stop_signal, NULL);
+  if (rc > 0) rc = ep_run(control);
+  if (rc < 0) fprintf(stderr, "multi_loop: control loop: %s\n", ep_strerror((int)rc));
+  ep_loop_free(control); /* gives the main thread its signal mask back: still blocked */
+  return rc < 0;
+}
+
 static int parse_uint(const char *text, unsigned long max, unsigned long *out) {
   char *end;
   errno = 0;
@@ -126,7 +146,8 @@ int main(int argc, char **argv) {
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
 
-  /* Blocked here, inherited by every worker: only sigwait() below ever takes them. */
+  /* Blocked here, inherited by every worker: only the control loop below ever takes them. Were a
+   * worker not to block them, a signal sent to the process could be delivered to it instead. */
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
@@ -176,10 +197,7 @@ int main(int argc, char **argv) {
         break;
       }
     }
-    if (status == 0) {
-      int signo;
-      sigwait(&stop_signals, &signo);
-    }
+    if (status == 0) status = run_control_loop();
   }
 
   for (unsigned long i = 0; i < started; i++) ep_stop(workers[i].loop);

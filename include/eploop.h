@@ -163,6 +163,30 @@
 #define EP_EFORK -4008
 
 /**
+ * Name resolution failed (ep_connect() with a host name): such a failure is reported as the
+ * connection's on_close(EP_CLOSE_ERROR) with `err` = -(EP_EAI_BASE + the EAI_* code of
+ * getaddrinfo), i.e. a positive number above 4100 that ep_strerror(-err) names with
+ * gai_strerror's text. The common ones have names: EP_EAI_NONAME, EP_EAI_AGAIN, EP_EAI_FAIL.
+ */
+#define EP_EAI_BASE -4100
+
+/**
+ * The name does not exist, or has no IPv4/IPv6 address (EAI_NONAME; also reported for
+ * EAI_NODATA and EAI_ADDRFAMILY): as an on_close `err`, 4102.
+ */
+#define EP_EAI_NONAME -4102
+
+/**
+ * The name server could not be reached or answered "try again" (EAI_AGAIN): `err` 4103.
+ */
+#define EP_EAI_AGAIN -4103
+
+/**
+ * The name server failed for good (EAI_FAIL): `err` 4104.
+ */
+#define EP_EAI_FAIL -4104
+
+/**
  * ep_run()/ep_run_once(): nothing is registered any more.
  */
 #define EP_RUN_EMPTY 0
@@ -465,6 +489,12 @@ typedef struct ep_callbacks {
 } ep_callbacks;
 
 /**
+ * A signal handle's callback: `signal` is the id ep_signal_start() returned, `signo` the signal
+ * delivered, `user` the handle's user pointer. Runs on the loop's thread like any callback.
+ */
+typedef void (*ep_signal_cb)(struct ep_loop *lp, ep_id signal, int signo, void *user);
+
+/**
  * Counters of a loop's life (see ep_get_stats()). ABI: fields are only ever appended at the end
  * (a minor version may add some), and ep_get_stats() writes no more than the size its caller
  * passes, so a program built against an older, smaller ep_stats keeps working.
@@ -550,6 +580,17 @@ typedef struct ep_trace_record {
  * any callback, and may call ep_* functions like any callback (it is best left to logging).
  */
 typedef void (*ep_trace_cb)(struct ep_loop *lp, const struct ep_trace_record *record, void *user);
+
+/**
+ * A positive errno value.
+ */
+typedef int32_t Errno;
+
+/**
+ * A failed lookup's EAI_* code (glibc's are negative) becomes the error `EAI_ERRNO_BASE - code`:
+ * positive like an errno and far from every errno, so one `err` field carries either.
+ */
+#define EAI_ERRNO_BASE 4100
 
 #ifdef __cplusplus
 extern "C" {
@@ -855,14 +896,24 @@ int64_t ep_listen_unix(struct ep_loop *lp,
                        void *user);
 
 /**
- * Connects to `host`:`port` (numeric IPv4/IPv6 or "localhost") without blocking and returns the
- * new connection's id at once. Success is reported as on_accept(loop, 0, conn, user) — listener 0
- * means "outbound" — after which it is an ordinary connection; failure (ECONNREFUSED, ...) as its
- * one on_close (EP_CLOSE_ERROR or EP_CLOSE_PEER_RESET with the errno), and if `timeout_ms` (0 =
- * none) passes first, as on_close(EP_CLOSE_TIMEOUT, ETIMEDOUT). ep_send() before the connection is
- * up queues the bytes. Returns the id, or a negative error when no socket could be made:
- * EP_ENULL (NULL host or cbs), -EINVAL (a bad host, unknown flags), -EMFILE/-ENFILE, EP_EBUSY
- * (during ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ * Connects to `host`:`port` without blocking and returns the new connection's id at once.
+ * `host` is a numeric IPv4/IPv6 address (connected at once, as before) or a host name
+ * ("localhost", "db.example.com"), which a resolver thread looks up with getaddrinfo (so
+ * /etc/hosts, DNS... as the system is configured) while the loop runs on; the addresses are then
+ * tried in the order getaddrinfo gives them, each one after the previous was refused or
+ * unreachable. Success is reported as on_accept(loop, 0, conn, user) — listener 0 means
+ * "outbound" — after which it is an ordinary connection; failure as its one on_close: EP_CLOSE_ERROR
+ * or EP_CLOSE_PEER_RESET with the errno of the last address tried (ECONNREFUSED, ...), or
+ * EP_CLOSE_ERROR with -(EP_EAI_BASE + EAI_*) when the name does not resolve (e.g. 4102 =
+ * -EP_EAI_NONAME; ep_strerror(-err) names it); and if `timeout_ms` (0 = none) passes first —
+ * resolution included — as on_close(EP_CLOSE_TIMEOUT, ETIMEDOUT). While the name resolves the id
+ * behaves as a connecting socket: ep_send() queues, ep_close() and ep_abort() end it (one
+ * on_close, the lookup's answer is ignored); only its socket does not exist yet, so ep_fd()
+ * gives a placeholder descriptor and socket options belong in on_accept. ep_loop_free() never
+ * waits for a lookup. Returns the id, or a negative error when no connection could be started:
+ * EP_ENULL (NULL host or cbs), -EINVAL (an empty host, one with a ':' that is not an IPv6
+ * address, unknown flags), -EMFILE/-ENFILE,
+ * EP_EBUSY (during ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
  *
  * # Safety
  * `lp` as for ep_loop_free(); `host` NULL or NUL-terminated; `cbs` as for ep_register().
@@ -990,6 +1041,60 @@ int ep_set_keepalive(struct ep_loop *lp, ep_id id, int idle_s, int interval_s, i
  * `lp` as for ep_loop_free().
  */
 int ep_set_user_timeout(struct ep_loop *lp, ep_id id, uint32_t ms);
+
+/**
+ * Calls `cb(loop, id, signo, user)` on the loop's thread, as an ordinary callback (never from a
+ * signal handler, so it may call any ep_* function), each time `signo` is delivered, until
+ * ep_signal_stop(). Deliveries that arrive before the loop reads them coalesce as the kernel
+ * coalesces signals (real-time signals are queued and each is reported). Several handles may
+ * watch one signal (each is called, in the order they were started) and a loop may watch
+ * several signals. A handle keeps ep_run() running, like a timer, unless `flags` has EP_UNREF
+ * (the usual choice for SIGINT/SIGTERM in a server: the loop still ends when its connections
+ * are gone). Signal handles get no on_close; ep_loop_free() stops them. ep_set_user() and
+ * ep_get_user() work on them.
+ *
+ * How: the first handle of a signal in a loop blocks it in the calling thread
+ * (pthread_sigmask) and adds it to the loop's signalfd; the last ep_signal_stop() of it
+ * discards a delivery not read yet and restores the mask as it was (a signal that was already
+ * blocked stays blocked). No signal disposition (sigaction) is touched. Call ep_signal_start()
+ * and ep_signal_stop() on the thread that runs the loop.
+ *
+ * Threads — the price of signalfd: a signal sent to the process (kill, Ctrl-C, a service
+ * manager's SIGTERM) goes to ANY thread that does not block it. The loop's thread blocks it, so
+ * if another thread of the program does not, that thread takes the signal with its current
+ * disposition (often: the process ends) and the loop never sees it. A program with several
+ * threads must therefore block the signal in every thread: block it with pthread_sigmask()
+ * in main() before creating any thread (new threads inherit the mask); the loop then reads it
+ * whatever thread it runs on. With several loops watching the same signal in several threads, a
+ * process-directed delivery is read by one of them (whichever reads first), while one sent to a
+ * thread with pthread_kill() goes to that thread's loop. The mask is also inherited by child
+ * processes, through exec: a child started from the loop's thread starts with the signal blocked
+ * (reset it, e.g. with posix_spawnattr_setsigmask). A process-wide signal handler writing to
+ * a pipe (a "self-pipe", as libuv does) avoids these limits but replaces the program's own
+ * sigaction; eploop leaves dispositions to the program.
+ *
+ * Returns the handle's id (> 0), or EP_ENULL (NULL cb), -EINVAL (a signal that cannot be
+ * watched: out of range, SIGKILL, SIGSTOP, a fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE), one
+ * reserved by the C library; or a flag other than EP_UNREF), -EMFILE/-ENFILE/-ENOMEM (no
+ * signalfd), -ENOMEM, EP_EBUSY (during ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD,
+ * EP_EFORK, EP_EPANIC). May be called from callbacks.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
+ */
+int64_t ep_signal_start(struct ep_loop *lp, int signo, uint32_t flags, ep_signal_cb cb, void *user);
+
+/**
+ * Stops a signal handle: its callback is not called again (also when stopped from a callback of
+ * the same delivery). When it was the last handle of its signal in this loop, a delivery not
+ * read yet is discarded and the thread's signal mask restored (see ep_signal_start()). Returns
+ * 0, EP_ESTALE (already stopped, or unknown), EP_EKIND (not a signal handle), or a loop error
+ * (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
+ */
+int ep_signal_stop(struct ep_loop *lp, ep_id id);
 
 /**
  * Copies the loop's counters into `*out`: `size` must be the caller's `sizeof(ep_stats)`, and at

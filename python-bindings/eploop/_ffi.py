@@ -98,6 +98,7 @@ ON_WRITABLE = CFUNCTYPE(None, c_void_p, c_uint64, c_void_p)
 ON_CLOSE = CFUNCTYPE(None, c_void_p, c_uint64, c_int, c_int, c_void_p)
 TIMER_CB = CFUNCTYPE(None, c_void_p, c_uint64, c_void_p)
 POST_CB = CFUNCTYPE(None, c_void_p, c_void_p)
+SIGNAL_CB = CFUNCTYPE(None, c_void_p, c_uint64, c_int, c_void_p)  # (Python uses _signals.py)
 
 
 class Callbacks(Structure):
@@ -210,6 +211,8 @@ SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "ep_timer_start": (c_int64, (LOOP, c_uint64, c_uint64, TIMER_CB, c_void_p)),
     "ep_timer_cancel": (c_int, (LOOP, ID)),
     "ep_post": (c_int, (LOOP, POST_CB, c_void_p)),
+    "ep_signal_start": (c_int64, (LOOP, c_int, c_uint32, SIGNAL_CB, c_void_p)),
+    "ep_signal_stop": (c_int, (LOOP, ID)),
     "ep_run": (c_int, (LOOP,)),
     "ep_run_once": (c_int, (LOOP, c_int)),
     "ep_stop": (c_int, (LOOP,)),

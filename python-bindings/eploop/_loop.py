@@ -45,7 +45,7 @@ from collections.abc import Callable
 from ctypes import byref, c_char, c_size_t, c_uint64
 from typing import Any
 
-from . import _ffi
+from . import _ffi, _signals
 from ._ffi import hot, lib
 
 __all__ = [
@@ -660,6 +660,8 @@ class Loop:
         self._wake_pipe: tuple[int, int] | None = None
         self._wake_id = 0  # the wakeup pipe's registration (EP_UNREF), once made
         self._waking = False  # run() made the pipe Python's wakeup fd
+        self._signal_handlers: dict[int, Any] = {}  # add_signal_handler's, see _signals.py
+        self._guard: _SignalGuard | None = None  # run()'s, while it runs
         # ep_poll's output, read with one unpack per step
         self._result = _ffi.PollResult()
         self._result_ref = byref(self._result)
@@ -707,6 +709,7 @@ class Loop:
             lp = self._lp
             if lp is None:
                 return
+            _signals.remove_all(self)
             self._running = True
             try:
                 self._settle(lp)
@@ -790,12 +793,14 @@ class Loop:
         edge: bool = False,
         half_close: bool = False,
     ) -> Connection:
-        """Connect to ``(host, port)`` (numeric address or "localhost") or a Unix socket path
-        without blocking; returns the Connection at once.
+        """Connect to ``(host, port)`` or a Unix socket path without blocking; returns the
+        Connection at once. ``host`` is a numeric address or a name ("localhost"), resolved
+        off the loop's thread (getaddrinfo) and tried address by address.
 
         ``handler.on_accept()`` runs once connected; a failure (refused, unreachable) is the
-        connection's one ``on_close`` (ERROR or PEER_RESET with the errno), and after
-        ``timeout`` seconds ``on_close(TIMEOUT)``. What you ``send()`` before is queued.
+        connection's one ``on_close`` (ERROR or PEER_RESET with the errno; for a name that does
+        not resolve ERROR with an ``err`` above 4100, named by ``eploop._ffi.strerror(-err)``),
+        and after ``timeout`` seconds ``on_close(TIMEOUT)``. What you ``send()`` before is queued.
         """
         lp = self._open_lp()
         timeout_ms = _ms(timeout) if timeout else 0
@@ -914,6 +919,19 @@ class Loop:
                 raise ValueError("the loop is closed")
             raise _error(code, "ep_post")
 
+    def add_signal_handler(self, signum: int, callback: Callable[..., object], *args: Any) -> None:
+        """Call ``callback(*args)`` on the loop's thread, in a step of ``run()``, each time
+        signal ``signum`` arrives (as asyncio's loop does); it replaces a handler of ``signum``
+        set here before. Main thread only (RuntimeError otherwise, and for SIGKILL/SIGSTOP;
+        ValueError for an invalid number). Does not keep ``run()`` running. With a SIGINT
+        handler, Ctrl-C calls it instead of raising ``KeyboardInterrupt``. See ``_signals``."""
+        _signals.add_signal_handler(self, signum, callback, *args)
+
+    def remove_signal_handler(self, signum: int) -> bool:
+        """Remove the handler of ``signum`` set with ``add_signal_handler`` and put back the
+        one that was there before (``close()`` does it for all). False if none was set."""
+        return _signals.remove_signal_handler(self, signum)
+
     def drain(self, grace: float) -> None:
         """Graceful shutdown: close every listener now, give open connections ``grace`` seconds
         to finish, then close the rest gracefully; ``run()`` returns once nothing is left."""
@@ -950,7 +968,7 @@ class Loop:
         """
         lp = self._open_lp()
         self._enter()
-        guard = _SignalGuard(self, wake=True)
+        guard = self._guard = _SignalGuard(self, wake=True)
         timeout_ms = guard.timeout_ms
         step = self._step
         try:
@@ -962,6 +980,7 @@ class Loop:
             if guard.pending:
                 guard.deliver()
         finally:
+            self._guard = None
             guard.restore()
             self._running = False
 
@@ -973,11 +992,12 @@ class Loop:
         """
         lp = self._open_lp()
         self._enter()
-        guard = _SignalGuard(self, wake=False)
+        guard = self._guard = _SignalGuard(self, wake=False)
         try:
             state = self._step(lp, -1 if timeout is None else _ms(timeout))
             guard.deliver()
         finally:
+            self._guard = None
             guard.restore()
             self._running = False
         return RunResult(state)

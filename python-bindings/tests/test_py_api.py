@@ -48,6 +48,7 @@ C_TYPES = {
     "uint64_t": ctypes.c_uint64,
     "ep_timer_cb": _ffi.TIMER_CB,
     "ep_post_cb": _ffi.POST_CB,
+    "ep_signal_cb": _ffi.SIGNAL_CB,
     "struct ep_stats *": ctypes.POINTER(_ffi.Stats),
     "const struct ep_command *": ctypes.POINTER(_ffi.Command),
     "const uint8_t *": ctypes.c_void_p,

@@ -12,6 +12,10 @@ impl<H: Handler> Loop<H> {
     /// Ends a registration for the user: releases or hands its fd to lingering, and queues its
     /// single on_close. Every way a registration ends comes through here.
     pub(super) fn terminate(&self, id: Id, reason: CloseReason, err: Errno, fate: FdFate) {
+        // A connect by name that failed moves on to the name's next address, if any.
+        if self.retry_connect(id, reason, err) {
+            return;
+        }
         let mut st = self.state.borrow_mut();
         if !matches!(
             st.entries.get(id),

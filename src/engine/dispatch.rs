@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::passes::ReadSetup;
-use super::{Closed, Entry, Error, Handler, Id, Loop, RunState, Trace, WAKE_TOKEN};
+use super::{Closed, Entry, Error, Handler, Id, Loop, RunState, Trace, SIGNAL_TOKEN, WAKE_TOKEN};
 use crate::sys::{self, ev};
 
 const MAX_EVENTS: usize = 4096;
@@ -75,6 +75,9 @@ impl<H: Handler> Loop<H> {
             if token == WAKE_TOKEN {
                 self.remote.wake_fd.drain();
                 self.run_posted();
+                self.run_resolved();
+            } else if token == SIGNAL_TOKEN {
+                self.signal_pass();
             } else {
                 self.dispatch(token, bits);
             }
@@ -111,6 +114,7 @@ impl<H: Handler> Loop<H> {
         st.live - st.unref_count + st.lingering > 0
             || !st.closes.is_empty()
             || self.remote.has_posted()
+            || self.signals.borrow().keep_alive()
     }
 
     fn kind(&self, id: Id, bits: u32) -> Option<Kind<H>> {
@@ -122,7 +126,7 @@ impl<H: Handler> Loop<H> {
             Entry::Closed(Closed {
                 lingering: Some(_), ..
             }) => Some(Kind::Lingering),
-            Entry::Timer(_) | Entry::Closed(_) => None,
+            Entry::Timer(_) | Entry::Signal(_) | Entry::Closed(_) => None,
         }
     }
 

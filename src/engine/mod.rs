@@ -9,6 +9,7 @@
 //! - `registry.rs` — making registrations (adopt, listen, connect), draining, freeing.
 //! - `listener.rs` (accept policy), `timers.rs` (timers and deadlines), `remote.rs` (the part
 //!   other threads touch), `slab.rs` (ids with generations).
+//! - `signals.rs` (signals through a signalfd), `resolver.rs` (connecting by host name).
 //!
 //! User code is reached through the [`Handler`] trait; the C ABI is one implementation of it.
 //! Borrowing discipline: the loop is used through `&self` (callbacks call back into it), its
@@ -23,6 +24,8 @@ mod ops;
 mod passes;
 mod registry;
 mod remote;
+mod resolver;
+mod signals;
 mod slab;
 mod stream;
 mod timers;
@@ -36,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crate::sys::{self, ev, Errno, Fd};
 use listener::Listener;
-pub use registry::{connect_addr, unix_addr};
+pub use registry::unix_addr;
 pub use remote::Remote;
 pub use slab::Id;
 use slab::Slab;
@@ -79,6 +82,8 @@ pub trait Handler: Clone {
     fn on_writable(&self, lp: &Loop<Self>, conn: Id);
     fn on_close(&self, lp: &Loop<Self>, conn: Id, reason: CloseReason, err: Errno);
     fn on_timer(&self, lp: &Loop<Self>, timer: Id);
+    /// `signo` was delivered to the process or the loop's thread (see [`Loop::signal_start`]).
+    fn on_signal(&self, lp: &Loop<Self>, signal: Id, signo: i32);
     /// Runs a posted value on the loop's thread; every posted value is run exactly once.
     fn run_posted(lp: &Loop<Self>, posted: Self::Posted);
     /// A trace record, while tracing is on (Loop::set_tracing).
@@ -145,6 +150,8 @@ const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 const READ_BUDGET: usize = 4;
 const READ_BUF_SIZE: usize = 64 * 1024;
 const WAKE_TOKEN: u64 = 0;
+/// The epoll token of the loop's signalfd (an id with tag 0 is never a registration's).
+const SIGNAL_TOKEN: u64 = 1;
 /// The deadline-heap id of the loop's drain deadline (0 is never a registration id).
 const DRAIN_TOKEN: Id = 0;
 
@@ -195,6 +202,7 @@ enum Entry<H> {
     /// Closed for the user (on_close decided); the loop alone drains it until EOF or the deadline.
     Lingering(Lingering),
     Timer(Timer<H>),
+    Signal(signals::Signal<H>),
     /// on_close decided and queued: calls get Error::Closing until it is delivered.
     Closed(Closed<H>),
 }
@@ -277,6 +285,8 @@ pub struct Loop<H: Handler> {
     state: RefCell<State<H>>,
     read_buf: RefCell<Vec<u8>>,
     events: RefCell<sys::EventBuf>,
+    signals: RefCell<signals::Signals>,
+    lookups: resolver::Lookups,
     depth: Cell<u32>,
     freeing: Cell<bool>,
     /// Counts loop steps (run_once calls that waited).
@@ -294,6 +304,7 @@ impl<H: Handler> Loop<H> {
         let wake_fd = sys::Waker::new()?;
         sys::epoll_add(epfd.as_raw_fd(), wake_fd.as_raw_fd(), ev::IN, WAKE_TOKEN)?;
         Ok(Loop {
+            lookups: resolver::Lookups::new(wake_fd.as_raw_fd()),
             remote: Remote::new(wake_fd),
             epfd: epfd.into_raw_fd(),
             state: RefCell::new(State {
@@ -314,6 +325,7 @@ impl<H: Handler> Loop<H> {
             }),
             read_buf: RefCell::new(vec![0; READ_BUF_SIZE]),
             events: RefCell::new(sys::EventBuf::with_capacity(256)),
+            signals: RefCell::default(),
             depth: Cell::new(0),
             freeing: Cell::new(false),
             step: Cell::new(0),
@@ -339,6 +351,7 @@ impl<H: Handler> Loop<H> {
 impl<H: Handler> Drop for Loop<H> {
     fn drop(&mut self) {
         self.close_all();
+        self.lookups.close();
         sys::close(self.epfd);
     }
 }
@@ -367,7 +380,7 @@ impl<H> State<H> {
             Some(Entry::Listener(l)) => Ok(Target::Listener(l)),
             Some(Entry::Stream(s)) if s.closed_by_caller => Err(Error::Closing),
             Some(Entry::Stream(s)) => Ok(Target::Stream(s)),
-            Some(Entry::Timer(_)) => Err(Error::Kind),
+            Some(Entry::Timer(_) | Entry::Signal(_)) => Err(Error::Kind),
             Some(Entry::Closed(closed)) if closed.ender == Ender::Loop => Ok(Target::Gone {
                 listener: closed.listener,
             }),

@@ -153,7 +153,7 @@ impl<H: Handler> Loop<H> {
                 self.end_linger(id, true);
                 return Ok(());
             }
-            Some(Entry::Timer(_)) => return Err(Error::Kind),
+            Some(Entry::Timer(_) | Entry::Signal(_)) => return Err(Error::Kind),
             Some(Entry::Lingering(_)) | None => return Err(Error::Stale),
         };
         drop(st);
@@ -261,6 +261,7 @@ impl<H: Handler> Loop<H> {
             Some(Entry::Listener(l)) => Ok(f(&mut l.handler)),
             Some(Entry::Stream(s)) => Ok(f(&mut s.handler)),
             Some(Entry::Timer(t)) => Ok(f(&mut t.handler)),
+            Some(Entry::Signal(s)) => Ok(f(&mut s.handler)),
             // The user pointer stays the caller's until on_close has run.
             Some(Entry::Closed(closed)) => Ok(f(&mut closed.handler)),
             Some(Entry::Lingering(_)) | None => Err(Error::Stale),

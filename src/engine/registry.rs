@@ -259,17 +259,22 @@ impl<H: Handler> Loop<H> {
             enum Ending {
                 EndLinger,
                 CancelTimer,
+                StopSignal,
                 Terminate,
             }
             let ending = match self.state.borrow().entries.get(id) {
                 Some(Entry::Lingering(_)) => Ending::EndLinger,
                 Some(Entry::Timer(_)) => Ending::CancelTimer,
+                Some(Entry::Signal(_)) => Ending::StopSignal,
                 _ => Ending::Terminate,
             };
             match ending {
                 Ending::EndLinger => self.end_linger(id, false),
                 Ending::CancelTimer => {
                     let _ = self.timer_cancel(id);
+                }
+                Ending::StopSignal => {
+                    let _ = self.signal_stop(id);
                 }
                 Ending::Terminate => {
                     // Best effort, without blocking: hand what is queued to the kernel first
@@ -298,14 +303,6 @@ fn parse_host(host: &str) -> Result<IpAddr, Error> {
         "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         "" | "*" => Ok(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         _ => host.parse().map_err(|_| Error::Os(sys::EINVAL)),
-    }
-}
-
-/// Parses a host for connect: a numeric address or "localhost".
-pub fn connect_addr(host: &str, port: u16) -> Result<sys::Addr, Error> {
-    match host {
-        "" | "*" => Err(Error::Os(sys::EINVAL)),
-        _ => Ok(sys::Addr::Ip(SocketAddr::new(parse_host(host)?, port))),
     }
 }
 

@@ -29,6 +29,19 @@ pub const EP_ETHREAD: c_int = -4007;
 /// is refused, so that nothing the child does disturbs the parent's loop.
 pub const EP_EFORK: c_int = -4008;
 
+/// Name resolution failed (ep_connect() with a host name): such a failure is reported as the
+/// connection's on_close(EP_CLOSE_ERROR) with `err` = -(EP_EAI_BASE + the EAI_* code of
+/// getaddrinfo), i.e. a positive number above 4100 that ep_strerror(-err) names with
+/// gai_strerror's text. The common ones have names: EP_EAI_NONAME, EP_EAI_AGAIN, EP_EAI_FAIL.
+pub const EP_EAI_BASE: c_int = -4100;
+/// The name does not exist, or has no IPv4/IPv6 address (EAI_NONAME; also reported for
+/// EAI_NODATA and EAI_ADDRFAMILY): as an on_close `err`, 4102.
+pub const EP_EAI_NONAME: c_int = -4102;
+/// The name server could not be reached or answered "try again" (EAI_AGAIN): `err` 4103.
+pub const EP_EAI_AGAIN: c_int = -4103;
+/// The name server failed for good (EAI_FAIL): `err` 4104.
+pub const EP_EAI_FAIL: c_int = -4104;
+
 /// The one mapping from engine errors to C codes.
 pub(super) fn code(err: Error) -> c_int {
     match err {
@@ -68,8 +81,30 @@ pub extern "C" fn ep_strerror(code: c_int) -> *const c_char {
         EP_EPANIC => c"Internal panic caught; the loop is poisoned",
         EP_ETHREAD => c"Another thread is using this loop (a loop is used by one thread at a time)",
         EP_EFORK => c"Loop inherited across fork(); the child may only free it",
-        _ => crate::sys::errno_description(code.checked_abs().unwrap_or(0))
-            .unwrap_or(c"Unknown error code"),
+        _ => match code.checked_neg().and_then(crate::sys::eai_of) {
+            Some(eai) => crate::sys::eai_description(eai),
+            None => crate::sys::errno_description(code.checked_abs().unwrap_or(0))
+                .unwrap_or(c"Unknown error code"),
+        },
     };
     text.as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_codes_follow_the_eai_codes() {
+        let err = |eai: c_int| -(EP_EAI_BASE + eai);
+        assert_eq!(-crate::sys::EAI_ERRNO_BASE, EP_EAI_BASE);
+        assert_eq!(EP_EAI_NONAME, -err(libc::EAI_NONAME));
+        assert_eq!(EP_EAI_AGAIN, -err(libc::EAI_AGAIN));
+        assert_eq!(EP_EAI_FAIL, -err(libc::EAI_FAIL));
+        assert_eq!(
+            crate::sys::eai_of(err(libc::EAI_NONAME)),
+            Some(libc::EAI_NONAME)
+        );
+        assert_eq!(crate::sys::eai_of(libc::ECONNREFUSED), None);
+    }
 }

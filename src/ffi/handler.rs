@@ -140,6 +140,11 @@ pub(super) const NO_CALLBACKS: ep_callbacks = ep_callbacks {
 pub type ep_timer_cb =
     Option<unsafe extern "C" fn(lp: *mut ep_loop, timer: ep_id, user: *mut c_void)>;
 
+/// A signal handle's callback: `signal` is the id ep_signal_start() returned, `signo` the signal
+/// delivered, `user` the handle's user pointer. Runs on the loop's thread like any callback.
+pub type ep_signal_cb =
+    Option<unsafe extern "C" fn(lp: *mut ep_loop, signal: ep_id, signo: c_int, user: *mut c_void)>;
+
 /// A function posted to a loop with ep_post(); runs on the loop's thread.
 pub type ep_post_cb = Option<unsafe extern "C" fn(lp: *mut ep_loop, user: *mut c_void)>;
 
@@ -147,6 +152,7 @@ pub type ep_post_cb = Option<unsafe extern "C" fn(lp: *mut ep_loop, user: *mut c
 pub(super) struct FfiHandler {
     pub(super) cbs: ep_callbacks,
     pub(super) timer: ep_timer_cb,
+    pub(super) signal: ep_signal_cb,
     pub(super) user: *mut c_void,
     /// EP_QUEUE: record events for ep_poll() instead of calling `cbs`.
     pub(super) queued: bool,
@@ -157,6 +163,7 @@ impl FfiHandler {
         FfiHandler {
             cbs,
             timer: None,
+            signal: None,
             user,
             queued: false,
         }
@@ -192,6 +199,14 @@ impl Handler for FfiHandler {
 
     fn on_trace(lp: &Engine, id: u64, record: Trace) {
         LoopBox::of(lp).emit_trace(LoopBox::as_ptr(lp), id, record);
+    }
+
+    fn on_signal(&self, lp: &Engine, signal: u64, signo: i32) {
+        if let Some(cb) = self.signal {
+            // SAFETY: the caller passed this function pointer to ep_signal_start with this
+            // signature; the loop pointer is live for the duration of the call.
+            unsafe { cb(LoopBox::as_ptr(lp), signal, signo, self.user) }
+        }
     }
 
     fn delivers_later(&self) -> bool {

@@ -1,7 +1,7 @@
 //! The C ABI, one file per C object: the loop (`lifecycle.rs`), registrations (`registration.rs`),
-//! connections (`connection.rs`), timers (`timer.rs`), counters (`stats.rs`), error codes
-//! (`errors.rs`), callbacks (`handler.rs`), the trace hook (`trace.rs`) and the batch interface
-//! for bindings (`batch.rs`).
+//! connections (`connection.rs`), timers (`timer.rs`), signals (`signal.rs`), counters
+//! (`stats.rs`), error codes (`errors.rs`), callbacks (`handler.rs`), the trace hook (`trace.rs`)
+//! and the batch interface for bindings (`batch.rs`).
 //! Every export that takes a loop goes through one boundary (`boundary.rs`): NULL, fork and thread
 //! checks, the panic fallback, the poison flag. The doc comments here are the header's manual.
 
@@ -15,6 +15,7 @@ mod errors;
 mod handler;
 mod lifecycle;
 mod registration;
+mod signal;
 mod stats;
 mod timer;
 mod trace;
@@ -22,9 +23,12 @@ mod trace;
 pub use batch::*;
 pub use connection::*;
 pub use errors::*;
-pub use handler::{ep_callbacks, ep_close_reason, ep_close_reason_name, ep_post_cb, ep_timer_cb};
+pub use handler::{
+    ep_callbacks, ep_close_reason, ep_close_reason_name, ep_post_cb, ep_signal_cb, ep_timer_cb,
+};
 pub use lifecycle::*;
 pub use registration::*;
+pub use signal::*;
 pub use stats::*;
 pub use timer::*;
 pub use trace::*;

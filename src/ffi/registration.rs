@@ -194,14 +194,24 @@ pub unsafe extern "C" fn ep_listen_unix(
     }
 }
 
-/// Connects to `host`:`port` (numeric IPv4/IPv6 or "localhost") without blocking and returns the
-/// new connection's id at once. Success is reported as on_accept(loop, 0, conn, user) — listener 0
-/// means "outbound" — after which it is an ordinary connection; failure (ECONNREFUSED, ...) as its
-/// one on_close (EP_CLOSE_ERROR or EP_CLOSE_PEER_RESET with the errno), and if `timeout_ms` (0 =
-/// none) passes first, as on_close(EP_CLOSE_TIMEOUT, ETIMEDOUT). ep_send() before the connection is
-/// up queues the bytes. Returns the id, or a negative error when no socket could be made:
-/// EP_ENULL (NULL host or cbs), -EINVAL (a bad host, unknown flags), -EMFILE/-ENFILE, EP_EBUSY
-/// (during ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+/// Connects to `host`:`port` without blocking and returns the new connection's id at once.
+/// `host` is a numeric IPv4/IPv6 address (connected at once, as before) or a host name
+/// ("localhost", "db.example.com"), which a resolver thread looks up with getaddrinfo (so
+/// /etc/hosts, DNS... as the system is configured) while the loop runs on; the addresses are then
+/// tried in the order getaddrinfo gives them, each one after the previous was refused or
+/// unreachable. Success is reported as on_accept(loop, 0, conn, user) — listener 0 means
+/// "outbound" — after which it is an ordinary connection; failure as its one on_close: EP_CLOSE_ERROR
+/// or EP_CLOSE_PEER_RESET with the errno of the last address tried (ECONNREFUSED, ...), or
+/// EP_CLOSE_ERROR with -(EP_EAI_BASE + EAI_*) when the name does not resolve (e.g. 4102 =
+/// -EP_EAI_NONAME; ep_strerror(-err) names it); and if `timeout_ms` (0 = none) passes first —
+/// resolution included — as on_close(EP_CLOSE_TIMEOUT, ETIMEDOUT). While the name resolves the id
+/// behaves as a connecting socket: ep_send() queues, ep_close() and ep_abort() end it (one
+/// on_close, the lookup's answer is ignored); only its socket does not exist yet, so ep_fd()
+/// gives a placeholder descriptor and socket options belong in on_accept. ep_loop_free() never
+/// waits for a lookup. Returns the id, or a negative error when no connection could be started:
+/// EP_ENULL (NULL host or cbs), -EINVAL (an empty host, one with a ':' that is not an IPv6
+/// address, unknown flags), -EMFILE/-ENFILE,
+/// EP_EBUSY (during ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
 ///
 /// # Safety
 /// `lp` as for ep_loop_free(); `host` NULL or NUL-terminated; `cbs` as for ep_register().
@@ -220,8 +230,7 @@ pub unsafe extern "C" fn ep_connect(
     // SAFETY: forwarded contract.
     unsafe {
         create(lp, flags, cbs, user, |engine, opts, handler| {
-            let addr = engine::connect_addr(host_str(host?)?, port)?;
-            engine.connect(&addr, millis(timeout_ms), opts, handler)
+            engine.connect_host(host_str(host?)?, port, millis(timeout_ms), opts, handler)
         })
     }
 }

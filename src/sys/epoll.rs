@@ -77,6 +77,18 @@ pub fn epoll_wait(epfd: Fd, buf: &mut EventBuf, timeout_ms: c_int) -> SysResult<
     syscall!(unsafe { libc::epoll_wait(epfd, events, max, timeout_ms) }).map(|n| n as usize)
 }
 
+/// Adds one to the counter of the eventfd `fd` (for threads that hold only its number while its
+/// owner keeps it open). Async-signal-safe: one write(2), no allocation, no locks.
+pub fn eventfd_signal(fd: Fd) -> SysResult<()> {
+    let one: u64 = 1;
+    // SAFETY: `one` is 8 readable bytes, the size an eventfd write requires.
+    match syscall!(unsafe { libc::write(fd, (&one as *const u64).cast(), 8) }) {
+        // A saturated counter already means "wake up".
+        Ok(_) | Err(EAGAIN) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// An eventfd that wakes the loop's epoll_wait: readable while its counter is non-zero.
 pub struct Waker {
     fd: OwnedFd,
@@ -91,14 +103,7 @@ impl Waker {
 
     /// Adds one to the counter. Async-signal-safe: one write(2), no allocation, no locks.
     pub fn wake(&self) -> SysResult<()> {
-        let one: u64 = 1;
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: `one` is 8 readable bytes, the size an eventfd write requires.
-        match syscall!(unsafe { libc::write(fd, (&one as *const u64).cast(), 8) }) {
-            // A saturated counter already means "wake up".
-            Ok(_) | Err(EAGAIN) => Ok(()),
-            Err(e) => Err(e),
-        }
+        eventfd_signal(self.fd.as_raw_fd())
     }
 
     /// Resets the counter to zero; EAGAIN (already zero) is fine.

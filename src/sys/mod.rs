@@ -14,12 +14,15 @@ mod errno;
 mod fd;
 mod io;
 mod process;
+mod resolve;
+mod signals;
 mod sigpipe;
 mod socket;
 
 pub use addr::{unlink_stale_unix_socket, Addr};
 pub use epoll::{
-    epoll_add, epoll_create, epoll_delete, epoll_modify, epoll_wait, ev, EventBuf, Waker,
+    epoll_add, epoll_create, epoll_delete, epoll_modify, epoll_wait, ev, eventfd_signal, EventBuf,
+    Waker,
 };
 pub use errno::*;
 pub use fd::{
@@ -27,6 +30,8 @@ pub use fd::{
 };
 pub use io::{read, recv, send, send_vectored, write_vectored};
 pub use process::{on_fork_in_child, set_errno, thread_token};
+pub use resolve::*;
+pub use signals::*;
 pub use socket::{
     accept, connect, is_tcp, listen, local_port, set_keepalive, set_linger_zero, set_nodelay,
     set_user_timeout, shutdown_write, take_socket_error, ListenOptions,

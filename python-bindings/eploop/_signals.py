@@ -1,0 +1,128 @@
+"""Signal handlers on a ``Loop``, like asyncio's ``add_signal_handler``.
+
+Why not ``ep_signal_start``: Python already owns signal delivery. Its C-level handler is
+process-wide and runs Python handlers in the main thread, wherever the kernel delivered the
+signal; ``ep_signal_start`` instead blocks the signal in the loop's thread and reads it from a
+signalfd, so in a Python program with other threads the signal would go to one of those and meet
+Python's own handler (or the default action) instead of the loop. So, as asyncio does, a handler
+here is a Python-level ``signal.signal`` handler that does nothing but post the call to the loop
+(``call_soon_threadsafe``); the callback then runs on the loop's thread, in a step of ``run()``,
+like a timer callback (an exception it raises propagates from ``run()``). While ``run()`` waits,
+its wakeup pipe (``signal.set_wakeup_fd``) wakes it at once.
+
+A handler does not keep ``run()`` running (as ``EP_UNREF`` in C). Only the main thread may add or
+remove handlers (Python's rule for ``signal.signal``); the loop may run in any thread.
+``remove_signal_handler`` and ``Loop.close()`` put back the handler that was there before.
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]  # getsignal without the enum conversion
+import signal
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+
+_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
+class _PostingHandler:
+    """The Python-level handler of one signal of one loop: posts the call to the loop and never
+    raises (it may run between any two bytecodes of the main thread)."""
+
+    __slots__ = ("args", "callback", "loop", "previous", "signum")
+
+    def __init__(
+        self, loop: Loop, signum: int, callback: Callable[..., object], args: tuple[Any, ...]
+    ) -> None:
+        self.loop = weakref.ref(loop)
+        self.signum = signum
+        self.callback = callback
+        self.args = args
+        self.previous: Any = signal.SIG_DFL
+
+    def __call__(self, _signum: int, _frame: object) -> None:
+        loop = self.loop()
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._run)
+        except (ValueError, OSError):  # the loop is closed or being freed: nobody to call
+            pass
+
+    def _run(self) -> None:
+        loop = self.loop()
+        # A delivery posted before remove_signal_handler (or a replacement) is not run.
+        if loop is not None and loop._signal_handlers.get(self.signum) is self:
+            self.callback(*self.args)
+
+
+def _check_signum(signum: int) -> None:
+    if not isinstance(signum, int):
+        raise TypeError(f"signal number expected, got {signum!r}")
+    if signum not in signal.valid_signals():
+        raise ValueError(f"invalid signal number {signum}")
+    if signum in _UNCATCHABLE:
+        raise RuntimeError(f"signal {signum} cannot be caught")
+
+
+def _check_main_thread(what: str) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(f"{what} only works in the main thread")
+
+
+def add_signal_handler(
+    loop: Loop, signum: int, callback: Callable[..., object], *args: Any
+) -> None:
+    """See ``Loop.add_signal_handler``."""
+    _check_signum(signum)
+    _check_main_thread("add_signal_handler")
+    loop._open_lp()
+    handler = _PostingHandler(loop, signum, callback, args)
+    existing = loop._signal_handlers.get(signum)
+    guard = loop._guard
+    if existing is not None:
+        handler.previous = existing.previous
+    else:
+        previous = _signal.getsignal(signum)
+        if guard is not None and signum in guard.handlers and previous == guard._defer:
+            previous = guard.handlers[signum]  # run() stands in for it: the real one
+        handler.previous = signal.SIG_DFL if previous is None else previous
+    try:
+        # Installed as is, also while run() runs: it never raises, so it needs no stand-in
+        # (and run() leaves a handler that is not its stand-in alone when it returns).
+        signal.signal(signum, handler)
+    except OSError as exc:
+        raise RuntimeError(f"signal {signum} cannot be caught: {exc}") from None
+    loop._signal_handlers[signum] = handler
+
+
+def remove_signal_handler(loop: Loop, signum: int) -> bool:
+    """See ``Loop.remove_signal_handler``."""
+    _check_signum(signum)
+    _check_main_thread("remove_signal_handler")
+    handler = loop._signal_handlers.pop(signum, None)
+    if handler is None:
+        return False
+    guard = loop._guard
+    if guard is not None and guard.handlers and callable(handler.previous):
+        # run() is under way in this thread: its stand-in defers the handler put back (Ctrl-C's
+        # KeyboardInterrupt then comes from run(), never from inside a step) until run() returns
+        # and reinstalls it.
+        guard.handlers[signum] = handler.previous
+        signal.signal(signum, guard._defer)
+    else:
+        signal.signal(signum, handler.previous)
+    return True
+
+
+def remove_all(loop: Loop) -> None:
+    """Loop.close(): every handler of the loop is removed, the previous ones put back."""
+    if loop._signal_handlers and threading.current_thread() is threading.main_thread():
+        for signum in list(loop._signal_handlers):
+            remove_signal_handler(loop, signum)
+    loop._signal_handlers.clear()
