@@ -20,6 +20,7 @@ mod close;
 mod dispatch;
 mod listener;
 mod ops;
+mod outq;
 mod passes;
 mod registry;
 mod remote;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 use crate::sys::{self, ev, Errno, Fd};
 use listener::Listener;
 pub use registry::{connect_addr, unix_addr};
+pub use outq::Segment;
 pub use remote::Remote;
 pub use slab::Id;
 use slab::Slab;
@@ -119,6 +121,9 @@ pub struct Options {
     pub reuse_port: bool,
     /// Does not keep ep_run running and is not counted as open (libuv's unref).
     pub unref: bool,
+    /// Reading pauses while the output queue is above its high-water mark and resumes once it
+    /// drained to the low one (inherited by accepted connections).
+    pub auto_pause: bool,
 }
 
 /// What one step of the loop leaves behind.
@@ -262,6 +267,9 @@ struct State<H> {
     linger: Duration,
     /// A spare descriptor released to accept-and-reset connections when the process hits EMFILE.
     reserve_fd: Option<OwnedFd>,
+    /// Borrowed output segments done with, whose release runs at the next safe point (see
+    /// Loop::deliver_closes): never while this state is borrowed.
+    released: Vec<outq::Finished>,
 }
 
 /// One event loop. Not thread-safe: owned and run by one thread; only [`Remote`] is shared.
@@ -303,6 +311,7 @@ impl<H: Handler> Loop<H> {
                 stats: Stats::default(),
                 linger: DEFAULT_LINGER,
                 reserve_fd: None,
+                released: Vec::new(),
             }),
             read_buf: RefCell::new(vec![0; READ_BUF_SIZE]),
             events: RefCell::new(sys::EventBuf::with_capacity(256)),

@@ -25,9 +25,12 @@ pub use errno::*;
 pub use fd::{
     close, fd_kind, open_devnull, set_cloexec, set_status_flags, status_flags, Fd, FdKind,
 };
-pub use io::{read, recv, send, send_vectored, write_vectored};
+pub use io::{read, recv, send, send_vectored, write_vectored, MAX_IOV};
 pub use process::{on_fork_in_child, set_errno, thread_token};
 pub use socket::{
     accept, connect, listen, local_port, set_keepalive, set_linger_zero, set_user_timeout,
     shutdown_write, take_socket_error, ListenOptions,
 };
+
+mod file;
+pub use file::{dup_cloexec, file_info, sendfile, ENODATA};
