@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use crate::sys::{self, ev, Errno, Fd};
 use listener::Listener;
-pub use registry::{connect_addr, unix_addr};
 pub use outq::Segment;
+pub use registry::{connect_addr, unix_addr};
 pub use remote::Remote;
 pub use slab::Id;
 use slab::Slab;

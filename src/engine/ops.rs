@@ -188,7 +188,10 @@ impl<H: Handler> Loop<H> {
         let count = end
             .checked_sub(offset)
             .and_then(|n| usize::try_from(n).ok())
-            .filter(|n| n.checked_add(s.out.len()).is_some_and(|t| t <= isize::MAX as usize))
+            .filter(|n| {
+                n.checked_add(s.out.len())
+                    .is_some_and(|t| t <= isize::MAX as usize)
+            })
             .ok_or(Error::Os(sys::EINVAL))?;
         if count == 0 {
             return Ok(s.out.len() > s.flow.high);

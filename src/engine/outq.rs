@@ -92,7 +92,9 @@ impl OutQueue {
         }
         match self.chunks.back_mut() {
             Some(Chunk::Copied(bytes)) => bytes.extend(data),
-            _ => self.chunks.push_back(Chunk::Copied(data.iter().copied().collect())),
+            _ => self
+                .chunks
+                .push_back(Chunk::Copied(data.iter().copied().collect())),
         }
         self.len += data.len();
         self.copied += data.len();

@@ -43,8 +43,8 @@ pub fn sendfile(out: Fd, file: Fd, offset: u64, count: usize) -> SysResult<usize
     let count = count.min(0x7fff_f000);
     let guard = SigpipeGuard::block();
     // SAFETY: `off` is a writable off_t for the duration of the call; no other memory is touched.
-    let result =
-        retry(|| syscall!(unsafe { libc::sendfile(out, file, &mut off, count) })).map(|n| n as usize);
+    let result = retry(|| syscall!(unsafe { libc::sendfile(out, file, &mut off, count) }))
+        .map(|n| n as usize);
     if result == Err(EPIPE) {
         guard.consume_pending();
     }
