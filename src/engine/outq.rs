@@ -34,10 +34,10 @@ pub(super) struct FileRange {
 }
 
 /// What is at the head of the queue, for one write.
-pub(super) enum Head<'a> {
+pub(super) enum Head {
     Empty,
-    /// Up to MAX_IOV slices of consecutive memory segments (the count is the usable prefix).
-    Memory([&'a [u8]; MAX_IOV], usize),
+    /// This many slices of consecutive memory segments (at most MAX_IOV) were put in `bufs`.
+    Memory(usize),
     File {
         fd: Fd,
         offset: u64,
@@ -119,9 +119,8 @@ impl OutQueue {
         self.chunks.push_back(Chunk::File(range));
     }
 
-    /// What one write should send now.
-    pub fn head(&self) -> Head<'_> {
-        let mut bufs: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
+    /// What one write should send now; memory segments are described in `bufs`.
+    pub fn head<'a>(&'a self, bufs: &mut [&'a [u8]; MAX_IOV]) -> Head {
         let mut n = 0;
         for chunk in &self.chunks {
             match chunk {
@@ -154,7 +153,7 @@ impl OutQueue {
         if n == 0 {
             Head::Empty
         } else {
-            Head::Memory(bufs, n)
+            Head::Memory(n)
         }
     }
 

@@ -413,9 +413,10 @@ impl<H> Stream<H> {
     pub fn write_queue(&mut self) -> usize {
         let mut written = 0;
         loop {
-            let (result, wanted) = match self.out.head() {
+            let mut bufs: [&[u8]; sys::MAX_IOV] = [&[]; sys::MAX_IOV];
+            let (result, wanted) = match self.out.head(&mut bufs) {
                 Head::Empty => break,
-                Head::Memory(bufs, n) => {
+                Head::Memory(n) => {
                     let wanted = bufs[..n].iter().map(|b| b.len()).sum::<usize>();
                     (self.write(&bufs[..n]), wanted)
                 }
