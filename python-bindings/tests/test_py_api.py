@@ -53,6 +53,8 @@ C_TYPES = {
     "const uint8_t *": ctypes.c_void_p,
     "int *": ctypes.POINTER(ctypes.c_int),
     "struct ep_poll_result *": ctypes.POINTER(_ffi.PollResult),
+    "const struct iovec *": ctypes.POINTER(_ffi.IOVec),
+    "ep_release_fn": _ffi.RELEASE_CB,
 }
 
 
