@@ -159,7 +159,8 @@ class Http(eploop.Handler):
         file = None
         if method in (b"GET", b"HEAD") and name and "/" not in name and ".." not in name:
             try:
-                file = open(os.path.join(args.root, name), "rb")  # noqa: SIM115 (closed in send_all)
+                # closed by send_all once queued (or just below)
+                file = open(os.path.join(args.root, name), "rb")  # noqa: SIM115
                 if not os.path.isfile(file.name):
                     file.close()
                     file = None

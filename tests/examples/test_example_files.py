@@ -46,7 +46,8 @@ def start(run_example, run_program, monkeypatch, flavour: str, name: str, *args:
     """The C example, or the Python one run with this checkout's package."""
     if flavour == "c":
         return run_example(name, *args)
-    path = os.pathsep.join(filter(None, [str(ROOT / "python-bindings"), os.environ.get("PYTHONPATH")]))
+    paths = [str(ROOT / "python-bindings"), os.environ.get("PYTHONPATH")]
+    path = os.pathsep.join(filter(None, paths))
     monkeypatch.setenv("PYTHONPATH", path)
     return run_program([sys.executable, str(PY_EXAMPLES / f"{name}.py"), "0", *args])
 
