@@ -571,8 +571,9 @@ int ep_send_nocopy(struct ep_loop *lp,
  file's end as fstat reports it now), in order with everything sent before and after, with
  sendfile(2): the bytes never pass through user space and the loop never blocks on the socket
  (a short sendfile keeps the rest queued until the socket is writable). `file_fd` stays the
- caller's: the loop sends from its own close-on-exec duplicate (sharing the file's offset-free
- reads, not its offset), so it may be closed as soon as this returns. The queued range counts
+ caller's: the loop sends from its own close-on-exec duplicate, so it may be closed as soon as
+ this returns; the offset is passed to sendfile explicitly, so the file's position is neither
+ used nor moved. The queued range counts
  for the watermarks (a large file returns 1: wait for on_writable before queueing more) but not
  against the 1 GiB cap.
 

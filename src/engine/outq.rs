@@ -232,3 +232,98 @@ impl OutQueue {
         self.finished.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Shared(Vec<u8>);
+    impl Segment for Shared {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    fn memory(q: &OutQueue) -> Vec<u8> {
+        let mut bufs: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
+        match q.head(&mut bufs) {
+            Head::Memory(n) => bufs[..n].concat(),
+            Head::Empty => Vec::new(),
+            Head::File { .. } => panic!("file at the head"),
+        }
+    }
+
+    fn file_head(q: &OutQueue) -> Option<(u64, usize)> {
+        let mut bufs: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
+        match q.head(&mut bufs) {
+            Head::File {
+                offset, remaining, ..
+            } => Some((offset, remaining)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn small_sends_share_one_copied_segment() {
+        let mut q = OutQueue::default();
+        q.extend(b"ab");
+        q.extend(b"cd");
+        assert_eq!(q.chunks.len(), 1);
+        assert_eq!((q.len(), q.copied_len()), (4, 4));
+        q.consume(3);
+        assert_eq!(memory(&q), b"d");
+        q.consume(1);
+        assert!(q.is_empty() && q.chunks.is_empty());
+    }
+
+    #[test]
+    fn consume_crosses_segments_and_finishes_borrowed_ones_in_order() {
+        let mut q = OutQueue::default();
+        q.extend(b"12");
+        q.push_borrowed(Box::new(Shared(b"345".to_vec())), 1);
+        q.extend(b"67");
+        assert_eq!((q.len(), q.copied_len()), (6, 4));
+        assert_eq!(memory(&q), b"124567");
+        q.consume(3);
+        assert_eq!(memory(&q), b"567");
+        assert!(
+            q.finished.is_empty(),
+            "the borrowed segment is not done yet"
+        );
+        q.consume(1);
+        assert_eq!(q.finished.len(), 1);
+        assert_eq!(memory(&q), b"67");
+    }
+
+    #[test]
+    fn a_file_stops_the_memory_run_and_leads_once_at_the_head() {
+        let mut q = OutQueue::default();
+        q.extend(b"x");
+        let fd = crate::sys::open_devnull().unwrap();
+        q.push_file(FileRange {
+            fd,
+            offset: 10,
+            remaining: 5,
+        });
+        q.extend(b"y");
+        assert_eq!(memory(&q), b"x");
+        q.consume(1);
+        assert_eq!(file_head(&q), Some((10, 5)));
+        q.consume(2);
+        assert_eq!(file_head(&q), Some((12, 3)));
+        q.consume(3);
+        assert_eq!(memory(&q), b"y");
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn discard_finishes_every_borrowed_segment() {
+        let mut q = OutQueue::default();
+        q.push_borrowed(Box::new(Shared(b"a".to_vec())), 0);
+        q.extend(b"b");
+        q.push_borrowed(Box::new(Shared(b"c".to_vec())), 0);
+        q.discard();
+        assert_eq!(q.finished.len(), 2);
+        assert!(q.is_empty());
+    }
+}
