@@ -216,7 +216,7 @@
  read's worth of replies. On a listener, inherited by the connections it accepts. Independent
  of ep_pause_reading(): reading resumes only when neither pauses it.
  */
-#define EP_AUTO_PAUSE 64
+#define EP_AUTO_PAUSE 128
 
 
 

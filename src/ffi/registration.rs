@@ -35,7 +35,7 @@ pub const EP_UNREF: u32 = 32;
 /// a request/response server facing a pipelining client that never reads holds at most about one
 /// read's worth of replies. On a listener, inherited by the connections it accepts. Independent
 /// of ep_pause_reading(): reading resumes only when neither pauses it.
-pub const EP_AUTO_PAUSE: u32 = 64;
+pub const EP_AUTO_PAUSE: u32 = 128;
 const ALL_FLAGS: u32 =
     EP_EDGE | EP_BORROW | EP_HALF_CLOSE | EP_REUSEPORT | EP_QUEUE | EP_UNREF | EP_AUTO_PAUSE;
 
