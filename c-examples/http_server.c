@@ -2,7 +2,7 @@
  * http_server — the "Hello, world!" HTTP servers of seeds 003/004 (examples 3-6) on eploop.
  *
  * usage: http_server PORT [-q] [--host ADDR] [--edge] [--cork] [--nodelay] [--backlog N]
- *                         [--keep-alive]
+ *                         [--keep-alive] [--root DIR]
  *   PORT          TCP port; 0 picks a free one (printed on the "listening" line)
  *   -q            quiet: print only the "listening" line (for benchmarks)
  *   --host ADDR   address to bind (default 127.0.0.1)
@@ -13,6 +13,10 @@
  *   --keep-alive  HTTP/1.1 persistent connections: pipelined requests are answered in order
  *                 with "HTTP/1.1 200 OK"; "Connection: close" (or HTTP/1.0 without
  *                 "Connection: keep-alive") ends the connection after its response.
+ *   --root DIR    serve files: "GET /NAME" answers with the file DIR/NAME (a plain name: no
+ *                 "/" or ".." inside), sent with ep_send_file (sendfile(2): the bytes never pass
+ *                 through this process), Content-Length from fstat; 404 for anything else.
+ *                 HTTP/1.0-style close after the response unless --keep-alive.
  *
  * Default (the seed behaviour): accumulate the request until "\n\n" or "\n\r\n", print a dashed
  * line and the request, send the HTTP/1.0 response, close gracefully (flush, FIN).
@@ -36,7 +40,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define MAX_REQUEST_HEADER 8192
 
@@ -66,6 +73,7 @@ struct request {
 static struct {
   int quiet, edge, cork, nodelay, keep_alive, backlog;
   const char *host;
+  const char *root; /* --root DIR: serve files from DIR */
 } g_opt = {.host = "127.0.0.1"};
 
 static ep_id g_listener;
@@ -217,6 +225,65 @@ static int add_keep_alive_response(ep_loop *loop, ep_id conn, struct batch *out,
   return add_response(loop, conn, out, response, (size_t)n);
 }
 
+/* Opens DIR/NAME for the request line "GET /NAME ..." (or HEAD); -1 if there is no such plain
+ * file. NAME must be a plain name: no "/" or ".." (nothing outside DIR is served). */
+static int open_requested_file(const char *header, size_t len, struct stat *st) {
+  const char *line_end = memchr(header, '\n', len);
+  size_t n = (size_t)(line_end - header);
+  const char *path = NULL;
+  if (n > 5 && memcmp(header, "GET /", 5) == 0) path = header + 5;
+  if (n > 6 && memcmp(header, "HEAD /", 6) == 0) path = header + 6;
+  if (path == NULL) return -1;
+  const char *space = memchr(path, ' ', (size_t)(line_end - path));
+  size_t name_len = space ? (size_t)(space - path) : 0;
+  char name[256];
+  if (name_len == 0 || name_len >= sizeof name) return -1;
+  memcpy(name, path, name_len);
+  name[name_len] = '\0';
+  if (strchr(name, '/') || strstr(name, "..")) return -1;
+  char full[4096];
+  if (snprintf(full, sizeof full, "%s/%s", g_opt.root, name) >= (int)sizeof full) return -1;
+  int fd = open(full, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* --root mode: the file's header goes into the batch; the batch is then sent and the file queued
+ * behind it with ep_send_file, so the bytes leave in order. Returns the last send's result. */
+static int add_file_response(ep_loop *loop, ep_id conn, struct batch *out, const char *header,
+                             size_t header_len, const struct request *req) {
+  struct stat st;
+  int fd = open_requested_file(header, header_len, &st);
+  const char *connection = !req->keep_alive ? "Connection: close\r\n"
+                           : req->http_1_0  ? "Connection: keep-alive\r\n"
+                                            : "";
+  char head[256];
+  int n;
+  if (fd < 0) {
+    n = snprintf(head, sizeof head,
+                 "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+                 "Content-Length: 10\r\n%s\r\n%s",
+                 connection, req->is_head ? "" : "not found\n");
+    return add_response(loop, conn, out, head, (size_t)n);
+  }
+  n = snprintf(head, sizeof head,
+               "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+               "Content-Length: %jd\r\n%s\r\n",
+               (intmax_t)st.st_size, connection);
+  int rc = add_response(loop, conn, out, head, (size_t)n);
+  if (rc >= 0 && !req->is_head && st.st_size > 0) {
+    rc = send_batch(loop, conn, out);
+    /* The loop sends from its own duplicate: our descriptor is closed right away. */
+    if (rc >= 0) rc = ep_send_file(loop, conn, fd, 0, (uint64_t)st.st_size);
+  }
+  close(fd);
+  return rc;
+}
+
 /* Handles ep_send's result; returns 0 to go on, -1 when the connection is done for. */
 static int check_send(ep_loop *loop, ep_id conn, struct conn *c, int rc) {
   if (rc < 0) { /* our own mistake (a peer's departure is reported by on_close alone) */
@@ -246,7 +313,13 @@ static void serve_requests(ep_loop *loop, ep_id conn, struct conn *c) {
       corked = 1;
     }
     int rc;
-    if (g_opt.keep_alive) {
+    if (g_opt.root) {
+      struct request req = parse_request(c->buf, header_len);
+      if (!g_opt.keep_alive) req.keep_alive = 0;
+      last = !req.keep_alive;
+      c->body_left = req.body_length;
+      rc = add_file_response(loop, conn, &out, c->buf, header_len, &req);
+    } else if (g_opt.keep_alive) {
       struct request req = parse_request(c->buf, header_len);
       last = !req.keep_alive;
       c->body_left = req.body_length;
@@ -348,7 +421,7 @@ static int parse_uint(const char *text, unsigned long max, unsigned long *out) {
 
 static int usage(void) {
   fprintf(stderr, "usage: http_server PORT [-q] [--host ADDR] [--edge] [--cork] [--nodelay]"
-                  " [--backlog N] [--keep-alive]\n");
+                  " [--backlog N] [--keep-alive] [--root DIR]\n");
   return 2;
 }
 
@@ -362,6 +435,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--nodelay") == 0) g_opt.nodelay = 1;
     else if (strcmp(argv[i], "--keep-alive") == 0) g_opt.keep_alive = 1;
     else if (strcmp(argv[i], "--host") == 0 && i + 1 < argc) g_opt.host = argv[++i];
+    else if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) g_opt.root = argv[++i];
     else if (strcmp(argv[i], "--backlog") == 0 && i + 1 < argc &&
              parse_uint(argv[i + 1], 1000000, &backlog) == 0) {
       g_opt.backlog = (int)backlog;

@@ -36,6 +36,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 /** Major version of this header; compare with ep_version() at run time. */
 #define EP_VERSION_MAJOR 0
@@ -114,6 +115,11 @@
  * ep_command.op: ep_resume_reading(); its result is ep_resume_reading()'s.
  */
 #define EP_CMD_RESUME 6
+
+/**
+ * At most this many buffers in one ep_sendv() (IOV_MAX, as for writev).
+ */
+#define EP_IOV_MAX 1024
 
 /**
  * Unknown or stale id: never issued, already past its on_close, or an id of another loop.
@@ -249,6 +255,15 @@
 #define EP_NAGLE 64
 
 /**
+ * Backpressure without code: reading pauses while the connection's send queue is above its
+ * high-water mark and resumes once it drained to the low-water mark (when on_writable fires), so
+ * a request/response server facing a pipelining client that never reads holds at most about one
+ * read's worth of replies. On a listener, inherited by the connections it accepts. Independent
+ * of ep_pause_reading(): reading resumes only when neither pauses it.
+ */
+#define EP_AUTO_PAUSE 128
+
+/**
  * ep_trace_record.kind: epoll reported `bits` (EPOLLIN 0x1, EPOLLOUT 0x4, EPOLLERR 0x8,
  * EPOLLHUP 0x10, EPOLLRDHUP 0x2000) for the id.
  */
@@ -299,6 +314,12 @@
 
 
 
+
+/**
+ * At most this many buffers go to one vectored write (no allocation per write); the rest wait
+ * for the next one.
+ */
+#define MAX_IOV 64
 
 /**
  * Why a registration ended; passed to on_close exactly once per id.
@@ -446,6 +467,11 @@ typedef struct ep_poll_result {
    */
   int state;
 } ep_poll_result;
+
+/**
+ * Called exactly once per accepted ep_send_nocopy() buffer, with the `user` given there.
+ */
+typedef void (*ep_release_fn)(void *user);
 
 /**
  * A function posted to a loop with ep_post(); runs on the loop's thread.
@@ -647,6 +673,79 @@ int ep_send(struct ep_loop *lp,
             ep_id id,
             const void *buf,
             size_t len);
+
+/**
+ * Sends the `iovcnt` buffers of `iov` as one ordered unit, as if concatenated and passed to one
+ * ep_send(): when nothing is queued they go out with one sendmsg (writev for a pipe), and only
+ * what the kernel did not take is copied into the queue. The buffers may be reused when this
+ * returns. Entries with iov_len 0 are skipped (their iov_base may then be NULL).
+ *
+ * Returns as ep_send(): 0 (queue at or below the high-water mark), 1 (above it, or the peer is
+ * gone: the bytes are discarded until on_close), or, with nothing queued, EP_ESTALE, EP_ENULL
+ * (NULL iov with iovcnt > 0, or a NULL iov_base with iov_len > 0), -EINVAL (iovcnt < 0 or >
+ * EP_IOV_MAX), EP_EKIND, EP_ECLOSING, -ESHUTDOWN, -EBADF, -ENOBUFS (the queue would exceed
+ * 1 GiB), -ENOMEM, or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). May be called
+ * from callbacks.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `iov` points at `iovcnt` iovecs, each readable for its length.
+ */
+int ep_sendv(struct ep_loop *lp, ep_id id, const struct iovec *iov, int iovcnt);
+
+/**
+ * Sends `len` bytes at `buf` without copying them: the library keeps a pointer, and calls
+ * `release(user)` exactly once when it no longer needs the buffer — once the kernel took every
+ * byte, or when the connection ends before that (ep_abort, a failure, the peer leaving,
+ * ep_loop_free). The bytes leave in order with everything sent before and after. Until release
+ * runs, `buf` must stay valid and unchanged. release never runs inside this call: it is called
+ * from the loop, like any callback (at the end of the current dispatch step, or during the next
+ * ep_run_once/ep_run, or in ep_loop_free), and may call any ep_* function, like other callbacks.
+ * A NULL `release` is allowed (nothing is called; the buffer must then outlive its sending).
+ *
+ * Returns as ep_send(): 0 (queue at or below the high-water mark) or 1 (above it, or the peer is
+ * gone: the buffer is not sent and released as above) — in both cases release will be called.
+ * On a negative return release is NOT called and the buffer stays the caller's: EP_ESTALE,
+ * EP_ENULL (NULL buf with len > 0), EP_EKIND, EP_ECLOSING, -ESHUTDOWN, -EBADF, or a loop error
+ * (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). The buffer does not count against the 1 GiB cap
+ * (it is not the loop's memory) but does count for the watermarks. May be called from callbacks.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `buf` readable for `len` bytes until release is called; `release`
+ * NULL or a function safe to call once with `user` on the loop's thread.
+ */
+int ep_send_nocopy(struct ep_loop *lp,
+                   ep_id id,
+                   const void *buf,
+                   size_t len,
+                   ep_release_fn release,
+                   void *user);
+
+/**
+ * Sends `length` bytes of the open file `file_fd` starting at `offset` (`length` 0: up to the
+ * file's end as fstat reports it now), in order with everything sent before and after, with
+ * sendfile(2): the bytes never pass through user space and the loop never blocks on the socket
+ * (a short sendfile keeps the rest queued until the socket is writable). `file_fd` stays the
+ * caller's: the loop sends from its own close-on-exec duplicate, so it may be closed as soon as
+ * this returns; the offset is passed to sendfile explicitly, so the file's position is neither
+ * used nor moved. The queued range counts
+ * for the watermarks (a large file returns 1: wait for on_writable before queueing more) but not
+ * against the 1 GiB cap.
+ *
+ * If the file turns out shorter than the range when its turn comes (e.g. truncated while
+ * queued), or reading it fails, nothing more is sent and the connection ends once, through
+ * on_close(EP_CLOSE_ERROR) with err ENODATA (short file) or the read's errno (e.g. EIO).
+ *
+ * Returns as ep_send(): 0 or 1 (above the high-water mark, or the peer is gone and nothing is
+ * sent), or, with nothing queued: EP_ESTALE, EP_EKIND, EP_ECLOSING, -ESHUTDOWN, -EBADF (a bad
+ * `file_fd`, one not open for reading, or a read-only connection), -EINVAL (not a regular file,
+ * `offset` beyond the end with `length` 0, or `offset + length` overflowing), -EMFILE (no
+ * descriptor left for the duplicate), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK,
+ * EP_EPANIC). May be called from callbacks.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
+ */
+int ep_send_file(struct ep_loop *lp, ep_id id, int file_fd, uint64_t offset, uint64_t length);
 
 /**
  * Sends FIN once the queued output has been written; reading continues, and the peer's EOF

@@ -54,6 +54,8 @@ EP_REUSEPORT = 8
 EP_QUEUE = 16
 EP_UNREF = 32
 EP_NAGLE = 64
+EP_AUTO_PAUSE = 128
+EP_IOV_MAX = 1024
 
 EP_EVENT_ACCEPT = 1
 EP_EVENT_DATA = 2
@@ -99,6 +101,13 @@ ON_CLOSE = CFUNCTYPE(None, c_void_p, c_uint64, c_int, c_int, c_void_p)
 TIMER_CB = CFUNCTYPE(None, c_void_p, c_uint64, c_void_p)
 POST_CB = CFUNCTYPE(None, c_void_p, c_void_p)
 SIGNAL_CB = CFUNCTYPE(None, c_void_p, c_uint64, c_int, c_void_p)  # (Python uses _signals.py)
+RELEASE_CB = CFUNCTYPE(None, c_void_p)  # ep_release_fn
+
+
+class IOVec(Structure):
+    """``struct iovec``."""
+
+    _fields_ = [("iov_base", c_void_p), ("iov_len", c_size_t)]
 
 
 class Callbacks(Structure):
@@ -217,6 +226,9 @@ SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "ep_run_once": (c_int, (LOOP, c_int)),
     "ep_stop": (c_int, (LOOP,)),
     "ep_send": (c_int, (LOOP, ID, c_void_p, c_size_t)),
+    "ep_sendv": (c_int, (LOOP, ID, POINTER(IOVec), c_int)),
+    "ep_send_nocopy": (c_int, (LOOP, ID, c_void_p, c_size_t, RELEASE_CB, c_void_p)),
+    "ep_send_file": (c_int, (LOOP, ID, c_int, c_uint64, c_uint64)),
     "ep_shutdown": (c_int, (LOOP, ID)),
     "ep_close": (c_int, (LOOP, ID)),
     "ep_abort": (c_int, (LOOP, ID)),

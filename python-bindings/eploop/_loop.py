@@ -45,7 +45,7 @@ from collections.abc import Callable
 from ctypes import byref, c_char, c_size_t, c_uint64
 from typing import Any
 
-from . import _ffi, _signals
+from . import _ffi, _send, _signals
 from ._ffi import hot, lib
 
 __all__ = [
@@ -428,6 +428,18 @@ class Connection(_Registration):
         finally:
             _release_buffer(byref(buffer))
 
+    def send_many(self, buffers: Any) -> bool:
+        """Send several bytes-like objects as one unit, like ``writelines`` (see _send)."""
+        return _send.send_many(self, buffers)
+
+    def send_nocopy(self, data: Any) -> bool:
+        """Send ``data`` without copying; it is referenced until sent. (see _send)"""
+        return _send.send_nocopy(self, data)
+
+    def send_file(self, file: Any, offset: int = 0, count: int | None = None) -> bool:
+        """Send a file's bytes with sendfile(2), like ``loop.sendfile`` (see _send)."""
+        return _send.send_file(self, file, offset, count)
+
     def shutdown(self) -> None:
         """Send FIN once the queue is flushed; keep reading until the peer closes too."""
         self._check(lib.ep_shutdown(self._lp, self.id), "ep_shutdown")
@@ -756,6 +768,7 @@ class Loop:
         edge: bool = False,
         half_close: bool = False,
         reuse_port: bool = False,
+        auto_pause: bool = False,
     ) -> Listener:
         """Listen on ``(host, port)``, on a Unix socket path, or adopt a listening socket.
 
@@ -763,6 +776,8 @@ class Loop:
         port 0 picks a free one (see ``Listener.port``). A ``str`` is a Unix socket path (a
         leading ``@`` names an abstract socket). ``backlog`` <= 0 means SOMAXCONN.
         ``reuse_port`` sets SO_REUSEPORT so several loops (threads) can share the port.
+        ``auto_pause`` (EP_AUTO_PAUSE): each connection stops reading while its send queue is
+        above the high-water mark and resumes below the low one (see README, backpressure).
         ``handler_factory()`` is called once per accepted connection and returns its handler.
         With ``half_close``, the peer's FIN is ``handler.on_eof()`` and the connection stays
         open for sending until it is closed; without it, FIN ends the connection (PEER_EOF).
@@ -772,6 +787,7 @@ class Loop:
                 addr, handler_factory, edge=edge, half_close=half_close, listening=True
             )  # type: ignore[return-value]
         flags = self._flags(edge, half_close) | (_ffi.EP_REUSEPORT if reuse_port else 0)
+        flags |= _ffi.EP_AUTO_PAUSE if auto_pause else 0
         lp = self._open_lp()
         if isinstance(addr, str):
             code = lib.ep_listen_unix(lp, addr.encode(), backlog, flags, None, self._key)

@@ -8,15 +8,18 @@ close gracefully. Unlike the seeds, it never spins on a client that left before 
 request, never loses a response to a slow reader, and bounds a request header to 8 KiB.
 
 usage: http_server.py PORT [-q] [--host ADDR] [--edge] [--cork] [--nodelay] [--backlog N]
-                      [--keep-alive]
+                      [--keep-alive] [--root DIR]
   --edge        edge-triggered epoll (example 4); the behaviour is identical
   --cork        TCP_CORK around each batch of responses (example 5)
   --nodelay     TCP_NODELAY on every connection (example 6)
   --backlog N   listen backlog (default SOMAXCONN; the seeds used 1)
   --keep-alive  HTTP/1.1 persistent connections; pipelined requests are answered in order
+  --root DIR    serve files: "GET /NAME" answers with DIR/NAME (a plain name, no "/" or "..")
+                sent with conn.send_file (sendfile(2)), Content-Length from fstat; else 404
 """
 
 import argparse
+import os
 import re
 import signal
 import socket
@@ -96,13 +99,16 @@ class Http(eploop.Handler):
                 break
             end = blank_line.end()
             response, keep = self.respond(buf[start:end])
-            responses.append(response)
+            if isinstance(response, list):  # --root: a head and maybe a file
+                responses.extend(response)
+            else:
+                responses.append(response)
             start = end
         self.partial = buf[start:] if keep else b""
         if responses:  # one send for every request this data completed (pipelining)
             if args.cork:
                 self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-            if not self.conn.send(b"".join(responses)):  # a client that does not read:
+            if not self.send_all(responses):  # a client that does not read:
                 self.conn.pause_reading()  # wait for on_writable
             if args.cork:  # push it out, before close(): then the socket is no longer ours
                 self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
@@ -115,6 +121,19 @@ class Http(eploop.Handler):
             )
             self.finish()
 
+    def send_all(self, responses):
+        """Send bytes and (--root) open files in order; False: stop producing."""
+        if not args.root:
+            return self.conn.send(b"".join(responses))
+        ok = True
+        for response in responses:
+            if isinstance(response, bytes):
+                ok = self.conn.send(response) and ok
+            else:
+                with response:  # the loop sends from its own descriptor: ours closes now
+                    ok = self.conn.send_file(response) and ok
+        return ok
+
     def respond(self, header):
         """Print the request; return its response and whether to keep the connection."""
         if not args.q:
@@ -122,10 +141,42 @@ class Http(eploop.Handler):
             for line in header.splitlines():
                 if line:
                     print("  " + line.translate(PRINTABLE).decode())
+        if args.root:
+            return self.respond_file(header)
         if not args.keep_alive:
             return RESPONSE, False
         response, keep, self.body_left = keep_alive_response(header)
         return response, keep
+
+    def respond_file(self, header):
+        """--root: the head, then the file (an open file object), or a 404."""
+        keep, self.body_left = False, 0
+        if args.keep_alive:
+            _, keep, self.body_left = keep_alive_response(header)
+        connection = b"" if keep else b"Connection: close\r\n"
+        method, _, rest = header.partition(b" ")
+        name = rest.split(b" ", 1)[0][1:].decode("latin-1") if rest.startswith(b"/") else ""
+        file = None
+        if method in (b"GET", b"HEAD") and name and "/" not in name and ".." not in name:
+            try:
+                # closed by send_all once queued (or just below)
+                file = open(os.path.join(args.root, name), "rb")  # noqa: SIM115
+                if not os.path.isfile(file.name):
+                    file.close()
+                    file = None
+            except OSError:
+                file = None
+        if file is None:
+            body = b"" if method == b"HEAD" else b"not found\n"
+            head = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
+            return [head + connection + b"\r\n" + body], keep
+        size = os.fstat(file.fileno()).st_size
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        head += b"Content-Length: %d\r\n" % size + connection + b"\r\n"
+        if method == b"HEAD" or size == 0:
+            file.close()
+            return [head], keep
+        return [head, file], keep
 
     def on_writable(self):
         if not self.closing:
@@ -154,6 +205,7 @@ parser.add_argument("--cork", action="store_true", help="TCP_CORK around respons
 parser.add_argument("--nodelay", action="store_true", help="TCP_NODELAY (example 6)")
 parser.add_argument("--backlog", type=int, default=0, help="listen backlog (default SOMAXCONN)")
 parser.add_argument("--keep-alive", action="store_true", help="HTTP/1.1 persistent connections")
+parser.add_argument("--root", help="serve the files of this directory (GET /NAME)")
 args = parser.parse_args()
 sys.stdout.reconfigure(line_buffering=True)
 

@@ -57,6 +57,8 @@ C_TYPES = {
     "ep_trace_cb": _ffi.TRACE_CB,
     "const struct ep_trace_record *": ctypes.POINTER(_ffi.TraceRecord),
     "char *": ctypes.c_char_p,
+    "const struct iovec *": ctypes.POINTER(_ffi.IOVec),
+    "ep_release_fn": _ffi.RELEASE_CB,
 }
 
 

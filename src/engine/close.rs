@@ -59,7 +59,10 @@ impl<H: Handler> Loop<H> {
             closed.listener = listener;
         }
         match entry {
-            Entry::Stream(s) => {
+            Entry::Stream(mut s) => {
+                // Borrowed output is released (outside this borrow) once the connection ends.
+                s.out.discard();
+                st.released.append(&mut s.out.finished);
                 if fate == FdFate::Linger {
                     let deadline = Instant::now() + st.linger;
                     // Level-triggered from here on (usually already so: no system call).

@@ -113,6 +113,7 @@ impl<H: Handler> Loop<H> {
         let st = self.state.borrow();
         st.live - st.unref_count + st.lingering > 0
             || !st.closes.is_empty()
+            || !st.released.is_empty()
             || self.remote.has_posted()
             || self.signals.borrow().keep_alive()
     }
@@ -166,9 +167,13 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Delivers every close decided so far; closes decided by these callbacks are delivered too.
+    /// Before each close, the borrowed output segments done with are released: their release
+    /// callbacks run here, like any other callback, with no borrow of the state held.
     #[inline(always)]
     pub(super) fn deliver_closes(&self) {
-        if !self.state.borrow().closes.is_empty() {
+        let st = self.state.borrow();
+        if !st.closes.is_empty() || !st.released.is_empty() {
+            drop(st);
             self.deliver_pending_closes();
         }
     }
@@ -176,8 +181,15 @@ impl<H: Handler> Loop<H> {
     #[inline(never)]
     fn deliver_pending_closes(&self) {
         loop {
+            let released = std::mem::take(&mut self.state.borrow_mut().released);
+            if !released.is_empty() {
+                self.call(|| drop(released));
+            }
             let (id, closed) = {
                 let mut st = self.state.borrow_mut();
+                if !st.released.is_empty() {
+                    continue;
+                }
                 let Some(id) = st.closes.pop_front() else {
                     return;
                 };

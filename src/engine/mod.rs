@@ -21,6 +21,7 @@ mod close;
 mod dispatch;
 mod listener;
 mod ops;
+mod outq;
 mod passes;
 mod registry;
 mod remote;
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::sys::{self, ev, Errno, Fd};
 use listener::Listener;
+pub use outq::Segment;
 pub use registry::unix_addr;
 pub use remote::Remote;
 pub use slab::Id;
@@ -130,6 +132,9 @@ pub struct Options {
     pub unref: bool,
     /// Keep Nagle's algorithm on accepted and connected TCP sockets (default: TCP_NODELAY).
     pub nagle: bool,
+    /// Reading pauses while the output queue is above its high-water mark and resumes once it
+    /// drained to the low one (inherited by accepted connections).
+    pub auto_pause: bool,
 }
 
 /// What one step of the loop leaves behind.
@@ -276,6 +281,9 @@ struct State<H> {
     linger: Duration,
     /// A spare descriptor released to accept-and-reset connections when the process hits EMFILE.
     reserve_fd: Option<OwnedFd>,
+    /// Borrowed output segments done with, whose release runs at the next safe point (see
+    /// Loop::deliver_closes): never while this state is borrowed.
+    released: Vec<outq::Finished>,
 }
 
 /// One event loop. Not thread-safe: owned and run by one thread; only [`Remote`] is shared.
@@ -322,6 +330,7 @@ impl<H: Handler> Loop<H> {
                 stats: Stats::default(),
                 linger: DEFAULT_LINGER,
                 reserve_fd: None,
+                released: Vec::new(),
             }),
             read_buf: RefCell::new(vec![0; READ_BUF_SIZE]),
             events: RefCell::new(sys::EventBuf::with_capacity(256)),

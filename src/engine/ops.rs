@@ -4,10 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::stream::{Decision, Output};
+use super::outq::{FileRange, Segment};
+use super::stream::{Decision, Output, Stream};
 use super::trace::{self, Trace};
-use super::{CloseReason, Ender, Entry, Error, FdFate, Flow, Handler, Id, Loop, Target, MAX_QUEUE};
-use crate::sys::{self, Fd};
+use super::{
+    CloseReason, Ender, Entry, Error, FdFate, Flow, Handler, Id, Loop, State, Target, MAX_QUEUE,
+};
+use crate::sys::{self, Fd, MAX_IOV};
 
 impl<H: Handler> Loop<H> {
     /// Queues or writes `data`. Ok(true) means "stop producing": the queue is above its
@@ -26,19 +29,10 @@ impl<H: Handler> Loop<H> {
     fn send_locked(&self, id: Id, data: &[u8], write: &mut Option<i64>) -> Result<bool, Error> {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
-        let Some(s) = st.stream_mut(id)? else {
+        let Some(s) = sendable(st, id)? else {
             return Ok(true);
         };
-        if s.failure().is_some() || s.discard_input {
-            return Ok(true);
-        }
-        if s.output != Output::Open {
-            return Err(Error::Os(sys::ESHUTDOWN));
-        }
-        if !s.access.writable {
-            return Err(Error::Os(sys::EBADF));
-        }
-        if data.len() > MAX_QUEUE - s.out.len() {
+        if data.len() > MAX_QUEUE - s.out.copied_len() {
             return Err(Error::Os(sys::ENOBUFS));
         }
         let mut rest = data;
@@ -75,13 +69,170 @@ impl<H: Handler> Loop<H> {
                 .try_reserve(rest.len())
                 .map_err(|_| Error::Os(sys::ENOMEM))?;
             s.out.extend(rest);
-            if s.out.len() > s.flow.high {
-                s.above_high = true;
-            }
+            s.queued_more();
             s.update_interest(self.epfd, id);
         }
         if written > 0 {
             s.touch();
+        }
+        let above_high = s.out.len() > s.flow.high;
+        st.stats.bytes_out += written as u64;
+        Ok(above_high)
+    }
+
+    /// Sends several buffers as one ordered unit: written with one vectored write when nothing
+    /// is queued; only what the kernel did not take is copied into the queue. Returns as send().
+    pub fn send_vectored(&self, id: Id, bufs: &[&[u8]]) -> Result<bool, Error> {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let Some(s) = sendable(st, id)? else {
+            return Ok(true);
+        };
+        let total = bufs
+            .iter()
+            .try_fold(0usize, |sum, b| sum.checked_add(b.len()))
+            .ok_or(Error::Os(sys::ENOBUFS))?;
+        if total > MAX_QUEUE - s.out.copied_len() {
+            return Err(Error::Os(sys::ENOBUFS));
+        }
+        let mut written = 0;
+        if s.out.is_empty() && !s.connecting() {
+            while written < total {
+                let (window, n, wanted) = window(bufs, written);
+                match s.write(&window[..n]) {
+                    Ok(k) => {
+                        written += k;
+                        if k < wanted {
+                            break;
+                        }
+                    }
+                    Err(sys::EAGAIN) => break,
+                    Err(errno) => {
+                        s.write_failed(errno);
+                        st.stats.bytes_out += written as u64;
+                        st.schedule(id);
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        if written < total {
+            s.out
+                .try_reserve(total - written)
+                .map_err(|_| Error::Os(sys::ENOMEM))?;
+            let mut skip = written;
+            for buf in bufs {
+                let k = skip.min(buf.len());
+                skip -= k;
+                s.out.extend(&buf[k..]);
+            }
+            s.queued_more();
+            s.update_interest(self.epfd, id);
+        }
+        if written > 0 {
+            s.touch();
+        }
+        let above_high = s.out.len() > s.flow.high;
+        st.stats.bytes_out += written as u64;
+        Ok(above_high)
+    }
+
+    /// Sends a buffer without copying it: `seg` stays queued until the kernel took all of it,
+    /// then is dropped (released) at the next safe point, outside any handler call's borrow of
+    /// the loop — never from inside this call. Once the peer is gone it is released unsent (and
+    /// Ok(true) returned). On an error it is handed back untouched: the caller keeps it.
+    pub fn send_borrowed<S: Segment + 'static>(&self, id: Id, seg: S) -> Result<bool, (Error, S)> {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let s = match sendable(st, id) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                st.released.push(Box::new(seg));
+                return Ok(true);
+            }
+            Err(e) => return Err((e, seg)),
+        };
+        let len = seg.bytes().len();
+        let mut start = 0;
+        if s.out.is_empty() && !s.connecting() {
+            while start < len {
+                match s.write_one(&seg.bytes()[start..]) {
+                    Ok(n) => start += n,
+                    Err(sys::EAGAIN) => break,
+                    Err(errno) => {
+                        s.write_failed(errno);
+                        st.released.push(Box::new(seg));
+                        st.stats.bytes_out += start as u64;
+                        st.schedule(id);
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        s.out.push_borrowed(Box::new(seg), start);
+        if start < len {
+            s.queued_more();
+            s.update_interest(self.epfd, id);
+        }
+        if start > 0 {
+            s.touch();
+        }
+        let above_high = s.out.len() > s.flow.high;
+        let finished = std::mem::take(&mut s.out.finished);
+        st.released.extend(finished);
+        st.stats.bytes_out += start as u64;
+        Ok(above_high)
+    }
+
+    /// Sends `length` bytes of the file `file` from `offset` (length 0: to its current end),
+    /// in order with everything queued before and after, with sendfile(2). The loop sends from
+    /// its own duplicate of `file`, so the caller may close it at once. A file that turns out
+    /// shorter than the range fails the connection with ENODATA (reported by on_close).
+    pub fn send_file(&self, id: Id, file: Fd, offset: u64, length: u64) -> Result<bool, Error> {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let Some(s) = sendable(st, id)? else {
+            return Ok(true);
+        };
+        let info = sys::file_info(file)?;
+        if !info.regular {
+            return Err(Error::Os(sys::EINVAL));
+        }
+        if sys::status_flags(file)? & libc::O_ACCMODE == libc::O_WRONLY {
+            return Err(Error::Os(sys::EBADF));
+        }
+        let end = if length == 0 {
+            info.size
+        } else {
+            offset.checked_add(length).ok_or(Error::Os(sys::EINVAL))?
+        };
+        let count = end
+            .checked_sub(offset)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| {
+                n.checked_add(s.out.len())
+                    .is_some_and(|t| t <= isize::MAX as usize)
+            })
+            .ok_or(Error::Os(sys::EINVAL))?;
+        if count == 0 {
+            return Ok(s.out.len() > s.flow.high);
+        }
+        let fd = sys::dup_cloexec(file)?;
+        let write_now = s.out.is_empty() && !s.connecting();
+        s.out.push_file(FileRange {
+            fd,
+            offset,
+            remaining: count,
+        });
+        let written = if write_now { s.write_queue() } else { 0 };
+        if s.failure().is_some() {
+            st.stats.bytes_out += written as u64;
+            st.schedule(id);
+            return Ok(true);
+        }
+        if !s.out.is_empty() {
+            s.queued_more();
+            s.update_interest(self.epfd, id);
         }
         let above_high = s.out.len() > s.flow.high;
         st.stats.bytes_out += written as u64;
@@ -188,11 +339,17 @@ impl<H: Handler> Loop<H> {
         if low > high {
             return Err(Error::Os(sys::EINVAL));
         }
-        match self.state.borrow_mut().target(id)? {
+        let mut st = self.state.borrow_mut();
+        match st.target(id)? {
             Target::Listener(l) => l.flow = Flow { low, high },
             Target::Stream(s) => {
                 s.flow = Flow { low, high };
                 s.above_high = s.out.len() > high;
+                if s.throttled && !s.above_high {
+                    s.throttled = false;
+                    s.update_interest(self.epfd, id);
+                    st.schedule(id);
+                }
             }
             Target::Gone { .. } => {}
         }
@@ -290,4 +447,45 @@ impl<H: Handler> Loop<H> {
         let fd = self.fd(id)?;
         sys::local_port(fd).map_err(Error::Os)
     }
+}
+
+/// The stream a send variant writes to; None when the peer is gone or the loop is closing it on
+/// its own (the bytes are then discarded and the caller told to stop producing).
+#[inline(always)]
+fn sendable<H>(st: &mut State<H>, id: Id) -> Result<Option<&mut Stream<H>>, Error> {
+    let Some(s) = st.stream_mut(id)? else {
+        return Ok(None);
+    };
+    if s.failure().is_some() || s.discard_input {
+        return Ok(None);
+    }
+    if s.output != Output::Open {
+        return Err(Error::Os(sys::ESHUTDOWN));
+    }
+    if !s.access.writable {
+        return Err(Error::Os(sys::EBADF));
+    }
+    Ok(Some(s))
+}
+
+/// The non-empty parts of `bufs` after the first `skip` bytes, at most MAX_IOV of them, and how
+/// many bytes they hold.
+fn window<'a>(bufs: &[&'a [u8]], mut skip: usize) -> ([&'a [u8]; MAX_IOV], usize, usize) {
+    let mut out: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
+    let (mut n, mut bytes) = (0, 0);
+    for buf in bufs {
+        let k = skip.min(buf.len());
+        skip -= k;
+        let part = &buf[k..];
+        if part.is_empty() {
+            continue;
+        }
+        if n == MAX_IOV {
+            break;
+        }
+        out[n] = part;
+        n += 1;
+        bytes += part.len();
+    }
+    (out, n, bytes)
 }

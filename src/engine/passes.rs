@@ -282,6 +282,9 @@ impl<H: Handler> Loop<H> {
         let was_failed = s.failure().is_some();
         let written = s.write_queue();
         st.stats.bytes_out += written as u64;
+        if !s.out.finished.is_empty() {
+            st.released.append(&mut s.out.finished);
+        }
         let write = match s.failure() {
             Some(errno) if !was_failed => -i64::from(errno),
             _ if written == 0 => -i64::from(sys::EAGAIN),
@@ -290,10 +293,19 @@ impl<H: Handler> Loop<H> {
         let writable_due = s.above_high && s.out.len() <= s.flow.low;
         if writable_due {
             s.above_high = false;
+            if s.throttled {
+                // EP_AUTO_PAUSE: reading resumes (a service pass: in edge-triggered mode no new
+                // edge comes for what arrived meanwhile).
+                s.throttled = false;
+                st.schedule(id);
+            }
         }
+        let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {
+            return writable_due;
+        };
         let decision = if s.out.is_empty() {
             // A connection owns memory only while it has queued output.
-            s.out = std::collections::VecDeque::new();
+            s.out.shrink();
             s.update_interest(self.epfd, id);
             // A failed write is settled once the input is drained (input_drained), not here.
             if s.failure().is_some() {

@@ -137,7 +137,13 @@ impl<H: Handler> Loop<H> {
             borrow: false,
             ..opts
         };
-        let mut stream = Stream::new(placeholder, handler, opts, Access::socket(), Flow::default());
+        let mut stream = Stream::new(
+            placeholder,
+            handler,
+            opts,
+            Access::socket(),
+            Flow::default(),
+        );
         stream.phase = Phase::Connecting { then: None };
         let id = self
             .add_stream(stream)

@@ -12,9 +12,9 @@
 //! input direction (`input_eof`), whether incoming bytes are discarded (a graceful close started),
 //! and whether the caller itself closed it (its later calls are its mistake).
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::outq::{Head, OutQueue};
 use super::{CloseReason, FdFate, Flow, Options};
 use crate::sys::{self, ev, Errno, Fd};
 
@@ -108,9 +108,11 @@ pub(super) struct Stream<H> {
     pub closed_by_caller: bool,
     /// Read flow control (ep_pause_reading).
     pub paused: bool,
+    /// Reading paused by EP_AUTO_PAUSE while the queue is above its high-water mark.
+    pub throttled: bool,
     /// The epoll interest registered now.
     pub interest: u32,
-    pub out: VecDeque<u8>,
+    pub out: OutQueue,
     pub flow: Flow,
     /// The queue went above the high-water mark; on_writable is due once it drains to the low one.
     pub above_high: bool,
@@ -143,8 +145,9 @@ impl<H> Stream<H> {
             discard_input: false,
             closed_by_caller: false,
             paused: false,
+            throttled: false,
             interest: 0,
-            out: VecDeque::new(),
+            out: OutQueue::default(),
             flow,
             above_high: false,
             deadline: None,
@@ -181,7 +184,9 @@ impl<H> Stream<H> {
     /// or a failed send): then what remains is delivered before on_close.
     pub fn may_read(&self, hangup: bool) -> bool {
         let forced = hangup || self.failure().is_some();
-        self.access.readable && !self.input_eof && (!self.paused || self.discard_input || forced)
+        self.access.readable
+            && !self.input_eof
+            && (!(self.paused || self.throttled) || self.discard_input || forced)
     }
 
     /// The epoll interest this stream's state calls for.
@@ -315,7 +320,7 @@ impl<H> Stream<H> {
         if self.failure().is_none() {
             self.phase = Phase::Failed(errno);
         }
-        self.out = VecDeque::new();
+        self.out.discard();
     }
 
     /// Everything readable was delivered: a failed stream ends now.
@@ -403,17 +408,32 @@ impl<H> Stream<H> {
     }
 
     /// Writes as much of the queue as the kernel takes now; returns the bytes written. A failed
-    /// write moves the stream to Failed.
+    /// write moves the stream to Failed; so does a queued file that ends before its range does
+    /// (ENODATA). Borrowed segments written out move to `out.finished`.
     pub fn write_queue(&mut self) -> usize {
         let mut written = 0;
-        while !self.out.is_empty() {
-            let (head, tail) = self.out.as_slices();
-            let queued = self.out.len();
-            match self.write(&[head, tail]) {
+        loop {
+            let mut bufs: [&[u8]; sys::MAX_IOV] = [&[]; sys::MAX_IOV];
+            let (result, wanted) = match self.out.head(&mut bufs) {
+                Head::Empty => break,
+                Head::Memory(n) => {
+                    let wanted = bufs[..n].iter().map(|b| b.len()).sum::<usize>();
+                    (self.write(&bufs[..n]), wanted)
+                }
+                Head::File {
+                    fd,
+                    offset,
+                    remaining,
+                } => match sys::sendfile(self.fd, fd, offset, remaining) {
+                    Ok(0) => (Err(sys::ENODATA), remaining),
+                    other => (other, remaining),
+                },
+            };
+            match result {
                 Ok(n) => {
-                    self.out.drain(..n);
+                    self.out.consume(n);
                     written += n;
-                    if n < queued {
+                    if n < wanted {
                         break;
                     }
                 }
@@ -429,6 +449,19 @@ impl<H> Stream<H> {
             self.flushed_since_deadline = true;
         }
         written
+    }
+
+    /// The queue grew: above the high-water mark, on_writable becomes due, and with
+    /// EP_AUTO_PAUSE reading stops until the queue drains to the low one. Returns whether the
+    /// queue is above the high-water mark.
+    #[inline]
+    pub fn queued_more(&mut self) -> bool {
+        let above = self.out.len() > self.flow.high;
+        if above {
+            self.above_high = true;
+            self.throttled |= self.opts.auto_pause;
+        }
+        above
     }
 }
 

@@ -89,7 +89,7 @@ impl<H: Handler> Loop<H> {
     /// `timeout_ms` (-1: no bound), 0 when work is already pending.
     pub(super) fn wait_timeout(&self, timeout_ms: i32) -> i32 {
         let st = self.state.borrow();
-        if !st.service.is_empty() || !st.closes.is_empty() {
+        if !st.service.is_empty() || !st.closes.is_empty() || !st.released.is_empty() {
             return 0;
         }
         match st.timers.peek() {

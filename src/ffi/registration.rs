@@ -36,8 +36,20 @@ pub const EP_UNREF: u32 = 32;
 /// the peer's delayed ACK. Bulk senders that write in small pieces may prefer EP_NAGLE (or
 /// TCP_CORK through ep_fd()).
 pub const EP_NAGLE: u32 = 64;
-const ALL_FLAGS: u32 =
-    EP_EDGE | EP_BORROW | EP_HALF_CLOSE | EP_REUSEPORT | EP_QUEUE | EP_UNREF | EP_NAGLE;
+/// Backpressure without code: reading pauses while the connection's send queue is above its
+/// high-water mark and resumes once it drained to the low-water mark (when on_writable fires), so
+/// a request/response server facing a pipelining client that never reads holds at most about one
+/// read's worth of replies. On a listener, inherited by the connections it accepts. Independent
+/// of ep_pause_reading(): reading resumes only when neither pauses it.
+pub const EP_AUTO_PAUSE: u32 = 128;
+const ALL_FLAGS: u32 = EP_EDGE
+    | EP_BORROW
+    | EP_HALF_CLOSE
+    | EP_REUSEPORT
+    | EP_QUEUE
+    | EP_UNREF
+    | EP_NAGLE
+    | EP_AUTO_PAUSE;
 
 fn options(flags: u32) -> Result<Options, Error> {
     if flags & !ALL_FLAGS != 0 {
@@ -50,6 +62,7 @@ fn options(flags: u32) -> Result<Options, Error> {
         reuse_port: flags & EP_REUSEPORT != 0,
         unref: flags & EP_UNREF != 0,
         nagle: flags & EP_NAGLE != 0,
+        auto_pause: flags & EP_AUTO_PAUSE != 0,
     })
 }
 

@@ -1,4 +1,4 @@
-//! Reading and writing: read/recv into one buffer, send/write from up to two.
+//! Reading and writing: read/recv into one buffer, send/write from up to [`MAX_IOV`].
 
 use std::os::raw::c_int;
 
@@ -23,8 +23,9 @@ pub fn recv(fd: Fd, buf: &mut [u8]) -> SysResult<usize> {
     retry(|| syscall!(unsafe { libc::recv(fd, ptr, len, 0) })).map(|n| n as usize)
 }
 
-/// At most this many buffers go to one vectored write (no allocation per write).
-const MAX_IOV: usize = 2;
+/// At most this many buffers go to one vectored write (no allocation per write); the rest wait
+/// for the next one.
+pub const MAX_IOV: usize = 64;
 
 /// The non-empty buffers of `bufs` (at most [`MAX_IOV`]) as iovecs, and how many there are;
 /// valid as long as `bufs` is borrowed.
@@ -53,7 +54,7 @@ pub fn send(fd: Fd, buf: &[u8]) -> SysResult<usize> {
     retry(|| syscall!(unsafe { libc::send(fd, ptr, len, libc::MSG_NOSIGNAL) })).map(|n| n as usize)
 }
 
-/// Sends up to two buffers on a socket, in order, never raising SIGPIPE.
+/// Sends up to [`MAX_IOV`] buffers on a socket, in order, never raising SIGPIPE.
 pub fn send_vectored(fd: Fd, bufs: &[&[u8]]) -> SysResult<usize> {
     if let [only] = bufs {
         return send(fd, only);
@@ -68,7 +69,7 @@ pub fn send_vectored(fd: Fd, bufs: &[&[u8]]) -> SysResult<usize> {
     retry(|| syscall!(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) })).map(|n| n as usize)
 }
 
-/// Writes up to two buffers to a non-socket descriptor (pipe, tty) without ever letting SIGPIPE
+/// Writes up to [`MAX_IOV`] buffers to a non-socket descriptor (pipe, tty) without ever letting SIGPIPE
 /// reach the process: SIGPIPE is blocked for the call, and one raised by this write is consumed.
 pub fn write_vectored(fd: Fd, bufs: &[&[u8]]) -> SysResult<usize> {
     let (iov, n) = iovecs(bufs);

@@ -28,7 +28,7 @@ pub use errno::*;
 pub use fd::{
     close, fd_kind, open_devnull, set_cloexec, set_status_flags, status_flags, Fd, FdKind,
 };
-pub use io::{read, recv, send, send_vectored, write_vectored};
+pub use io::{read, recv, send, send_vectored, write_vectored, MAX_IOV};
 pub use process::{on_fork_in_child, set_errno, thread_token};
 pub use resolve::*;
 pub use signals::*;
@@ -36,3 +36,6 @@ pub use socket::{
     accept, connect, is_tcp, listen, local_port, set_keepalive, set_linger_zero, set_nodelay,
     set_user_timeout, shutdown_write, take_socket_error, ListenOptions,
 };
+
+mod file;
+pub use file::{dup_cloexec, file_info, sendfile, ENODATA};

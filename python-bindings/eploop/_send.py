@@ -1,0 +1,152 @@
+"""Sends beyond ``Connection.send``: several buffers at once, a buffer without copying it, and
+a file with sendfile(2). The ``Connection`` methods ``send_many``, ``send_nocopy`` and
+``send_file`` call these.
+
+Like ``send()``, each returns True while the send queue is at or below its high-water mark and
+False once it is above it, or once the peer is gone (the data is then dropped; ``on_close``
+reports the departure): never an exception because of the peer. A mistake of the caller (a
+closed connection, a bad file) raises ``EploopError``, an ``OSError`` carrying the errno.
+
+No-copy buffers: the library keeps a pointer into the object and calls back once it no longer
+needs it; until then the object is pinned here (a buffer export held in ``_pinned``, keyed by an
+integer that is the callback's ``user``: nothing C holds is ever garbage-collected).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+from collections.abc import Iterable
+from ctypes import byref
+from typing import TYPE_CHECKING, Any
+
+from . import _ffi
+from ._ffi import lib
+
+if TYPE_CHECKING:
+    from ._loop import Connection
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer`` (stable ABI since 3.11)."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_PyBUF_SIMPLE = 0
+# Own function objects (indexing makes new ones): _loop declares the shared attributes with its
+# own Py_buffer mirror.
+_get_buffer = ctypes.pythonapi["PyObject_GetBuffer"]
+_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi["PyBuffer_Release"]
+_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+_release_buffer.restype = None
+
+# Buffers the library holds without a copy, by release key.
+_pinned: dict[int, _PyBuffer] = {}
+_keys = itertools.count(1)
+
+
+def _export(data: Any) -> _PyBuffer:
+    """A held export of ``data``'s contiguous bytes (a bytearray cannot be resized meanwhile)."""
+    buffer = _PyBuffer()
+    _get_buffer(data, byref(buffer), _PyBUF_SIMPLE)
+    return buffer
+
+
+# Release callbacks received (each buffer's exactly once): for tests and monitoring.
+release_calls = 0
+
+
+def _release(user: int | None) -> None:
+    global release_calls
+    release_calls += 1
+    buffer = _pinned.pop(user or 0, None)
+    if buffer is not None:
+        _release_buffer(byref(buffer))
+
+
+# Created once, at import, and kept at module level: C may call it until the loop is freed.
+_on_release = _ffi.RELEASE_CB(_release)
+
+
+def pinned_count() -> int:
+    """How many no-copy buffers the library still holds (for tests and monitoring)."""
+    return len(_pinned)
+
+
+def _result(conn: Connection, code: int, function: str) -> bool:
+    if code == 0:
+        return True
+    if code == 1:
+        return False
+    conn._check(code, function)
+    return False
+
+
+def send_many(conn: Connection, buffers: Iterable[Any]) -> bool:
+    """Send ``buffers`` (bytes-like objects) in order as one unit, like ``writelines``: one
+    ``sendmsg`` when nothing is queued; only what the kernel did not take is copied."""
+    exports: list[_PyBuffer] = []
+    try:
+        for b in buffers:
+            exports.append(_export(b))
+        sizes = [e.len for e in exports]
+        keep_going = True
+        # EP_IOV_MAX buffers per call; nothing else can be sent in between, so order holds.
+        for start in range(0, max(len(exports), 1), _ffi.EP_IOV_MAX):
+            chunk = exports[start : start + _ffi.EP_IOV_MAX]
+            iov = (_ffi.IOVec * max(len(chunk), 1))()
+            for i, e in enumerate(chunk):
+                iov[i].iov_base = e.buf
+                iov[i].iov_len = sizes[start + i]
+            code = lib.ep_sendv(conn._lp, conn.id, iov, len(chunk))
+            keep_going = _result(conn, code, "ep_sendv") and keep_going
+        return keep_going
+    finally:
+        for e in exports:
+            _release_buffer(byref(e))
+
+
+def send_nocopy(conn: Connection, data: Any) -> bool:
+    """Send ``data`` without copying it: the object is referenced until the kernel took every
+    byte (or the connection ended). Do not modify it meanwhile."""
+    buffer = _export(data)
+    key = next(_keys)
+    _pinned[key] = buffer
+    code = lib.ep_send_nocopy(conn._lp, conn.id, buffer.buf, buffer.len, _on_release, key)
+    if code < 0:
+        # Refused: the library will not call back; the export is ours to drop.
+        _release_buffer(byref(_pinned.pop(key)))
+    return _result(conn, code, "ep_send_nocopy")
+
+
+def send_file(conn: Connection, file: Any, offset: int = 0, count: int | None = None) -> bool:
+    """Send ``count`` bytes (None: to the end) of ``file`` (a file object or fd) from
+    ``offset``, with sendfile(2), in order with what was sent before and after. The file stays
+    yours: the library sends from its own duplicate, so it may be closed at once. A file that
+    turns out shorter than the range ends the connection with ``on_close(ERROR, ENODATA)``."""
+    fd = file if isinstance(file, int) else file.fileno()
+    if offset < 0 or (count is not None and count < 0):
+        raise ValueError("offset and count must be >= 0")
+    if count == 0:
+        return conn.send(b"")
+    code = lib.ep_send_file(conn._lp, conn.id, fd, offset, count or 0)
+    return _result(conn, code, "ep_send_file")
+
+
+__all__ = ["pinned_count", "send_file", "send_many", "send_nocopy"]
+
