@@ -264,6 +264,8 @@ SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "ep_strerror": (c_char_p, (c_int,)),
     "ep_close_reason_name": (c_char_p, (c_int,)),
     "ep_version": (c_char_p, ()),
+    "ep_loop_fd": (c_int, (LOOP,)),
+    "ep_next_timeout": (c_int, (LOOP,)),
 }
 
 # Calls that wait in epoll_wait: made through the GIL-releasing handle.

@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
 use super::{insert, CloseReason, Entry, Error, FdFate, Handler, Id, Loop, State, DRAIN_TOKEN};
-use crate::sys;
+use crate::sys::{self, Fd};
 
 pub(super) struct Timer<H> {
     pub handler: H,
@@ -105,6 +105,21 @@ impl<H: Handler> Loop<H> {
             }
             None => timeout_ms,
         }
+    }
+
+    /// For a host loop driving this one (see ep_next_timeout): 0 when a step has work without a
+    /// new descriptor event, else the milliseconds to the nearest deadline, -1 for none.
+    pub fn next_timeout(&self) -> i32 {
+        let held = !self.state.borrow().next_step.is_empty();
+        if held || self.remote.has_posted() {
+            return 0;
+        }
+        self.wait_timeout(-1)
+    }
+
+    /// The epoll descriptor: readable whenever a step has descriptor events to dispatch.
+    pub fn poll_fd(&self) -> Fd {
+        self.epfd
     }
 
     #[inline(never)]

@@ -212,6 +212,32 @@ pub unsafe extern "C" fn ep_set_linger(lp: *mut ep_loop, ms: u32) -> c_int {
     })
 }
 
+/// The loop's epoll descriptor, for driving the loop from another event loop (asyncio, GLib,
+/// libuv's uv_poll, a select() of your own) instead of ep_run(): whenever it is readable, or
+/// ep_next_timeout() milliseconds have passed, call ep_run_once(loop, 0). The loop owns it: do
+/// not read, close or change it. Returns the fd (>= 0) or a loop error (EP_ENULL, EP_ETHREAD,
+/// EP_EFORK, EP_EPANIC).
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_loop_fd(lp: *mut ep_loop) -> c_int {
+    with_loop!(lp, |boxed| boxed.engine.poll_fd())
+}
+
+/// How long a host loop driving this loop through ep_loop_fd() may wait before the next
+/// ep_run_once(loop, 0): 0 when work is pending without a descriptor event (a deferred pass, a
+/// close to deliver, a post), otherwise the milliseconds until the nearest timer or deadline
+/// (rounded up), or -1 when there is none (wait for the fd alone). Ask again after every step.
+/// Returns that value or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+///
+/// # Safety
+/// `lp` as for ep_loop_free().
+#[no_mangle]
+pub unsafe extern "C" fn ep_next_timeout(lp: *mut ep_loop) -> c_int {
+    with_loop!(lp, |boxed| boxed.engine.next_timeout())
+}
+
 /// The library's version, "MAJOR.MINOR.PATCH" (static string). Compare its major number with
 /// EP_VERSION_MAJOR to check that the header and the loaded library agree. Callable from any
 /// thread.
