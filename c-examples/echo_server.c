@@ -1,5 +1,5 @@
 /*
- * echo_server — what the seed 000 script wanted: echo every byte back, and learn exactly once,
+ * echo_server — an echo server that does what the seed 000 script wanted: echo every byte back, and learn exactly once,
  * with a reason, that the telnet client has gone (instead of spinning on empty reads forever).
  *
  * usage: echo_server PORT [-q] [--host ADDR] [--trace]
@@ -9,7 +9,7 @@
  *   --trace      print every decision the loop makes about a connection on stderr
  *                ("trace <id> ..." lines: epoll bits, reads, writes, FIN, the close and its cause)
  *
- * stdout, line-buffered (DESIGN.md section 4):
+ * stdout, line-buffered (the event log, see the README):
  *   listening <port>
  *   accept <id> <peer-ip>:<peer-port>
  *   recv <id> <n> bytes

@@ -1,4 +1,4 @@
-/* eventlog.h: the event log every eploop example prints (DESIGN.md section 4), one line per
+/* eventlog.h: the event log every eploop example prints (see the README), one line per
  * lifecycle event, so tests and tools can follow any example:
  *
  *   listening <port>

@@ -22,7 +22,7 @@
  * line and the request, send the HTTP/1.0 response, close gracefully (flush, FIN).
  * A request header larger than 8 KiB closes the connection without a response.
  *
- * stdout, line-buffered (DESIGN.md section 4): listening / accept / close lines; each request
+ * stdout, line-buffered (the event log, see the README): listening / accept / close lines; each request
  * is printed after a line of 40 dashes, every request line indented by two spaces.
  * SIGINT/SIGTERM stop the loop; open connections are closed (close ... loop_freed 0); exit 0.
  */

@@ -13,7 +13,7 @@
  * input and one reply: memory stays bounded. --no-auto-pause shows the difference (input piles
  * up in the application buffer as fast as the client sends).
  *
- * stdout, line-buffered: listening / accept / close lines (DESIGN.md section 4), then
+ * stdout, line-buffered: listening / accept / close lines (the event log, see the README), then
  * "held <bytes>" once at exit: the largest input any connection kept unparsed.
  */
 #include <eploop.h>

@@ -8,7 +8,7 @@
  *   --threads N  number of loops/threads (default: the number of online CPUs)
  *   --host ADDR  address to bind (default 127.0.0.1)
  *
- * stdout, line-buffered (DESIGN.md section 4):
+ * stdout, line-buffered (the event log, see the README):
  *   listening <port>
  *   accept <id> <peer-ip>:<peer-port>
  *   close <id> <reason> <errno>

@@ -10,7 +10,7 @@
  *   --fd N       watch fd N (inherited from the parent) instead of stdin; the loop owns it
  *   --no-stdin   watch no extra fd
  *
- * stdout, line-buffered (DESIGN.md section 4):
+ * stdout, line-buffered (the event log, see the README):
  *   listening <port>
  *   watching <id> fd <n>                 the extra fd is registered as <id>
  *   accept <id> <peer-ip>:<peer-port>

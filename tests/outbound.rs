@@ -399,7 +399,7 @@ fn connect_in_the_same_loop_echoes_both_ways(flags: u32) {
 }
 
 /// The commonest client: connect, send a request, close — all before the loop ran once. The
-/// graceful close must still deliver the queued bytes (DESIGN §3.5), then EOF.
+/// graceful close must still deliver the queued bytes (a graceful close is graceful), then EOF.
 #[test]
 fn send_then_close_before_connected_still_delivers() {
     let p = Peer::new();

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 pub use eploop::*;
 
-/// Close reasons as fixed by the C contract (DESIGN.md §2), independent of how the crate
+/// Close reasons as fixed by the C contract (include/eploop.h), independent of how the crate
 /// spells its enum in Rust.
 pub const PEER_EOF: i32 = 1;
 pub const PEER_RESET: i32 = 2;

@@ -1,7 +1,7 @@
 """Shared helpers for the C example tests.
 
 `run_example(name, *args)` starts `c-examples/build/<name> 0 *args`, waits for its
-`listening <port>` line and collects its event log (DESIGN.md section 4) on a reader thread.
+`listening <port>` line and collects its event log (listening/accept/close lines) on a reader thread.
 Every process started this way is killed by PID at teardown, and its log is then checked: every
 line that starts with `listening `, `accept ` or `close ` has the exact format, no id is closed
 twice, and nothing went to stderr (unless the test set `allow_stderr`).

@@ -1,4 +1,4 @@
-"""echo_server: the seed 000 telnet scenario, resets, and flow control."""
+"""echo_server: a telnet session like seed 000's, resets, and flow control."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
  *
  * The peer drives it with newline-terminated commands sent in-band (see usage() and
  * tests/reliability/README.md). Every callback appends one line to the event log on stdout
- * (line-buffered): the DESIGN.md section 4 lines (listening/accept/close) plus
+ * (line-buffered): the event-log lines (listening/accept/close) plus
  *
  *   listener <id>                 the listening registration
  *   data <id> <n>                 on_data with n bytes (n = 0: EOF under --half-close)

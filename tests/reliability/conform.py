@@ -5,7 +5,7 @@
 
 The server command gets its port from the command line: write `{port}` where the port goes
 (it is replaced by 0), or pass 0 yourself. The server must echo what it receives and print, on
-stdout, line-buffered, the event log of eploop's DESIGN.md section 4:
+stdout, line-buffered, eploop's event log (as the examples print it):
 
     listening <port>
     accept <id> <peer-ip>:<peer-port>

@@ -10,7 +10,7 @@
  *   --tick MS    every MS, send 4 KiB to every open connection whatever ep_send() returns
  *                (a heartbeat that ignores flow control); otherwise the server echoes
  *
- * stdout, line-buffered: the DESIGN.md section 4 log (listening/accept/close) plus
+ * stdout, line-buffered: the event log of the README (section "A complete echo server in C") (listening/accept/close) plus
  *   set <id> <what> <rc>        the return code of each ep_set_* call on the connection
  *   sendrc <id> <rc>            a negative ep_send() return (never expected: one channel)
  * SIGINT/SIGTERM stop the loop; ep_loop_free() then closes what is open (loop_freed); exit 0.

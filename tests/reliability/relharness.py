@@ -1,5 +1,5 @@
 """Shared helpers for the eploop reliability suite: building the C pieces, running a server
-that prints the DESIGN.md section 4 event log, the connection oracle, peers, /proc figures.
+that prints the event log (listening/accept/close lines, see the README), the connection oracle, peers, /proc figures.
 
 Standard library only, so conform.py and soak.py run with a bare python3.
 """

@@ -67,7 +67,7 @@ def test_fin_while_reading_paused_waits_without_spinning(server, mode) -> None:
 @pytest.mark.parametrize("queued", [False, True], ids=["queue-empty", "queue-8MiB"])
 def test_reset_with_more_than_the_read_budget_unread_delivers_everything(server, mode, queued) -> None:
     """Linux hands over every queued byte before ECONNRESET, however many: the loop must not stop
-    after one read pass's worth and close (DESIGN 3.2), whether it learns of the reset from
+    after one read pass's worth and close (data before close), whether it learns of the reset from
     EPOLLERR or from a failed send."""
     srv = server(edge=mode == "edge")
     sock = connect(srv.port, rcvbuf=64 * 1024 if queued else None)
