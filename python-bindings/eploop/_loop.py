@@ -67,6 +67,7 @@ __all__ = [
     "ClosingError",
     "Connection",
     "EploopError",
+    "ForkedLoopError",
     "Handler",
     "Listener",
     "Loop",
@@ -75,7 +76,6 @@ __all__ = [
     "Stats",
     "Timer",
     "WrongThreadError",
-    "ForkedLoopError",
     "reraise",
 ]
 
@@ -1156,7 +1156,11 @@ class Loop:
             self._fatal(exc)
 
     def _handler_failed(
-        self, registration: _Registration | None, exc: BaseException, where: str, handler: Any = None
+        self,
+        registration: _Registration | None,
+        exc: BaseException,
+        where: str,
+        handler: Any = None,
     ) -> None:
         """A handler raised: abort its connection (nothing more but its on_close reaches it),
         then tell the exception handler, or end run() for a non-Exception (KeyboardInterrupt)."""

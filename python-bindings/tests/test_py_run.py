@@ -82,8 +82,10 @@ def test_run_once_reports_more_when_handlers_ran() -> None:
 def test_the_thread_rule_error_is_a_runtime_error_naming_the_rule() -> None:
     from eploop import _ffi, _loop
 
-    for code, cls in ((_ffi.EP_ETHREAD, eploop.WrongThreadError),
-                      (_ffi.EP_EFORK, eploop.ForkedLoopError)):
+    for code, cls in (
+        (_ffi.EP_ETHREAD, eploop.WrongThreadError),
+        (_ffi.EP_EFORK, eploop.ForkedLoopError),
+    ):
         error = _loop._error(code, "ep_send")
         assert type(error) is cls
         assert isinstance(error, RuntimeError) and isinstance(error, eploop.EploopError)
