@@ -228,6 +228,18 @@ def _with_socket(fd: int, use: Callable[[socket.socket], Any]) -> Any:
         sock.detach()
 
 
+_UNKNOWN_PEERS = {socket.AF_INET: ("0.0.0.0", 0), socket.AF_INET6: ("::", 0, 0, 0)}
+
+
+def _peer_address(sock: socket.socket) -> Any:
+    try:
+        return sock.getpeername()
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
+        return _UNKNOWN_PEERS.get(sock.family, "")
+
+
 _ID_BASE = c_char()
 _ID_BASE_ADDRESS = ctypes.addressof(_ID_BASE)
 _LP64 = ctypes.sizeof(ctypes.c_void_p) == ctypes.sizeof(c_uint64)
@@ -625,9 +637,13 @@ class Connection(_Registration):
 
     @property
     def peername(self) -> Any:
-        """The peer's address, as ``socket.getpeername()`` gives it (cached)."""
+        """The peer's address, as ``socket.getpeername()`` gives it (cached).
+
+        A peer that already reset cannot be asked any more (ENOTCONN): that is its departure,
+        reported by ``on_close``, so this gives the family's unspecified address instead of
+        raising (``("0.0.0.0", 0)``, ``("::", 0, 0, 0)``, or ``""`` for a Unix socket)."""
         if self._peername is None:
-            self._peername = _with_socket(self.fileno(), lambda s: s.getpeername())
+            self._peername = _with_socket(self.fileno(), _peer_address)
         return self._peername
 
     def _ended(self) -> None:

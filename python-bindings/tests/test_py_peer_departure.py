@@ -193,3 +193,19 @@ def test_send_after_your_own_close_is_still_your_mistake() -> None:
         conn.close()
         with pytest.raises(eploop.ClosingError):
             conn.send(b"too late")
+
+
+def test_peername_of_a_peer_that_already_reset_does_not_raise() -> None:
+    events = Events()
+    names: list[Any] = []
+
+    class Named(Echo):
+        def on_accept(self) -> None:
+            names.append(self.conn.peername)
+            super().on_accept()
+
+    with serving(lambda: Named(events)) as server:
+        client = connect(server.port)
+        reset(client)  # (usually before the loop's step that handles the accept)
+        events.wait_count("close", 1)
+    assert len(names) == 1 and len(names[0]) >= 2
