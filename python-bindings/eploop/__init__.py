@@ -20,6 +20,7 @@ from ._loop import (
     ClosingError,
     Connection,
     EploopError,
+    ForkedLoopError,
     Handler,
     Listener,
     Loop,
@@ -27,6 +28,8 @@ from ._loop import (
     StaleError,
     Stats,
     Timer,
+    WrongThreadError,
+    reraise,
 )
 from ._version import __version__
 
@@ -35,6 +38,7 @@ __all__ = [
     "ClosingError",
     "Connection",
     "EploopError",
+    "ForkedLoopError",
     "Handler",
     "LibraryLoadError",
     "Listener",
@@ -43,7 +47,9 @@ __all__ = [
     "StaleError",
     "Stats",
     "Timer",
+    "WrongThreadError",
     "__version__",
     "library_path",
     "library_version",
+    "reraise",
 ]

@@ -9,12 +9,24 @@ created once, at import, kept at module level, whose ``user`` pointer is an inte
 nothing C can call or hold is ever garbage-collected. Each loop keeps its registrations in a
 dict keyed by ``ep_id`` (ids are never reused).
 
-Exception policy: an exception raised by a handler method (or a handler factory) is never
-swallowed. The connection whose handler raised is aborted (RST: its state is suspect, so the
-peer must not take what it got as complete); the rest of the step's events are still delivered;
-then ``run()``/``run_once()`` (or ``close()``) re-raises the exception. Other connections are
-untouched: the loop can be run again. If several handlers raise in the same step, the first
-exception is raised and the others are attached to it as notes.
+Exception policy (asyncio's): a handler method, handler factory, timer or
+``call_soon_threadsafe`` callback that raises an ``Exception`` has a bug; the peer never causes
+one (``send()`` and friends never raise because of the peer). The connection whose handler
+raised is aborted (RST: its state is suspect, so the peer must not take what it got as
+complete) and gets nothing more but its one ``on_close``; the exception goes to the loop's
+exception handler (``Loop.set_exception_handler``), whose default logs it with its traceback
+through ``logging.getLogger("eploop")``; the loop keeps serving. An exception handler that
+raises (``eploop.reraise`` does) makes ``run()`` raise that exception once the step's other
+events are delivered. A ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
+``SystemExit``) skips the exception handler and is raised by ``run()`` at the end of the step.
+
+Step semantics (as C's callbacks): events of one step are fetched together, so the binding
+enforces what C enforces between callbacks. After ``close()``/``abort()`` (or a raise) the
+connection's remaining events of the step are skipped, but for its ``on_close``. After
+``pause_reading()``, its data already fetched is held (per connection, in order, an EOF behind
+it too) and delivered after ``resume_reading()``, at the end of the step in which it was called;
+a close that ends the connection meanwhile delivers the held data first, as C's read loop
+ignores a pause once the connection cannot live on.
 
 Signals (Ctrl-C): while ``run()``/``run_once()`` runs in the main thread, Python-level signal
 handlers are deferred: a signal is queued and its real handler called from ``run()`` itself
@@ -34,6 +46,7 @@ import dataclasses
 import enum
 import errno
 import itertools
+import logging
 import math
 import os
 import signal
@@ -41,6 +54,7 @@ import socket
 import struct
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from ctypes import byref, c_char, c_size_t, c_uint64
 from typing import Any
@@ -53,6 +67,7 @@ __all__ = [
     "ClosingError",
     "Connection",
     "EploopError",
+    "ForkedLoopError",
     "Handler",
     "Listener",
     "Loop",
@@ -60,7 +75,11 @@ __all__ = [
     "StaleError",
     "Stats",
     "Timer",
+    "WrongThreadError",
+    "reraise",
 ]
+
+logger = logging.getLogger("eploop")
 
 
 class CloseReason(enum.IntEnum):
@@ -79,10 +98,10 @@ class CloseReason(enum.IntEnum):
 
 
 class RunResult(enum.IntEnum):
-    """What ``Loop.run_once()`` found."""
+    """Why ``Loop.run()`` returned, or what ``Loop.run_once()`` found."""
 
-    EMPTY = _ffi.EP_RUN_EMPTY  #: nothing is registered any more
-    MORE = _ffi.EP_RUN_MORE  #: the loop still has registrations
+    EMPTY = _ffi.EP_RUN_EMPTY  #: out of work: nothing registered, no timer, nothing pending
+    MORE = _ffi.EP_RUN_MORE  #: (run_once) there may be more to do
     STOPPED = _ffi.EP_RUN_STOPPED  #: ``stop()`` was called
 
 
@@ -93,7 +112,7 @@ class EploopError(OSError):
     """A negative result from libeploop.
 
     ``errno`` is the positive error number (an ``errno`` value such as ``EADDRINUSE``, or
-    4001..4006 for the library's own codes), ``strerror`` is ``ep_strerror``'s text and ``code``
+    4001..4008 for the library's own codes), ``strerror`` is ``ep_strerror``'s text and ``code``
     the raw negative value the C function returned.
     """
 
@@ -111,7 +130,25 @@ class StaleError(EploopError):
 
 
 class ClosingError(EploopError):
-    """``close()`` was already called on this connection: EP_ECLOSING."""
+    """You already called ``close()`` or ``abort()`` on this connection: EP_ECLOSING."""
+
+
+class WrongThreadError(EploopError, RuntimeError):
+    """The loop was called from a thread while another thread was using it: EP_ETHREAD."""
+
+    rule = (
+        "a loop is used by one thread at a time; "
+        "only stop() and call_soon_threadsafe() may be called from another thread"
+    )
+
+    def __str__(self) -> str:
+        return f"[Errno {self.errno}] {self.function}: {self.strerror} ({self.rule})"
+
+
+class ForkedLoopError(WrongThreadError):
+    """The loop was inherited across ``fork()``: in the child only ``close()`` works: EP_EFORK."""
+
+    rule = "a loop inherited across fork() can only be closed in the child process"
 
 
 def _error(code: int, function: str) -> EploopError:
@@ -119,7 +156,17 @@ def _error(code: int, function: str) -> EploopError:
         return StaleError(code, function)
     if code == _ffi.EP_ECLOSING:
         return ClosingError(code, function)
+    if code == _ffi.EP_ETHREAD:
+        return WrongThreadError(code, function)
+    if code == _ffi.EP_EFORK:
+        return ForkedLoopError(code, function)
     return EploopError(code, function)
+
+
+def reraise(loop: Loop, context: dict[str, Any]) -> None:
+    """An exception handler that stops ``run()`` and makes it raise the handler's exception:
+    ``loop.set_exception_handler(eploop.reraise)`` (for scripts and tests)."""
+    raise context["exception"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +228,18 @@ def _with_socket(fd: int, use: Callable[[socket.socket], Any]) -> Any:
         sock.detach()
 
 
+_UNKNOWN_PEERS = {socket.AF_INET: ("0.0.0.0", 0), socket.AF_INET6: ("::", 0, 0, 0)}
+
+
+def _peer_address(sock: socket.socket) -> Any:
+    try:
+        return sock.getpeername()
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
+        return _UNKNOWN_PEERS.get(sock.family, "")
+
+
 _ID_BASE = c_char()
 _ID_BASE_ADDRESS = ctypes.addressof(_ID_BASE)
 _LP64 = ctypes.sizeof(ctypes.c_void_p) == ctypes.sizeof(c_uint64)
@@ -230,6 +289,22 @@ class _Registration:
             raise _error(code, function)
         return code
 
+    def _ended_by_loop(self, code: int) -> bool:
+        """``code`` only says that the library already ended the registration, for a reason
+        that is not the caller's doing, and the binding has yet to deliver its ``on_close``.
+
+        With EP_QUEUE, the library decides a close (a reset, an error) in the step that fetched
+        it, so during that step's handlers the id is already stale in C while its on_close is
+        still ahead in Python: a callback host would have seen the call succeed (one channel).
+        """
+        return False
+
+    def _lenient(self, code: int, function: str) -> int:
+        """``_check`` for calls that must not fail because the peer is gone."""
+        if code < 0 and self._ended_by_loop(code):
+            return 0
+        return self._check(code, function)
+
     def fileno(self) -> int:
         """The fd (owned by the loop: do not close it or change its blocking mode)."""
         if self._fd < 0 or self._lp is None:
@@ -262,14 +337,14 @@ class _Registration:
     def set_idle_timeout(self, seconds: float | None) -> None:
         """End the connection with ``on_close(TIMEOUT, ETIMEDOUT)`` after ``seconds`` without a
         byte read or written (None disables). On a listener: for the connections it accepts."""
-        self._check(
+        self._lenient(
             lib.ep_set_idle_timeout(self._lp, self.id, _ms(seconds or 0)), "ep_set_idle_timeout"
         )
 
     def set_watermarks(self, low: int, high: int) -> None:
         """Flow-control thresholds in bytes (default 16 KiB / 64 KiB): ``send()`` returns False
         above ``high``; ``on_writable`` fires at ``low``. On a listener: for its connections."""
-        self._check(lib.ep_set_watermarks(self._lp, self.id, low, high), "ep_set_watermarks")
+        self._lenient(lib.ep_set_watermarks(self._lp, self.id, low, high), "ep_set_watermarks")
 
     def _ended(self) -> None:
         self._lp = None
@@ -279,7 +354,7 @@ class _Registration:
 class Listener(_Registration):
     """A listening socket; every connection it accepts gets a handler from ``factory()``."""
 
-    __slots__ = ("factory", "half_close")
+    __slots__ = ("_port", "factory", "half_close")
 
     def __init__(
         self,
@@ -292,11 +367,17 @@ class Listener(_Registration):
         super().__init__(loop, reg_id, borrowed)
         self.factory = factory
         self.half_close = half_close
+        # Read once, here, on the thread setting the loop up: reading it later (say from a test's
+        # main thread while another thread runs the loop) must not be a call into the loop.
+        self._port: int = lib.ep_local_port(self._lp, self.id)
 
     @property
     def port(self) -> int:
-        """The port it listens on (useful after listening on port 0)."""
-        return self._check(lib.ep_local_port(self._lp, self.id), "ep_local_port")
+        """The port it listens on (useful after listening on port 0); any thread may read it.
+        Raises ``EploopError`` (EAFNOSUPPORT) for a Unix socket."""
+        if self._port < 0:
+            raise _error(self._port, "ep_local_port")
+        return self._port
 
     def close(self) -> None:
         """Stop listening; connections already accepted are not affected. Idempotent."""
@@ -314,7 +395,7 @@ class Listener(_Registration):
         self._check(lib.ep_resume_reading(self._lp, self.id), "ep_resume_reading")
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"port={self.port}"
+        state = "closed" if self.closed else f"port={self._port}" if self._port >= 0 else "open"
         return f"<eploop.Listener id={self.id} {state}>"
 
 
@@ -363,9 +444,14 @@ class Connection(_Registration):
     """
 
     __slots__ = (
+        "_half_close",
+        "_held",
+        "_muted",
         "_on_data",
         "_on_eof",
+        "_paused",
         "_peername",
+        "_user_ended",
         "handler",
         "user",
     )
@@ -385,20 +471,74 @@ class Connection(_Registration):
         # which keeps an idle connection smaller.)
         self._on_data: Callable[[bytes], object] = _ignore
         self._on_eof: Callable[[], object] = _ignore  # (the peer's EOF: with half_close only)
+        self._half_close = False
+        # Step semantics (see the module docstring): muted once close()/abort() was called or
+        # a handler raised; while paused (or until the held data is delivered), _on_data and
+        # _on_eof append to _held instead of calling the handler.
+        self._muted = False
+        self._user_ended = False  # close() or abort() was called (not: a handler raised)
+        self._paused = False
+        self._held: deque[bytes] | None = None  # data held; b"" is the peer's EOF
 
     def _attach(self, handler: Any, half_close: bool) -> None:
         handler.conn = self
         self.handler = handler
+        self._half_close = half_close
+        self._deliver_to_handler()
+
+    def _deliver_to_handler(self) -> None:
+        handler = self.handler
         self._on_data = getattr(handler, "on_data", _ignore)
-        if half_close:
+        if self._half_close:
             self._on_eof = getattr(handler, "on_eof", self.close)
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)  # type: ignore[union-attr]
+
+    def _hold_eof(self) -> None:
+        self._held.append(b"")  # type: ignore[union-attr]
+
+    def _mute(self) -> None:
+        """Nothing more but on_close: what the step still holds for it is skipped."""
+        self._muted = True
+        self._paused = False
+        self._held = None
+        self._on_data = self._on_eof = _ignore
+
+    def _deliver_held(self, forced: bool) -> None:
+        """Deliver the held data, in order, while reading is not paused (``forced``: the
+        connection is ending, so it all goes now, pause or not, before its on_close)."""
+        held = self._held
+        while held and not self._muted and (forced or not self._paused):
+            data = held.popleft()
+            try:
+                if data:
+                    getattr(self.handler, "on_data", _ignore)(data)
+                elif self._half_close:
+                    getattr(self.handler, "on_eof", self.close)()
+            except BaseException as exc:
+                self.loop._handler_failed(self, exc, "on_data" if data else "on_eof")
+            held = self._held
+        if not self._muted and not self._held and not self._paused:
+            self._held = None
+            self._deliver_to_handler()
+
+    def _ended_by_loop(self, code: int) -> bool:
+        return (
+            (code == _ffi.EP_ESTALE or code == _ffi.EP_ECLOSING)
+            and self._lp is not None
+            and not self._user_ended
+        )
 
     def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Queue ``data`` (any bytes-like object) for sending; never blocks, never partial.
 
         Returns True while the send queue is at or below its high-water mark, False once it is
-        above: stop producing and wait for ``on_writable``. Raises ``StaleError`` after
-        ``on_close``, ``ClosingError`` after ``close()``, ``EploopError`` otherwise.
+        above, or once the peer is gone (the bytes are then discarded; its ``on_close`` is on
+        the way): stop producing (and wait for ``on_writable``). Never raises because of the
+        peer: only for your own mistakes: ``StaleError`` after ``on_close``, ``ClosingError``
+        after your ``close()``/``abort()``, ``EploopError`` otherwise (e.g. ENOBUFS beyond the
+        1 GiB queue cap, ESHUTDOWN after your ``shutdown()``).
         """
         if type(data) is bytes:
             size = len(data)
@@ -407,7 +547,7 @@ class Connection(_Registration):
             code = self._send_buffer(data)
         if code == 0:
             return True
-        if code == 1:
+        if code == 1 or self._ended_by_loop(code):
             return False
         return bool(self._check(code, "ep_send"))
 
@@ -442,50 +582,80 @@ class Connection(_Registration):
 
     def shutdown(self) -> None:
         """Send FIN once the queue is flushed; keep reading until the peer closes too."""
-        self._check(lib.ep_shutdown(self._lp, self.id), "ep_shutdown")
+        self._lenient(lib.ep_shutdown(self._lp, self.id), "ep_shutdown")
 
     def close(self) -> None:
-        """Graceful close: flush the queue, send FIN, then ``on_close(LOCAL)``. Idempotent."""
+        """Graceful close: flush the queue, send FIN, then ``on_close(LOCAL)``. Idempotent.
+
+        From then on the handler gets nothing but that ``on_close`` (not even the rest of the
+        data fetched in the current step)."""
         if self._lp is not None:
             code = _ep_close(self._lp, self._cid)
             if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
                 raise _error(code, "ep_close")
+            self._user_ended = True
+            self._mute()
 
     def abort(self) -> None:
-        """Reset now (RST), dropping the queue; ``on_close(ABORT)`` follows. Idempotent."""
+        """Reset now (RST), dropping the queue; ``on_close(ABORT)`` follows (or the peer's
+        reason, if it left first). Idempotent; nothing but that ``on_close`` follows."""
         if self._lp is not None:
             code = _ep_abort(self._lp, self._cid)
             if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
                 raise _error(code, "ep_abort")
+            self._user_ended = True
+            self._mute()
 
     def pause_reading(self) -> None:
-        """Stop delivering ``on_data`` (the kernel buffers, then the peer is throttled)."""
+        """Stop delivering ``on_data`` (the kernel buffers, then the peer is throttled) — at
+        once: data of the current step not delivered yet is kept for ``resume_reading()``."""
         code = _ep_pause(self._lp, self._cid)
         if code:
-            self._check(code, "ep_pause_reading")
+            self._lenient(code, "ep_pause_reading")
+        if not self._paused and not self._muted:
+            self._paused = True
+            if self._held is None:
+                self._held = deque()
+            self._on_data = self._hold
+            if self._half_close:
+                self._on_eof = self._hold_eof
 
     def resume_reading(self) -> None:
-        """Deliver ``on_data`` again after ``pause_reading()``."""
+        """Deliver ``on_data`` again after ``pause_reading()``: first what was held, in order
+        (at the end of the current step, or of the next one when called outside a handler)."""
         code = _ep_resume(self._lp, self._cid)
         if code:
-            self._check(code, "ep_resume_reading")
+            self._lenient(code, "ep_resume_reading")
+        if self._paused:
+            self._paused = False
+            if self._held:
+                self.loop._resumed.append(self)
+            else:
+                self._held = None
+                self._deliver_to_handler()
 
     def set_keepalive(self, idle: int, interval: int, count: int) -> None:
         """TCP keepalive: probe after ``idle`` s of silence, every ``interval`` s, ``count``
         times; then the connection ends with ``on_close(ERROR, ETIMEDOUT)``. ``idle`` 0: off."""
-        self._check(
+        self._lenient(
             lib.ep_set_keepalive(self._lp, self.id, idle, interval, count), "ep_set_keepalive"
         )
 
     def set_user_timeout(self, seconds: float) -> None:
         """TCP_USER_TIMEOUT: sent data unacknowledged for ``seconds`` fails the connection."""
-        self._check(lib.ep_set_user_timeout(self._lp, self.id, _ms(seconds)), "ep_set_user_timeout")
+        self._lenient(
+            lib.ep_set_user_timeout(self._lp, self.id, _ms(seconds)), "ep_set_user_timeout"
+        )
 
     @property
     def peername(self) -> Any:
-        """The peer's address, as ``socket.getpeername()`` gives it (cached)."""
+        """The peer's address, as ``socket.getpeername()`` gives it (cached).
+
+        A peer that already reset cannot be asked any more (ENOTCONN): that is its departure,
+        reported by ``on_close``, so this gives the family's unspecified address instead of
+        raising (``("0.0.0.0", 0)``, ``("::", 0, 0, 0)``, or ``""`` for a Unix socket)."""
         if self._peername is None:
-            self._peername = _with_socket(self.fileno(), lambda s: s.getpeername())
+            self._peername = _with_socket(self.fileno(), _peer_address)
         return self._peername
 
     def _ended(self) -> None:
@@ -494,6 +664,7 @@ class Connection(_Registration):
         # both are freed as soon as nobody else holds them, not by the garbage collector.
         self.handler = None
         self._on_data = self._on_eof = _ignore
+        self._held = None
 
     def __repr__(self) -> str:
         return f"<eploop.Connection id={self.id}{' closed' if self.closed else ''}>"
@@ -574,6 +745,7 @@ _ACCEPT, _DATA, _WRITABLE, _CLOSE = (
 _EINTR = -errno.EINTR
 _STEP_COPY_MAX = 1 << 20
 _MORE = _ffi.EP_RUN_MORE
+_EMPTY = _ffi.EP_RUN_EMPTY
 
 
 def _view(address: int, size: int) -> memoryview:
@@ -582,13 +754,16 @@ def _view(address: int, size: int) -> memoryview:
 
 
 def _closed(registration: _Registration, reason: int, err: int) -> None:
-    """A registration's one on_close."""
+    """A registration's one on_close (its exception goes to the exception handler)."""
+    handler = registration.handler if type(registration) is Connection else None
     try:
-        if type(registration) is Connection:
-            on_close = getattr(registration.handler, "on_close", None)
-            if on_close is not None:
-                on_close(_REASONS.get(reason, reason), err)
-    finally:
+        on_close = getattr(handler, "on_close", None)
+        if on_close is not None:
+            on_close(_REASONS.get(reason, reason), err)
+    except BaseException as exc:
+        registration._ended()
+        registration.loop._handler_failed(registration, exc, "on_close", handler)
+    else:
         registration._ended()
 
 
@@ -607,6 +782,7 @@ def _find(user: int | None) -> Loop | None:
 
 
 def _on_timer(_lp: int, timer_id: int, user: int) -> None:
+    timer = None
     try:
         loop = _find(user)
         timer = loop._timers.get(timer_id) if loop is not None else None
@@ -616,7 +792,7 @@ def _on_timer(_lp: int, timer_id: int, user: int) -> None:
             timer._finished()
         timer.callback()
     except BaseException as exc:
-        _failed(user, exc)
+        _failed(user, exc, "timer callback", timer.callback if timer is not None else None)
 
 
 _posts: dict[int, tuple[int, Callable[[], object]]] = {}  # post key -> (loop key, callback)
@@ -625,18 +801,20 @@ _post_keys = itertools.count(1)
 
 def _on_post(_lp: int, post_key: int) -> None:
     loop_key = 0
+    callback = None
     try:
         loop_key, callback = _posts.pop(post_key)
         callback()
     except BaseException as exc:
-        _failed(loop_key, exc)
+        _failed(loop_key, exc, "call_soon_threadsafe callback", callback)
 
 
-def _failed(user: int, exc: BaseException) -> None:
-    """A callback raised inside C: keep the exception for run() to raise."""
+def _failed(user: int, exc: BaseException, where: str, callback: Any) -> None:
+    """A callback raised inside C: keep it for the step to hand to the exception handler once
+    ep_poll has returned (no user code runs inside a ctypes callback but the callback itself)."""
     loop = _find(user)
     if loop is not None:  # (None: the loop is being garbage-collected; nobody is left to tell)
-        loop._handler_failed(None, exc)
+        loop._callback_failures.append((exc, where, callback))
 
 
 _TIMER_TRAMPOLINE = _ffi.TIMER_CB(_on_timer)
@@ -652,8 +830,11 @@ _SIGNALS = tuple(signal.valid_signals())
 class Loop:
     """An epoll event loop; a context manager that closes every connection on exit.
 
-    A loop belongs to the thread that runs it. Only ``stop()`` and ``call_soon_threadsafe()``
-    may be called from other threads (``stop()`` also from a signal handler).
+    A loop is used by one thread at a time, normally the one that runs it. Only ``stop()`` and
+    ``call_soon_threadsafe()`` may be called from other threads (``stop()`` also from a signal
+    handler); any other call made while another thread is using the loop raises
+    ``WrongThreadError`` (a ``RuntimeError``). ``Listener.port`` is read at listen time and may
+    be read from anywhere.
     """
 
     def __init__(self, *, linger: float | None = None) -> None:
@@ -666,7 +847,10 @@ class Loop:
         self._key = next(_loop_keys)
         self._registrations: dict[int, _Registration] = {}
         self._timers: dict[int, Timer] = {}
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None  # for run() to raise at the end of the step
+        self._exception_handler: Callable[[Loop, dict[str, Any]], object] | None = None
+        self._callback_failures: list[tuple[BaseException, str, Any]] = []  # from inside C
+        self._resumed: list[Connection] = []  # resume_reading() with data held: deliver it
         self._running = False
         self._lock = threading.RLock()  # orders stop() from other threads against close()
         self._wake_pipe: tuple[int, int] | None = None
@@ -712,8 +896,8 @@ class Loop:
         """Close every connection and free the loop. Idempotent.
 
         Closes already under way are delivered first (one more step, without waiting); every
-        connection still open then gets ``on_close(LOOP_FREED)``. Re-raises an exception a
-        handler raised meanwhile.
+        connection still open then gets ``on_close(LOOP_FREED)``. A handler raising meanwhile
+        goes to the exception handler; raises what that raised (see ``run()``).
         """
         if self._running:
             raise RuntimeError("Loop.close() called while the loop is running (use stop())")
@@ -725,6 +909,10 @@ class Loop:
             self._running = True
             try:
                 self._settle(lp)
+            except ForkedLoopError:
+                pass  # a child's copy of the loop: ep_loop_free alone is allowed, and enough
+            except BaseException as exc:
+                self._fatal(exc)
             finally:
                 self._running = False
                 lib.ep_loop_free(lp)  # EP_QUEUE registrations: nothing is called back
@@ -732,11 +920,9 @@ class Loop:
                 _loops.pop(self._key, None)
                 still_open = list(self._registrations.values())
                 self._registrations.clear()
+                self._resumed.clear()
                 for registration in still_open:
-                    try:
-                        _closed(registration, CloseReason.LOOP_FREED, 0)
-                    except BaseException as exc:
-                        self._handler_failed(None, exc)
+                    _closed(registration, CloseReason.LOOP_FREED, 0)
                 self._timers.clear()
                 if self._wake_pipe is not None:
                     for fd in self._wake_pipe:
@@ -908,7 +1094,7 @@ class Loop:
     ) -> Timer:
         """Run ``callback()`` on the loop's thread after ``delay`` seconds, then every
         ``repeat`` seconds if given (at a fixed rate). A pending timer keeps ``run()`` going.
-        An exception from ``callback`` is re-raised from ``run()``."""
+        An exception from ``callback`` goes to the exception handler."""
         lp = self._open_lp()
         code = lib.ep_timer_start(
             lp, _ms(delay), _ms(repeat) if repeat else 0, _TIMER_TRAMPOLINE, self._key
@@ -973,14 +1159,103 @@ class Loop:
             closes={reason: raw.closes[reason.value] for reason in CloseReason},
         )
 
+    # -- exceptions in handlers
+
+    def set_exception_handler(
+        self, handler: Callable[[Loop, dict[str, Any]], object] | None
+    ) -> None:
+        """Route exceptions raised by handlers and callbacks to ``handler(loop, context)``
+        (None: back to ``default_exception_handler``), as asyncio does.
+
+        ``context`` holds ``"message"`` (text naming what failed), ``"exception"``,
+        ``"connection"`` (the ``Connection`` whose handler raised, already aborted, or None for a
+        timer or ``call_soon_threadsafe`` callback) and ``"handler"`` (the handler object, the
+        handler factory, or the callback). It runs on the loop's thread, between events. If it
+        raises, ``run()``/``run_once()``/``close()`` raise that exception once the step's other
+        events are delivered: ``set_exception_handler(eploop.reraise)`` stops the loop at the
+        first error (the connection is still aborted; the loop can be run again).
+        """
+        if handler is not None and not callable(handler):
+            raise TypeError(f"an exception handler must be callable or None, not {handler!r}")
+        self._exception_handler = handler
+
+    def get_exception_handler(self) -> Callable[[Loop, dict[str, Any]], object] | None:
+        """The handler set by ``set_exception_handler`` (None: the default)."""
+        return self._exception_handler
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        """Log ``context["message"]`` with the exception's traceback through
+        ``logging.getLogger("eploop")`` at ERROR level; the loop keeps serving."""
+        exception = context.get("exception")
+        exc_info = (
+            (type(exception), exception, exception.__traceback__)
+            if isinstance(exception, BaseException)
+            else None
+        )
+        logger.error("%s", context.get("message", "eploop: unhandled exception"), exc_info=exc_info)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        """Hand ``context`` to the exception handler, as the loop does for a failing handler."""
+        handler = self._exception_handler
+        try:
+            if handler is None:
+                self.default_exception_handler(context)
+            else:
+                handler(self, context)
+        except BaseException as exc:
+            self._fatal(exc)
+
+    def _handler_failed(
+        self,
+        registration: _Registration | None,
+        exc: BaseException,
+        where: str,
+        handler: Any = None,
+    ) -> None:
+        """A handler raised: abort its connection (nothing more but its on_close reaches it),
+        then tell the exception handler, or end run() for a non-Exception (KeyboardInterrupt)."""
+        if registration is not None:
+            if handler is None:
+                handler = getattr(registration, "handler", None)
+            if type(registration) is Connection and not registration.closed:
+                registration._mute()
+                _ep_abort(registration._lp, registration._cid)  # its on_close follows
+        if not isinstance(exc, Exception):
+            self._fatal(exc)
+            return
+        subject = f" of {registration!r}" if registration is not None else ""
+        if where.startswith("on_"):
+            name = f"{type(handler).__qualname__}.{where}"
+        else:
+            name = f"{where} {handler!r}"
+        self.call_exception_handler(
+            {
+                "message": f"eploop: exception in {name}{subject}",
+                "exception": exc,
+                "connection": registration if type(registration) is Connection else None,
+                "handler": handler,
+            }
+        )
+
+    def _fatal(self, exc: BaseException) -> None:
+        """Keep ``exc`` for run() to raise at the end of the step (the first one wins; later
+        ones become notes where Python has them, 3.11+)."""
+        if self._error is None:
+            self._error = exc
+        elif self._error is not exc and hasattr(self._error, "add_note"):
+            self._error.add_note(f"eploop: also raised in the same step: {exc!r}")
+
     # -- running
 
-    def run(self) -> None:
-        """Run until ``stop()`` or until nothing is registered any more.
+    def run(self) -> RunResult:
+        """Run until ``stop()`` (returns ``RunResult.STOPPED``) or until the loop is out of work
+        (``RunResult.EMPTY``): nothing registered, no timer, nothing pending, once the handlers
+        of the last step have run (an ``on_close`` that reconnects or starts a timer keeps it
+        running).
 
-        Re-raises an exception raised by a handler (its connection has been aborted; the loop
-        can be run again). Ctrl-C raises ``KeyboardInterrupt`` from here, never from inside a
-        handler; a ``with Loop()`` block then closes every connection.
+        A handler's exception goes to the exception handler (``set_exception_handler``);
+        whatever that raises is raised here. Ctrl-C raises ``KeyboardInterrupt`` from here,
+        never from inside a handler; a ``with Loop()`` block then closes every connection.
         """
         lp = self._open_lp()
         self._enter()
@@ -991,7 +1266,8 @@ class Loop:
             while True:
                 if guard.pending:  # (also one that came before the wakeup fd was set)
                     guard.deliver()
-                if step(lp, timeout_ms) != _MORE:
+                state = step(lp, timeout_ms)
+                if state != _MORE:
                     break
             if guard.pending:
                 guard.deliver()
@@ -999,12 +1275,14 @@ class Loop:
             self._guard = None
             guard.restore()
             self._running = False
+        return RunResult(state)
 
     def run_once(self, timeout: float | None = None) -> RunResult:
         """Wait up to ``timeout`` seconds (None: until something happens) and dispatch.
 
-        Raises like ``run()``. A signal that interrupts the wait returns ``RunResult.MORE``
-        after Python has run its handler.
+        Returns ``MORE``, ``STOPPED`` or ``EMPTY`` (the loop had nothing to do; a step whose
+        handlers ran returns ``MORE``: they may have made work). Raises like ``run()``. A signal
+        that interrupts the wait returns ``RunResult.MORE`` after Python has run its handler.
         """
         lp = self._open_lp()
         self._enter()
@@ -1021,16 +1299,25 @@ class Loop:
     def _step(self, lp: Any, timeout_ms: int) -> int:
         """One ep_poll() step and its handlers.
 
-        Returns EP_RUN_MORE, _EMPTY or _STOPPED (MORE after a signal interrupted the wait).
-        Raises what a handler raised. The hot path of the binding: kept to few bytecodes.
+        Returns EP_RUN_MORE, _EMPTY or _STOPPED (MORE after a signal interrupted the wait, and
+        instead of EMPTY when handlers ran: ep_poll's state predates them). Raises what the
+        exception handler raised. The hot path of the binding: kept to few bytecodes.
         """
+        if self._resumed:  # (resume_reading() called outside a step)
+            self._deliver_resumed()
+            timeout_ms = 0
         code = _ep_poll(lp, timeout_ms, None, 0, None, 0, None, self._result_ref)
         events, count, data, data_len, state = _RESULT.unpack_from(self._result_view)
         if code:
             if code != _EINTR:
                 raise _error(code, "ep_poll")
             state = _MORE
+        if self._callback_failures:
+            self._timer_failures()
+            state = _MORE if state == _EMPTY else state
         if count:
+            if state == _EMPTY:
+                state = _MORE
             size = count * _EVENT_SIZE
             if events != self._events_at or size > self._events_size:
                 self._events_view = _view(events, size)
@@ -1056,6 +1343,7 @@ class Loop:
                 conn: Any = registrations.get(reg_id)
                 try:
                     if kind == _DATA:
+                        # (a muted or paused connection's _on_data/_on_eof skip or hold it)
                         if conn is None:
                             continue  # the loop's own wakeup pipe
                         if not length:
@@ -1066,7 +1354,7 @@ class Loop:
                             chunk = step_data[offset : offset + length]
                             conn._on_data(chunk if type(chunk) is bytes else chunk.tobytes())
                     elif kind == _WRITABLE:
-                        if conn is not None:
+                        if conn is not None and not conn._muted:
                             on_writable = getattr(conn.handler, "on_writable", None)
                             if on_writable is not None:
                                 on_writable()
@@ -1076,32 +1364,56 @@ class Loop:
                             registrations[reg_id] = conn
                             listener: Any = registrations[listener_id]
                             conn._attach(listener.factory(), listener.half_close)
-                        on_accept = getattr(conn.handler, "on_accept", None)
-                        if on_accept is not None:
-                            on_accept()
-                    elif kind == _CLOSE:
+                        if not conn._muted:  # (a connect() closed before it was up)
+                            on_accept = getattr(conn.handler, "on_accept", None)
+                            if on_accept is not None:
+                                on_accept()
+                    elif kind == _CLOSE:  # (_closed hands on_close's exception on itself)
                         if conn is not None:
+                            if type(conn) is Connection and conn._held:
+                                conn._deliver_held(forced=True)  # its data comes before its end
                             del registrations[reg_id]
                             _closed(conn, reason, err)
-                            conn = None  # nothing left to abort if its on_close raises
                         elif reg_id == self._wake_id:  # ep_drain closes it in the end:
                             self._wake_id = 0  # watch the pipe again (it keeps nothing alive)
                             if self._waking:
                                 self._wake_fd()
                 except BaseException as exc:
-                    self._handler_failed(conn, exc)
+                    self._event_failed(conn, kind, length, exc, registrations.get(listener_id))
+        if self._resumed:
+            self._deliver_resumed()
+            state = _MORE if state == _EMPTY else state
         if self._error is not None:
             self._raise_pending()
         return state  # type: ignore[no-any-return]
 
-    def _handler_failed(self, conn: Connection | None, exc: BaseException) -> None:
-        """A handler raised: abort its connection, keep the exception for run() to raise."""
-        if conn is not None and not conn.closed:
-            lib.ep_abort(conn._lp, conn.id)  # its on_close(ABORT) follows
-        if self._error is None:
-            self._error = exc
-        elif self._error is not exc:
-            self._error.add_note(f"eploop: another handler also raised in the same step: {exc!r}")
+    def _event_failed(
+        self, conn: Any, kind: int, length: int, exc: BaseException, listener: Any
+    ) -> None:
+        """Name the handler method that raised for the exception handler."""
+        if kind == _DATA:
+            where = "on_data" if length else "on_eof"
+        elif kind == _WRITABLE:
+            where = "on_writable"
+        elif conn is not None and conn.handler is None:  # the factory raised
+            self._handler_failed(conn, exc, "handler factory", getattr(listener, "factory", None))
+            return
+        else:
+            where = "on_accept"
+        self._handler_failed(conn, exc, where)
+
+    def _deliver_resumed(self) -> None:
+        """Hand their held data to the connections resumed since (see resume_reading)."""
+        while self._resumed:
+            resumed, self._resumed = self._resumed, []
+            for conn in resumed:
+                if not conn.closed:
+                    conn._deliver_held(forced=False)
+
+    def _timer_failures(self) -> None:
+        failures, self._callback_failures = self._callback_failures, []
+        for exc, where, callback in failures:
+            self._handler_failed(None, exc, where, callback)
 
     def stop(self) -> None:
         """Make ``run()`` return after the current step (a request made while the loop is not

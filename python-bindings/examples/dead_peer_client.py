@@ -50,8 +50,7 @@ class Peer(eploop.Handler):
 
 class Stdin(eploop.Handler):
     def on_data(self, data):
-        if not peer.closed:
-            peer.send(data)
+        peer.send(data)  # (once the peer is gone, its on_close closes us: no more on_data)
 
     def on_close(self, reason, errno):
         if not peer.closed:  # end of input: send FIN, then wait for the peer to close too

@@ -120,13 +120,17 @@ class LoopThread:
 def serving(factory: Callable[[], Any], **listen_options: Any) -> Iterator[Any]:
     """A loop listening on 127.0.0.1:<free port>, run in a thread, closed at the end.
 
-    An exception that run() raised (a handler failed) is re-raised at the end unless the test
-    took it (``runner.error = None``).
+    The loop keeps serving when a handler raises (the default), but the test still fails: the
+    first such exception, or one that run() raised, is raised at the end unless the test took
+    it (``runner.failures.clear()``, ``runner.error = None``).
     """
     loop = eploop.Loop()
+    failures: list[BaseException] = []
+    loop.set_exception_handler(lambda _loop, context: failures.append(context["exception"]))
     listener = loop.listen(("127.0.0.1", 0), factory, **listen_options)
     runner = LoopThread(loop)
     runner.port = listener.port  # type: ignore[attr-defined]
+    runner.failures = failures  # type: ignore[attr-defined]
     runner.start()
     try:
         yield runner
@@ -134,6 +138,8 @@ def serving(factory: Callable[[], Any], **listen_options: Any) -> Iterator[Any]:
         runner.finish()
     if runner.error is not None:
         raise runner.error
+    if failures:
+        raise failures[0]
 
 
 def connect(port: int, host: str = "127.0.0.1") -> socket.socket:

@@ -142,6 +142,23 @@ def test_echo_server_reports_a_reset_client() -> None:
         assert_clean_exit(proc, signal.SIGTERM)
 
 
+def test_echo_server_survives_clients_that_flood_without_reading_then_reset() -> None:
+    """Issue 10: one such client used to end the example with a traceback."""
+    with example_server("echo_server.py", "-q") as (proc, port), connect(port) as other:
+        for size in (4 << 20, 300_000):
+            flooder = connect(port)
+            sender = threading.Thread(target=flooder.sendall, args=(b"f" * size,))
+            sender.start()
+            sender.join(TIMEOUT)
+            reset(flooder)
+        time.sleep(0.1)
+        assert proc.popen.poll() is None, f"the server died: {proc._stderr_now()}"
+        other.sendall(b"still here?")
+        assert recv_exactly(other, 11) == b"still here?"
+        assert_clean_exit(proc, signal.SIGTERM)
+    assert "Traceback" not in proc.stderr
+
+
 def test_echo_server_keeps_a_slow_reader_bounded() -> None:
     """A client that sends a lot and reads late gets every byte back, in order."""
     payload = bytes(range(256)) * 16384  # 4 MiB
