@@ -102,14 +102,23 @@ def test_a_handler_added_inside_run_and_a_signal_before_run() -> None:
     assert "unraisable []" in lines
 
 
-def test_an_exception_in_the_callback_comes_out_of_run() -> None:
+def test_an_exception_in_the_callback_goes_to_the_exception_handler() -> None:
+    """Like any callback's: to the loop's exception handler (the default logs and keeps serving;
+    eploop.reraise makes run() raise it)."""
     lines = run_child(
         """
         with eploop.Loop() as loop:
             def boom():
                 raise ValueError("from the signal callback")
+            def handler(lp, context):
+                print("handled", context["exception"])
+                lp.stop()
+            loop.set_exception_handler(handler)
             loop.add_signal_handler(signal.SIGUSR1, boom)
             loop.listen(("127.0.0.1", 0), eploop.Handler)
+            loop.call_later(0.01, lambda: os.kill(os.getpid(), signal.SIGUSR1))
+            print("run", loop.run().name)
+            loop.set_exception_handler(eploop.reraise)
             loop.call_later(0.01, lambda: os.kill(os.getpid(), signal.SIGUSR1))
             try:
                 loop.run()
@@ -118,6 +127,8 @@ def test_an_exception_in_the_callback_comes_out_of_run() -> None:
         print("unraisable", unraisable)
         """
     )
+    assert "handled from the signal callback" in lines
+    assert "run STOPPED" in lines
     assert "raised from the signal callback" in lines
     assert "unraisable []" in lines
 
