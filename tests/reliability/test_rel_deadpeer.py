@@ -157,6 +157,9 @@ def vanish_and_time_close(net: netns.NetPair, lang: str, c_server: str, opts: li
         out.wait_for(lambda l: l == "ready", 10, "peer ready")
         srv.wait_until(lambda o: port in o.by_peer_port, 10, "accept of the peer")
         cid = srv.oracle.by_peer_port[port]
+        # The server logs "set" after "accept" (the Python one in a separate line): wait for it.
+        key = str(cid)
+        srv.wait_until(lambda o: any(l.startswith(f"set {key} ") for l in srv.log), 10, "the detector's set line")
         sets = [l for l in srv.lines_for(cid) if l.startswith("set ")]
         assert sets and all(l.split()[3] == "0" for l in sets), f"detector not set: {sets}"
 
