@@ -62,7 +62,7 @@ impl<H: Handler> Loop<H> {
             Entry::Stream(mut s) => {
                 // Borrowed output is released (outside this borrow) once the connection ends.
                 s.out.discard();
-                st.released.append(&mut s.out.finished);
+                s.out.take_finished(&mut st.released);
                 if fate == FdFate::Linger {
                     let deadline = Instant::now() + st.linger;
                     // Level-triggered from here on (usually already so: no system call).

@@ -178,8 +178,9 @@ impl<H: Handler> Loop<H> {
             s.touch();
         }
         let above_high = s.out.len() > s.flow.high;
-        let finished = std::mem::take(&mut s.out.finished);
-        st.released.extend(finished);
+        let mut finished = Vec::new();
+        s.out.take_finished(&mut finished);
+        st.released.append(&mut finished);
         st.stats.bytes_out += start as u64;
         Ok(above_high)
     }

@@ -45,31 +45,116 @@ pub(super) enum Head {
     },
 }
 
+/// A connection's output queue. An idle connection's is one null pointer: the queue's state
+/// lives in a box that exists only while something is queued (or waits for its release).
 #[derive(Default)]
 pub(super) struct OutQueue {
-    chunks: VecDeque<Chunk>,
-    /// Every queued byte (memory and file): the watermarks apply to this.
-    len: usize,
-    /// Copied bytes only: the memory the loop holds, which the 1 GiB cap bounds.
-    copied: usize,
-    pub finished: Vec<Finished>,
+    queue: Option<Box<Queue>>,
 }
 
 impl OutQueue {
     #[inline(always)]
     pub fn len(&self) -> usize {
-        self.len
+        self.queue.as_ref().map_or(0, |q| q.len)
     }
 
     #[inline(always)]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     pub fn copied_len(&self) -> usize {
-        self.copied
+        self.queue.as_ref().map_or(0, |q| q.copied)
     }
 
+    fn queue(&mut self) -> &mut Queue {
+        self.queue.get_or_insert_with(Box::default)
+    }
+
+    /// Reserves room for `n` more copied bytes at the tail.
+    pub fn try_reserve(&mut self, n: usize) -> Result<(), std::collections::TryReserveError> {
+        self.queue().try_reserve(n)
+    }
+
+    /// Appends a copy of `data` (see Queue::extend).
+    pub fn extend(&mut self, data: &[u8]) {
+        if !data.is_empty() {
+            self.queue().extend(data);
+        }
+    }
+
+    /// Queues `seg` from byte `start` on, without copying.
+    pub fn push_borrowed(&mut self, seg: Finished, start: usize) {
+        self.queue().push_borrowed(seg, start);
+    }
+
+    pub fn push_file(&mut self, range: FileRange) {
+        if range.remaining > 0 {
+            self.queue().push_file(range);
+        }
+    }
+
+    /// What one write should send now; memory segments are described in `bufs`.
+    pub fn head<'a>(&'a self, bufs: &mut [&'a [u8]; MAX_IOV]) -> Head {
+        self.queue.as_ref().map_or(Head::Empty, |q| q.head(bufs))
+    }
+
+    /// Removes `n` bytes the kernel took from the head (see Queue::consume).
+    pub fn consume(&mut self, n: usize) {
+        if let Some(q) = self.queue.as_mut() {
+            q.consume(n);
+        }
+    }
+
+    /// Drops everything queued; done-with borrowed segments wait in `finished`.
+    pub fn discard(&mut self) {
+        if let Some(q) = self.queue.as_mut() {
+            q.discard();
+        }
+    }
+
+    /// Moves the done-with borrowed segments to `released` (for their release callbacks), and
+    /// lets go of the box once nothing is queued.
+    pub fn take_finished(&mut self, released: &mut Vec<Finished>) {
+        if let Some(q) = self.queue.as_mut() {
+            released.append(&mut q.finished);
+            if q.len == 0 {
+                self.queue = None;
+            }
+        }
+    }
+
+    /// Lets go of the memory of an empty queue (finished segments wait for take_finished).
+    pub fn shrink(&mut self) {
+        if matches!(&self.queue, Some(q) if q.len == 0 && q.finished.is_empty()) {
+            self.queue = None;
+        }
+    }
+
+    /// Done-with borrowed segments waiting for their release.
+    #[cfg(test)]
+    pub fn finished(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.finished.len())
+    }
+
+    /// For tests: as discard(), then drops the finished segments here.
+    #[cfg(test)]
+    pub fn clear(&mut self) {
+        self.queue = None;
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    chunks: VecDeque<Chunk>,
+    /// Every queued byte (memory and file): the watermarks apply to this.
+    len: usize,
+    /// Copied bytes only: the memory the loop holds, which the 1 GiB cap bounds.
+    copied: usize,
+    finished: Vec<Finished>,
+}
+
+impl Queue {
     /// Reserves room for `n` more copied bytes at the tail.
     pub fn try_reserve(&mut self, n: usize) -> Result<(), std::collections::TryReserveError> {
         match self.chunks.back_mut() {
@@ -217,20 +302,6 @@ impl OutQueue {
         self.len = 0;
         self.copied = 0;
     }
-
-    /// Lets go of the memory of an empty queue.
-    pub fn shrink(&mut self) {
-        if self.len == 0 {
-            self.chunks = VecDeque::new();
-        }
-    }
-
-    /// For tests: as discard(), then drops the finished segments here.
-    #[cfg(test)]
-    pub fn clear(&mut self) {
-        self.discard();
-        self.finished.clear();
-    }
 }
 
 #[cfg(test)]
@@ -268,12 +339,16 @@ mod tests {
         let mut q = OutQueue::default();
         q.extend(b"ab");
         q.extend(b"cd");
-        assert_eq!(q.chunks.len(), 1);
+        assert_eq!(q.queue.as_ref().unwrap().chunks.len(), 1);
         assert_eq!((q.len(), q.copied_len()), (4, 4));
         q.consume(3);
         assert_eq!(memory(&q), b"d");
         q.consume(1);
-        assert!(q.is_empty() && q.chunks.is_empty());
+        q.shrink();
+        assert!(
+            q.is_empty() && q.queue.is_none(),
+            "an empty queue holds no memory"
+        );
     }
 
     #[test]
@@ -286,12 +361,9 @@ mod tests {
         assert_eq!(memory(&q), b"124567");
         q.consume(3);
         assert_eq!(memory(&q), b"567");
-        assert!(
-            q.finished.is_empty(),
-            "the borrowed segment is not done yet"
-        );
+        assert!(q.finished() == 0, "the borrowed segment is not done yet");
         q.consume(1);
-        assert_eq!(q.finished.len(), 1);
+        assert_eq!(q.finished(), 1);
         assert_eq!(memory(&q), b"67");
     }
 
@@ -323,7 +395,7 @@ mod tests {
         q.extend(b"b");
         q.push_borrowed(Box::new(Shared(b"c".to_vec())), 0);
         q.discard();
-        assert_eq!(q.finished.len(), 2);
+        assert_eq!(q.finished(), 2);
         assert!(q.is_empty());
     }
 }

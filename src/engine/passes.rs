@@ -19,6 +19,7 @@ pub(super) struct ReadSetup<H> {
 }
 
 impl<H: Clone> ReadSetup<H> {
+    #[inline(always)]
     pub(super) fn of(s: &Stream<H>, bits: u32) -> Self {
         ReadSetup {
             fd: s.fd,
@@ -282,9 +283,7 @@ impl<H: Handler> Loop<H> {
         let was_failed = s.failure().is_some();
         let written = s.write_queue();
         st.stats.bytes_out += written as u64;
-        if !s.out.finished.is_empty() {
-            st.released.append(&mut s.out.finished);
-        }
+        s.out.take_finished(&mut st.released);
         let write = match s.failure() {
             Some(errno) if !was_failed => -i64::from(errno),
             _ if written == 0 => -i64::from(sys::EAGAIN),
