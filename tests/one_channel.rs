@@ -10,7 +10,6 @@ use common::*;
 use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::rc::Rc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -19,7 +18,7 @@ enum Peer {
     Fin,
     /// Sends, waits for the server to read, then RST.
     Rst,
-    /// Floods megabytes and RSTs at once: the server has not read them all.
+    /// Sends megabytes (all the kernel takes) and RSTs before the server reads any of it.
     RstUnread,
     /// Sends, never reads while the server's replies pile up above the high-water mark, then RST.
     RstPending,
@@ -116,20 +115,13 @@ fn cell(peer: Peer, action: Action, flags: u32) {
             h.run_until_closed(conn);
         }
         Peer::RstUnread => {
-            let flooder = thread::spawn(move || {
-                let chunk = vec![b'f'; 256 * 1024];
-                client
-                    .set_write_timeout(Some(Duration::from_secs(2)))
-                    .unwrap();
-                for _ in 0..16 {
-                    if (&client).write_all(&chunk).is_err() {
-                        break;
-                    }
-                }
-                rst(client);
-            });
+            // Everything the kernel takes is in flight, then the reset, all before the server
+            // reads a byte: the handler acts on a connection the peer has already reset.
+            client.set_nonblocking(true).unwrap();
+            let chunk = vec![b'f'; 256 * 1024];
+            while (&client).write(&chunk).is_ok() {}
+            rst(client);
             h.run_until_closed(conn);
-            flooder.join().unwrap();
         }
         Peer::RstPending => {
             (&client).write_all(b"hello").unwrap();
@@ -168,7 +160,11 @@ fn cell(peer: Peer, action: Action, flags: u32) {
             "timed out after {elapsed:?}"
         );
     }
-    if matches!(peer, Peer::Rst | Peer::RstUnread | Peer::RstPending) && action == Action::Send {
+    // The peer's reset is reported as the peer's doing, whatever the handler did but end the
+    // connection itself (a shutdown(2) on a reset socket fails ENOTCONN: still the peer's reset).
+    if matches!(peer, Peer::Rst | Peer::RstUnread | Peer::RstPending)
+        && matches!(action, Action::Send | Action::SendMany | Action::Shutdown)
+    {
         assert!(
             reason == PEER_RESET || reason == PEER_EOF,
             "{peer:?} × {action:?}: {}",

@@ -68,11 +68,21 @@ impl<H: Handler> Loop<H> {
                 let sent = sys::shutdown_write(s.fd);
                 let next = match sent {
                     Ok(()) => s.fin_sent(),
-                    Err(errno) => Decision::Terminate {
-                        reason: CloseReason::from_errno(errno),
-                        err: errno,
-                        fate: FdFate::Close,
-                    },
+                    Err(errno) => {
+                        // Like a failed send: the peer is gone (a reset connection answers
+                        // ENOTCONN). What is readable is still delivered, then on_close reports
+                        // the departure; a read error met on the way is the peer's own reason.
+                        let errno = match errno {
+                            sys::ENOTCONN => match sys::take_socket_error(s.fd) {
+                                Ok(0) | Err(_) => sys::ECONNRESET,
+                                Ok(pending) => pending,
+                            },
+                            other => other,
+                        };
+                        s.write_failed(errno);
+                        st.schedule(id);
+                        Decision::Nothing
+                    }
                 };
                 drop(st);
                 if sent.is_ok() {

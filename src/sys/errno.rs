@@ -10,7 +10,7 @@ pub type SysResult<T> = Result<T, Errno>;
 
 pub use libc::{
     EAGAIN, EBADF, ECONNABORTED, ECONNRESET, EINTR, EINVAL, EIO, EMFILE, ENFILE, ENOBUFS, ENOMEM,
-    ENOTSOCK, EPIPE, ESHUTDOWN, ETIMEDOUT,
+    ENOTCONN, ENOTSOCK, EPIPE, ESHUTDOWN, ETIMEDOUT,
 };
 
 /// The calling thread's errno, as left by the last failed call.
