@@ -583,7 +583,14 @@ fn queued_bytes_and_the_promised_writable() {
     let small = b"hello";
     let mut promised = cmd(EP_CMD_SEND, other, 0, small.len() as u64);
     promised.flags = EP_SEND_PROMISED_WRITABLE;
-    let (rc, results, evs, _) = b.poll(0, &[promised], small);
+    // The event is already recorded: ep_poll must not wait for the kernel (a 10 s timeout,
+    // with nothing else to happen, would otherwise be spent in full).
+    let started = Instant::now();
+    let (rc, results, evs, _) = b.poll(10_000, &[promised], small);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ep_poll waited with the promised writable event recorded"
+    );
     assert_eq!((rc, results), (0, vec![0]));
     assert!(
         evs.contains(&Ev::Writable(other)),

@@ -6,6 +6,7 @@ use std::ffi::{c_int, c_void};
 
 use super::boundary::LoopBox;
 use super::errors::{code, EP_EBUSY, EP_ENULL};
+use super::handler::queued_of;
 use super::lifecycle::run_code;
 use super::{ep_id, ep_loop};
 use crate::engine::Error;
@@ -167,7 +168,12 @@ fn apply(boxed: &LoopBox, command: &ep_command, cmdbuf: &[u8]) -> c_int {
                 Ok(false) if command.flags & EP_SEND_PROMISED_WRITABLE != 0 => {
                     // The user was told to stop producing: keep the promise of an on_writable.
                     if let Ok(user) = engine.with_handler(id, |h| h.user) {
-                        boxed.queue.borrow_mut().push(EP_EVENT_WRITABLE, id, user);
+                        let queued = queued_of(engine, id);
+                        boxed
+                            .queue
+                            .borrow_mut()
+                            .push(EP_EVENT_WRITABLE, id, user)
+                            .queued = queued;
                     }
                     0
                 }
@@ -238,7 +244,6 @@ pub unsafe extern "C" fn ep_poll(
             return EP_EBUSY;
         }
         boxed.begin_step();
-        let waiting = boxed.queue.borrow().events.is_empty();
         for (i, command) in commands.iter().enumerate() {
             let result = apply(boxed, command, bytes);
             if !results.is_null() {
@@ -246,6 +251,9 @@ pub unsafe extern "C" fn ep_poll(
                 unsafe { results.add(i).write(result) };
             }
         }
+        // Events already recorded (earlier, or by the commands: a promised writable, a close)
+        // are handed out now, without waiting for the kernel.
+        let waiting = boxed.queue.borrow().events.is_empty();
         let timeout = if waiting { timeout_ms.max(-1) } else { 0 };
         let state = run_code(boxed.engine.run_once(timeout));
         let mut queue = boxed.queue.borrow_mut();

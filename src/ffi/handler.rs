@@ -176,7 +176,7 @@ impl FfiHandler {
 }
 
 /// ep_event.queued: the connection's queued output, saturated to 32 bits.
-fn queued_of(lp: &Engine, conn: u64) -> u32 {
+pub(super) fn queued_of(lp: &Engine, conn: u64) -> u32 {
     u32::try_from(lp.queued(conn)).unwrap_or(u32::MAX)
 }
 
