@@ -398,6 +398,32 @@ typedef struct ep_command {
 } ep_command;
 
 /**
+ * The commands of one ep_poll() step.
+ */
+typedef struct ep_commands {
+  /**
+   * `count` commands, applied in order (NULL when `count` is 0).
+   */
+  const struct ep_command *cmds;
+  /**
+   * The number of commands.
+   */
+  size_t count;
+  /**
+   * The bytes EP_CMD_SEND commands take their payload from (copied; NULL when `buf_len` is 0).
+   */
+  const uint8_t *buf;
+  /**
+   * The number of bytes at `buf`.
+   */
+  size_t buf_len;
+  /**
+   * NULL, or room for `count` ints: each command's return code.
+   */
+  int *results;
+} ep_commands;
+
+/**
  * An event recorded for an EP_QUEUE registration; ep_poll() hands them out in callback order.
  */
 typedef struct ep_event {
@@ -623,32 +649,30 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * One loop step for bindings: applies `ncmds` commands in order (EP_CMD_SEND takes its bytes from
- * `cmdbuf`, which is copied), writes each command's return code to `results[i]` (may be NULL),
- * then waits at most `timeout_ms` and dispatches, exactly like ep_run_once(). The events of
- * EP_QUEUE registrations recorded during the step — and any recorded earlier by ep_run_once() or
- * ep_run() and not handed out yet (the wait is then skipped), or left from closes decided by the
- * commands — are returned in `*out`, in the order callbacks would have run; the previous call's
- * arrays become invalid. Because an EP_QUEUE registration only reacts to its events in the next
- * call, a peer EOF read in the same step as data is processed one step later: the commands
- * answering that data (the reply to a last request) are applied before EOF ends the connection.
+ * One loop step for bindings: applies the `commands` in order (NULL: none; EP_CMD_SEND takes its
+ * bytes from `commands->buf`, which is copied), writes each command's return code to
+ * `commands->results[i]` (when not NULL), then waits at most `timeout_ms` and dispatches, exactly
+ * like ep_run_once(). The events of EP_QUEUE registrations recorded during the step — and any
+ * recorded earlier by ep_run_once() or ep_run() and not handed out yet, or by the commands
+ * themselves (a promised writable, a close): the wait is then skipped — are returned in `*out`, in
+ * the order callbacks would have run; the previous call's arrays become invalid. Because an
+ * EP_QUEUE registration only reacts to its events in the next call, a peer EOF read in the same
+ * step as data is processed one step later: the commands answering that data (the reply to a last
+ * request) are applied before EOF ends the connection. Four arguments, so that a binding calling
+ * it through a generic FFI (ctypes converts every argument on every call) pays little per step.
  * Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out` holds what
  * was recorded), EP_EBUSY (from inside a callback: nothing applied), EP_ENULL (NULL out, or NULL
- * cmds/cmdbuf with a non-zero count), -errno of epoll_wait(), or a loop error (EP_ENULL,
+ * cmds/buf with a non-zero count), -errno of epoll_wait(), or a loop error (EP_ENULL,
  * EP_ETHREAD, EP_EFORK, EP_EPANIC). Callback registrations keep their callbacks.
  *
  * # Safety
- * `lp` as for ep_loop_free(); `cmds` readable for `ncmds` commands (or NULL with 0); `cmdbuf`
- * readable for `cmdbuf_len` bytes (or NULL with 0); `results` NULL or writable for `ncmds` ints;
- * `out` writable.
+ * `lp` as for ep_loop_free(); `commands` NULL or readable, its `cmds` readable for `count`
+ * commands (or NULL with 0), its `buf` readable for `buf_len` bytes (or NULL with 0), its
+ * `results` NULL or writable for `count` ints; `out` writable.
  */
 int ep_poll(struct ep_loop *lp,
             int timeout_ms,
-            const struct ep_command *cmds,
-            size_t ncmds,
-            const uint8_t *cmdbuf,
-            size_t cmdbuf_len,
-            int *results,
+            const struct ep_commands *commands,
             struct ep_poll_result *out);
 
 /**

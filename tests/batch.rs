@@ -73,11 +73,13 @@ impl Batch {
             ep_poll(
                 self.lp,
                 timeout_ms,
-                cmds.as_ptr(),
-                cmds.len(),
-                buf.as_ptr(),
-                buf.len(),
-                results.as_mut_ptr(),
+                &ep_commands {
+                    cmds: cmds.as_ptr(),
+                    count: cmds.len(),
+                    buf: buf.as_ptr(),
+                    buf_len: buf.len(),
+                    results: results.as_mut_ptr(),
+                },
                 &mut out,
             )
         };
@@ -273,41 +275,19 @@ fn bad_commands_report_errors_and_lose_nothing() {
             ep_poll(
                 b.lp,
                 0,
-                ptr::null(),
-                1,
-                ptr::null(),
-                0,
-                ptr::null_mut(),
+                &ep_commands {
+                    cmds: ptr::null(),
+                    count: 1,
+                    buf: ptr::null(),
+                    buf_len: 0,
+                    results: ptr::null_mut(),
+                },
                 &mut out
             ),
             EP_ENULL
         );
-        assert_eq!(
-            ep_poll(
-                b.lp,
-                0,
-                ptr::null(),
-                0,
-                ptr::null(),
-                0,
-                ptr::null_mut(),
-                ptr::null_mut()
-            ),
-            EP_ENULL
-        );
-        assert_eq!(
-            ep_poll(
-                ptr::null_mut(),
-                0,
-                ptr::null(),
-                0,
-                ptr::null(),
-                0,
-                ptr::null_mut(),
-                &mut out
-            ),
-            EP_ENULL
-        );
+        assert_eq!(ep_poll(b.lp, 0, ptr::null(), ptr::null_mut()), EP_ENULL);
+        assert_eq!(ep_poll(ptr::null_mut(), 0, ptr::null(), &mut out), EP_ENULL);
     }
 }
 
@@ -554,9 +534,8 @@ fn queued_bytes_and_the_promised_writable() {
             data_len: 0,
             state: -1,
         };
-        let (no_cmds, no_buf, no_results) = (ptr::null(), ptr::null(), ptr::null_mut());
         // SAFETY: live loop, no commands, writable out.
-        let rc = unsafe { ep_poll(b.lp, 100, no_cmds, 0, no_buf, 0, no_results, &mut out) };
+        let rc = unsafe { ep_poll(b.lp, 100, ptr::null(), &mut out) };
         assert_eq!(rc, 0);
         // SAFETY: `count` events valid until the next call.
         let events = unsafe { std::slice::from_raw_parts(out.events, out.count) };

@@ -257,18 +257,7 @@ fn queued_events_survive_run_once() {
     let mut out = std::mem::MaybeUninit::<ep_poll_result>::uninit();
     let started = Instant::now();
     // SAFETY: live loop, no commands, writable out. A long timeout: the held events must come at once.
-    let rc = unsafe {
-        ep_poll(
-            lp.0,
-            5000,
-            std::ptr::null(),
-            0,
-            std::ptr::null(),
-            0,
-            null_mut(),
-            out.as_mut_ptr(),
-        )
-    };
+    let rc = unsafe { ep_poll(lp.0, 5000, std::ptr::null(), out.as_mut_ptr()) };
     assert_eq!(rc, 0);
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -293,18 +282,7 @@ fn queued_events_survive_run_once() {
     assert_eq!(events[1].reason, PEER_EOF as u32);
     let mut again = std::mem::MaybeUninit::<ep_poll_result>::uninit();
     // SAFETY: as above; the events were handed out and are not repeated.
-    let rc = unsafe {
-        ep_poll(
-            lp.0,
-            0,
-            std::ptr::null(),
-            0,
-            std::ptr::null(),
-            0,
-            null_mut(),
-            again.as_mut_ptr(),
-        )
-    };
+    let rc = unsafe { ep_poll(lp.0, 0, std::ptr::null(), again.as_mut_ptr()) };
     assert_eq!(rc, 0);
     // SAFETY: written by ep_poll.
     assert_eq!(unsafe { again.assume_init() }.count, 0);

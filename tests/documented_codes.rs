@@ -182,10 +182,7 @@ fn loop_calls(lp: *mut ep_loop) -> Vec<(&'static str, i64)> {
             ),
             ("ep_post", ep_post(lp, Some(post), null_mut()).into()),
             ("ep_stop", ep_stop(lp).into()),
-            (
-                "ep_poll",
-                ep_poll(lp, 0, null(), 0, null(), 0, null_mut(), out.as_mut_ptr()).into(),
-            ),
+            ("ep_poll", ep_poll(lp, 0, null(), out.as_mut_ptr()).into()),
         ]
     }
 }

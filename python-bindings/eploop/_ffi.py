@@ -149,6 +149,18 @@ class Command(Structure):
     ]
 
 
+class Commands(Structure):
+    """``struct ep_commands``: the commands of one ``ep_poll`` step."""
+
+    _fields_ = [
+        ("cmds", POINTER(Command)),
+        ("count", c_size_t),
+        ("buf", c_void_p),
+        ("buf_len", c_size_t),
+        ("results", POINTER(c_int)),
+    ]
+
+
 class Event(Structure):
     """``struct ep_event``: one event of an EP_QUEUE registration, as ``ep_poll`` reports it."""
 
@@ -248,19 +260,7 @@ SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "ep_set_callbacks": (c_int, (LOOP, ID, POINTER(Callbacks), c_void_p)),
     "ep_set_trace": (c_int, (LOOP, TRACE_CB, c_void_p)),
     "ep_trace_format": (c_int, (POINTER(TraceRecord), c_char_p, c_size_t)),
-    "ep_poll": (
-        c_int,
-        (
-            LOOP,
-            c_int,
-            POINTER(Command),
-            c_size_t,
-            c_void_p,
-            c_size_t,
-            POINTER(c_int),
-            POINTER(PollResult),
-        ),
-    ),
+    "ep_poll": (c_int, (LOOP, c_int, POINTER(Commands), POINTER(PollResult))),
     "ep_strerror": (c_char_p, (c_int,)),
     "ep_close_reason_name": (c_char_p, (c_int,)),
     "ep_version": (c_char_p, ()),

@@ -1306,7 +1306,7 @@ class Loop:
         if self._resumed:  # (resume_reading() called outside a step)
             self._deliver_resumed()
             timeout_ms = 0
-        code = _ep_poll(lp, timeout_ms, None, 0, None, 0, None, self._result_ref)
+        code = _ep_poll(lp, timeout_ms, None, self._result_ref)
         events, count, data, data_len, state = _RESULT.unpack_from(self._result_view)
         if code:
             if code != _EINTR:

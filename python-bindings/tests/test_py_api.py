@@ -48,7 +48,7 @@ C_TYPES = {
     "ep_post_cb": _ffi.POST_CB,
     "ep_signal_cb": _ffi.SIGNAL_CB,
     "struct ep_stats *": ctypes.POINTER(_ffi.Stats),
-    "const struct ep_command *": ctypes.POINTER(_ffi.Command),
+    "const struct ep_commands *": ctypes.POINTER(_ffi.Commands),
     "const uint8_t *": ctypes.c_void_p,
     "int *": ctypes.POINTER(ctypes.c_int),
     "struct ep_poll_result *": ctypes.POINTER(_ffi.PollResult),
@@ -106,11 +106,14 @@ FIELD_TYPES = {
     "const uint8_t *": ctypes.c_void_p,
     "const struct ep_event *": ctypes.POINTER(_ffi.Event),
     "int64_t": ctypes.c_int64,
+    "const struct ep_command *": ctypes.POINTER(_ffi.Command),
+    "int *": ctypes.POINTER(ctypes.c_int),
 }
 STRUCTS = {
     "ep_callbacks": _ffi.Callbacks,
     "ep_stats": _ffi.Stats,
     "ep_command": _ffi.Command,
+    "ep_commands": _ffi.Commands,
     "ep_event": _ffi.Event,
     "ep_poll_result": _ffi.PollResult,
     "ep_trace_record": _ffi.TraceRecord,

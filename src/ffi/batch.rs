@@ -194,36 +194,64 @@ fn apply(boxed: &LoopBox, command: &ep_command, cmdbuf: &[u8]) -> c_int {
     }
 }
 
-/// One loop step for bindings: applies `ncmds` commands in order (EP_CMD_SEND takes its bytes from
-/// `cmdbuf`, which is copied), writes each command's return code to `results[i]` (may be NULL),
-/// then waits at most `timeout_ms` and dispatches, exactly like ep_run_once(). The events of
-/// EP_QUEUE registrations recorded during the step — and any recorded earlier by ep_run_once() or
-/// ep_run() and not handed out yet (the wait is then skipped), or left from closes decided by the
-/// commands — are returned in `*out`, in the order callbacks would have run; the previous call's
-/// arrays become invalid. Because an EP_QUEUE registration only reacts to its events in the next
-/// call, a peer EOF read in the same step as data is processed one step later: the commands
-/// answering that data (the reply to a last request) are applied before EOF ends the connection.
+/// The commands of one ep_poll() step.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ep_commands {
+    /// `count` commands, applied in order (NULL when `count` is 0).
+    pub cmds: *const ep_command,
+    /// The number of commands.
+    pub count: usize,
+    /// The bytes EP_CMD_SEND commands take their payload from (copied; NULL when `buf_len` is 0).
+    pub buf: *const u8,
+    /// The number of bytes at `buf`.
+    pub buf_len: usize,
+    /// NULL, or room for `count` ints: each command's return code.
+    pub results: *mut c_int,
+}
+
+/// One loop step for bindings: applies the `commands` in order (NULL: none; EP_CMD_SEND takes its
+/// bytes from `commands->buf`, which is copied), writes each command's return code to
+/// `commands->results[i]` (when not NULL), then waits at most `timeout_ms` and dispatches, exactly
+/// like ep_run_once(). The events of EP_QUEUE registrations recorded during the step — and any
+/// recorded earlier by ep_run_once() or ep_run() and not handed out yet, or by the commands
+/// themselves (a promised writable, a close): the wait is then skipped — are returned in `*out`, in
+/// the order callbacks would have run; the previous call's arrays become invalid. Because an
+/// EP_QUEUE registration only reacts to its events in the next call, a peer EOF read in the same
+/// step as data is processed one step later: the commands answering that data (the reply to a last
+/// request) are applied before EOF ends the connection. Four arguments, so that a binding calling
+/// it through a generic FFI (ctypes converts every argument on every call) pays little per step.
 /// Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out` holds what
 /// was recorded), EP_EBUSY (from inside a callback: nothing applied), EP_ENULL (NULL out, or NULL
-/// cmds/cmdbuf with a non-zero count), -errno of epoll_wait(), or a loop error (EP_ENULL,
+/// cmds/buf with a non-zero count), -errno of epoll_wait(), or a loop error (EP_ENULL,
 /// EP_ETHREAD, EP_EFORK, EP_EPANIC). Callback registrations keep their callbacks.
 ///
 /// # Safety
-/// `lp` as for ep_loop_free(); `cmds` readable for `ncmds` commands (or NULL with 0); `cmdbuf`
-/// readable for `cmdbuf_len` bytes (or NULL with 0); `results` NULL or writable for `ncmds` ints;
-/// `out` writable.
+/// `lp` as for ep_loop_free(); `commands` NULL or readable, its `cmds` readable for `count`
+/// commands (or NULL with 0), its `buf` readable for `buf_len` bytes (or NULL with 0), its
+/// `results` NULL or writable for `count` ints; `out` writable.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn ep_poll(
     lp: *mut ep_loop,
     timeout_ms: c_int,
-    cmds: *const ep_command,
-    ncmds: usize,
-    cmdbuf: *const u8,
-    cmdbuf_len: usize,
-    results: *mut c_int,
+    commands: *const ep_commands,
     out: *mut ep_poll_result,
 ) -> c_int {
+    let none = ep_commands {
+        cmds: std::ptr::null(),
+        count: 0,
+        buf: std::ptr::null(),
+        buf_len: 0,
+        results: std::ptr::null_mut(),
+    };
+    // SAFETY: `commands` is NULL or readable (contract).
+    let ep_commands {
+        cmds,
+        count: ncmds,
+        buf: cmdbuf,
+        buf_len: cmdbuf_len,
+        results,
+    } = unsafe { commands.as_ref() }.copied().unwrap_or(none);
     if out.is_null() || (cmds.is_null() && ncmds > 0) || (cmdbuf.is_null() && cmdbuf_len > 0) {
         return EP_ENULL;
     }
