@@ -68,7 +68,8 @@ def build_asan_library() -> Path:
 
 
 def build(asan: bool = False) -> dict[str, Path]:
-    """Compile cmd_server (against target/release, or the ASan library) and faultshim.so."""
+    """Compile cmd_server (against target/release, or the ASan library), faultshim.so and
+    allocount.so."""
     libdir = ASAN_LIBDIR if asan else LIBDIR
     lib = libdir / "libeploop.so"
     header = INCLUDE / "eploop.h"
@@ -93,7 +94,12 @@ def build(asan: bool = False) -> dict[str, Path]:
     if _stale(shim, [shim_src]):
         _run_gcc(["gcc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-O2", "-g", "-fPIC",
                   "-shared", "-o", str(shim), str(shim_src), "-ldl"])
-    return {"server": server, "shim": shim}
+    counter = BUILD / "allocount.so"
+    counter_src = HERE / "allocount.c"
+    if _stale(counter, [counter_src]):
+        _run_gcc(["gcc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-O2", "-g", "-fPIC",
+                  "-shared", "-o", str(counter), str(counter_src)])
+    return {"server": server, "shim": shim, "allocount": counter}
 
 
 # ----------------------------------------------------------------------------- data pattern
