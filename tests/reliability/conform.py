@@ -359,7 +359,7 @@ def run(command: list[str], names: list[str], timeout: float, trace: bool = Fals
             msg = str(e).strip().replace("\n", "\n       ") or type(e).__name__
             print(f"FAIL {name:24s} {time.monotonic() - t0:5.2f}s  {doc}\n       {msg}", flush=True)
             if trace and srv is not None:
-                lines = [ln for ln in srv.stderr_text(20000).splitlines() if ln.startswith("trace ")]
+                lines = [ln for ln in srv.settled_stderr_text(20000).splitlines() if ln.startswith("trace ")]
                 print("       the server's last decisions (EPLOOP_TRACE):", flush=True)
                 for line in lines[-40:]:
                     print(f"         {line}", flush=True)

@@ -357,6 +357,20 @@ class Server:
             self._eof = True
             self._cond.notify_all()
 
+    def settled_stderr_text(self, limit: int = 4000, quiet: float = 0.3, bound: float = 3.0) -> str:
+        """stderr once the server has stopped writing to it for `quiet` seconds (at most `bound`):
+        a record written just after the event a client saw (a trace line after the close(2)
+        whose reset the client read) is then included."""
+        deadline = time.monotonic() + bound
+        size = -1
+        while time.monotonic() < deadline:
+            now = os.fstat(self._stderr.fileno()).st_size
+            if now == size:
+                break
+            size = now
+            time.sleep(quiet)
+        return self.stderr_text(limit)
+
     def stderr_text(self, limit: int = 4000) -> str:
         self._stderr.flush()
         self._stderr.seek(0)
