@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -37,7 +38,7 @@ from ctypes import (
     c_void_p,
 )
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._version import __version__
 
@@ -205,14 +206,68 @@ class PollResult(Structure):
     ]
 
 
+
+# The struct module's codes for the ctypes field types above (the step decoder reads ep_event
+# and ep_poll_result with one struct unpack rather than attribute by attribute).
+_STRUCT_CODES = {c_uint32: "I", c_int: "i", c_uint64: "Q", c_size_t: "N", c_void_p: "P"}
+
+
+def struct_of(structure: Any, skip: tuple[str, ...] = ()) -> struct.Struct:
+    """A ``struct.Struct`` reading ``structure``'s fields in order, in native layout, with the
+    fields named in ``skip`` (and any padding) read as pad bytes: the layout is described once,
+    by the ctypes ``Structure``."""
+    fmt = "@"
+    position = 0
+    for name, ctype in structure._fields_:
+        field = getattr(structure, name)
+        if field.offset > position:
+            fmt += f"{field.offset - position}x"
+        code = "P" if name not in skip and issubclass(ctype, ctypes._Pointer) else None
+        code = code or _STRUCT_CODES.get(ctype)
+        if name in skip or code is None:
+            if name not in skip:
+                raise TypeError(f"{structure.__name__}.{name}: no struct code for {ctype}")
+            fmt += f"{field.size}x"
+        else:
+            fmt += code
+        position = field.offset + field.size
+    if ctypes.sizeof(structure) > position:
+        fmt += f"{ctypes.sizeof(structure) - position}x"
+    layout = struct.Struct(fmt)
+    assert layout.size == ctypes.sizeof(structure), (structure, fmt)
+    return layout
+
+
+# ``ep_event`` without its ``queued`` and ``user`` fields: kind, reason, err, id, listener,
+# offset, len.
+EVENT_LAYOUT = struct_of(Event, skip=("queued", "user"))
+# ``ep_poll_result``: events, count, data, data_len, state.
+POLL_RESULT_LAYOUT = struct_of(PollResult)
+
 # ---------------------------------------------------------------------------------------------
 # The one declarative table: every exported C function, its restype and argtypes.
 # A test parses include/eploop.h and fails if a function is missing here or its types differ.
+# ``hot``: called once per loop step or per send, so also made without argtypes (see the module
+# docstring); the binding calls a hot function only through ``hot``, every other one through
+# ``lib``: one way to call each C function.
 
-LOOP = c_void_p  # ep_loop *, opaque
+
+class LoopPtr(c_void_p):
+    """``struct ep_loop *``: the opaque loop pointer (a distinct type, so a loop argument is not
+    any ``void *``)."""
+
+
+class Signature(NamedTuple):
+    restype: Any
+    argtypes: tuple[Any, ...]
+    hot: bool = False
+
+
+LOOP = LoopPtr
 ID = c_uint64  # ep_id
+HOT = True
 
-SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
+_SIGNATURES: dict[str, tuple[Any, ...]] = {
     "ep_loop_new": (LOOP, ()),
     "ep_loop_free": (None, (LOOP,)),
     "ep_register": (c_int64, (LOOP, c_int, c_uint32, POINTER(Callbacks), c_void_p)),
@@ -237,19 +292,19 @@ SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "ep_run": (c_int, (LOOP,)),
     "ep_run_once": (c_int, (LOOP, c_int)),
     "ep_stop": (c_int, (LOOP,)),
-    "ep_send": (c_int, (LOOP, ID, c_void_p, c_size_t)),
+    "ep_send": (c_int, (LOOP, ID, c_void_p, c_size_t), HOT),
     "ep_sendv": (c_int, (LOOP, ID, POINTER(IOVec), c_int)),
     "ep_send_nocopy": (c_int, (LOOP, ID, c_void_p, c_size_t, RELEASE_CB, c_void_p)),
     "ep_send_file": (c_int, (LOOP, ID, c_int, c_uint64, c_uint64)),
     "ep_shutdown": (c_int, (LOOP, ID)),
-    "ep_close": (c_int, (LOOP, ID)),
-    "ep_abort": (c_int, (LOOP, ID)),
+    "ep_close": (c_int, (LOOP, ID), HOT),
+    "ep_abort": (c_int, (LOOP, ID), HOT),
     "ep_set_user": (c_int, (LOOP, ID, c_void_p)),
     "ep_get_user": (c_void_p, (LOOP, ID)),
-    "ep_fd": (c_int, (LOOP, ID)),
+    "ep_fd": (c_int, (LOOP, ID), HOT),
     "ep_local_port": (c_int, (LOOP, ID)),
-    "ep_pause_reading": (c_int, (LOOP, ID)),
-    "ep_resume_reading": (c_int, (LOOP, ID)),
+    "ep_pause_reading": (c_int, (LOOP, ID), HOT),
+    "ep_resume_reading": (c_int, (LOOP, ID), HOT),
     "ep_set_watermarks": (c_int, (LOOP, ID, c_size_t, c_size_t)),
     "ep_set_linger": (c_int, (LOOP, c_uint32)),
     "ep_set_idle_timeout": (c_int, (LOOP, ID, c_uint32)),
@@ -260,13 +315,14 @@ SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "ep_set_callbacks": (c_int, (LOOP, ID, POINTER(Callbacks), c_void_p)),
     "ep_set_trace": (c_int, (LOOP, TRACE_CB, c_void_p)),
     "ep_trace_format": (c_int, (POINTER(TraceRecord), c_char_p, c_size_t)),
-    "ep_poll": (c_int, (LOOP, c_int, POINTER(Commands), POINTER(PollResult))),
+    "ep_poll": (c_int, (LOOP, c_int, POINTER(Commands), POINTER(PollResult)), HOT),
     "ep_strerror": (c_char_p, (c_int,)),
     "ep_close_reason_name": (c_char_p, (c_int,)),
     "ep_version": (c_char_p, ()),
     "ep_loop_fd": (c_int, (LOOP,)),
     "ep_next_timeout": (c_int, (LOOP,)),
 }
+SIGNATURES: dict[str, Signature] = {name: Signature(*row) for name, row in _SIGNATURES.items()}
 
 # Calls that wait in epoll_wait: made through the GIL-releasing handle.
 BLOCKING = frozenset({"ep_run", "ep_run_once", "ep_poll"})
@@ -325,23 +381,15 @@ def compatible(library_version: str, package_version: str) -> bool:
     return key(library_version) == key(package_version)
 
 
-# Called once per loop step or per send: also declared without argtypes (see the docstring).
-HOT = (
-    "ep_poll",
-    "ep_send",
-    "ep_close",
-    "ep_abort",
-    "ep_pause_reading",
-    "ep_resume_reading",
-    "ep_fd",
-)
+# The hot functions, from the table's ``hot`` column.
+HOT_NAMES = tuple(name for name, signature in SIGNATURES.items() if signature.hot)
 
 
 class _Lib:
     """The C functions as attributes, each with its argtypes and restype set."""
 
     def __init__(self, nogil: ctypes.CDLL, gil: ctypes.PyDLL) -> None:
-        for name, (restype, argtypes) in SIGNATURES.items():
+        for name, (restype, argtypes, _hot) in SIGNATURES.items():
             function = getattr(nogil if name in BLOCKING else gil, name)
             function.restype = restype
             function.argtypes = argtypes
@@ -352,10 +400,10 @@ class _Lib:
 
 
 class _Hot:
-    """The HOT functions without argtypes (restype int, ctypes' default), from the same handles."""
+    """The hot functions without argtypes (restype int, ctypes' default), from the same handles."""
 
     def __init__(self, nogil: ctypes.CDLL, gil: ctypes.PyDLL) -> None:
-        for name in HOT:
+        for name in HOT_NAMES:
             # dll[name] makes a new function object: the declared one in `lib` keeps its argtypes
             setattr(self, name, (nogil if name in BLOCKING else gil)[name])
 

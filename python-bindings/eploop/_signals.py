@@ -126,3 +126,69 @@ def remove_all(loop: Loop) -> None:
         for signum in list(loop._signal_handlers):
             remove_signal_handler(loop, signum)
     loop._signal_handlers.clear()
+
+
+_WAKE_POLL_MS = 100  # bound on signal latency when no wakeup fd can be armed
+_SIGNALS = tuple(signal.valid_signals())
+
+
+class _SignalGuard:
+    """Signal handling while a loop runs in the main thread (see the module docstring).
+
+    * Every signal with a Python-level handler (SIGINT's ``default_int_handler``, a SIGTERM
+      handler calling ``sys.exit``...) gets, for the duration, a stand-in that only queues the
+      signal; run() calls the real handler between steps, from its own frame, so whatever it
+      raises propagates from run(). A handler called inside a callback could raise before the
+      trampoline's ``try`` and the exception would be lost (ctypes only prints it).
+    * With ``wake``, the loop's wakeup pipe is made Python's wakeup fd, so a signal arriving at
+      any instant wakes ``epoll_wait``. Without it (or if another wakeup fd is set, e.g.
+      asyncio's), run() bounds each wait so a signal is noticed within ``_WAKE_POLL_MS``.
+    * Leaving, the real handlers are put back and any signal still queued is raised again.
+    """
+
+    __slots__ = ("handlers", "loop", "pending", "timeout_ms", "woken")
+
+    def __init__(self, loop: Loop, wake: bool) -> None:
+        self.loop = loop
+        self.handlers: dict[int, Any] = {}
+        self.pending: list[int] = []
+        self.woken = False  # our pipe is Python's wakeup fd
+        self.timeout_ms = -1
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python runs signal handlers in the main thread only
+        for signum in _SIGNALS:
+            handler = _signal.getsignal(signum)  # (signal.getsignal adds an enum conversion)
+            if callable(handler):
+                self.handlers[signum] = handler
+                signal.signal(signum, self._defer)
+        if wake and self.handlers:
+            write_fd = loop._wake_fd()
+            if write_fd >= 0:
+                previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+                if previous == -1:
+                    self.woken = loop._waking = True
+                else:  # someone else's: leave it alone
+                    signal.set_wakeup_fd(previous)
+            if not self.woken:
+                self.timeout_ms = _WAKE_POLL_MS
+
+    def _defer(self, signum: int, _frame: object) -> None:
+        self.pending.append(signum)
+
+    def deliver(self) -> None:
+        """Call the real handlers of the signals that arrived (they may raise)."""
+        while self.pending:
+            signum = self.pending.pop(0)
+            self.handlers[signum](signum, None)
+
+    def restore(self) -> None:
+        if self.woken:
+            signal.set_wakeup_fd(-1)
+            self.woken = self.loop._waking = False
+        for signum, handler in self.handlers.items():
+            if signal.getsignal(signum) == self._defer:  # unless a handler replaced it meanwhile
+                signal.signal(signum, handler)
+        self.handlers.clear()
+        pending, self.pending = self.pending, []
+        for signum in pending:
+            signal.raise_signal(signum)  # the real handler runs as soon as run() returns

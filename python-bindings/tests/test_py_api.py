@@ -38,7 +38,7 @@ C_TYPES = {
     "uint32_t": ctypes.c_uint32,
     "size_t": ctypes.c_size_t,
     "ep_id": ctypes.c_uint64,
-    "struct ep_loop *": ctypes.c_void_p,
+    "struct ep_loop *": _ffi.LoopPtr,
     "const char *": ctypes.c_char_p,
     "const void *": ctypes.c_void_p,
     "void *": ctypes.c_void_p,
@@ -85,7 +85,7 @@ def test_every_exported_function_is_in_the_table_with_its_c_types() -> None:
         f"exported by include/eploop.h but not declared in _ffi.SIGNATURES: {missing}"
     )
     for name, (return_type, params) in prototypes.items():
-        restype, argtypes = _ffi.SIGNATURES[name]
+        restype, argtypes, _hot = _ffi.SIGNATURES[name]
         assert restype == C_TYPES[return_type], f"{name}: restype vs {return_type}"
         expected = [C_TYPES[p] for p in params]
         assert list(argtypes) == expected, f"{name}: argtypes vs ({', '.join(params)})"
@@ -171,7 +171,7 @@ def test_blocking_calls_release_the_gil_and_the_rest_keep_it() -> None:
 
 
 def test_the_hot_calls_are_the_same_functions_without_argtypes() -> None:
-    for name in _ffi.HOT:
+    for name in _ffi.HOT_NAMES:
         declared, hot = getattr(_ffi.lib, name), getattr(_ffi.hot, name)
         assert hot.argtypes is None and hot.restype is ctypes.c_int, name
         assert declared.restype is ctypes.c_int, f"{name}: the hot call assumes an int result"

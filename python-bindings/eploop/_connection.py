@@ -1,0 +1,289 @@
+"""``Connection``: one connected stream in a loop, its sends and its step semantics (data held
+while paused, nothing but ``on_close`` once muted; see the ``_loop`` module docstring)."""
+
+from __future__ import annotations
+
+import ctypes
+from collections import deque
+from collections.abc import Callable
+from ctypes import byref, c_char, c_size_t
+from typing import TYPE_CHECKING, Any
+
+from . import _ffi, _send
+from ._errors import _error
+from ._ffi import hot, lib
+from ._registration import _id_arg, _ignore, _ms, _peer_address, _Registration, _with_socket
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer`` (stable ABI since 3.11): a pointer into a read-only buffer."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+_release_buffer.restype = None
+
+# The hot calls, without argtypes (see _ffi): the loop as Loop._lp, ids as _id_arg() made them.
+# The hot calls used here, without argtypes (see _ffi): the loop as Loop._lp, ids as _id_arg().
+_ep_send = hot.ep_send
+_ep_close = hot.ep_close
+_ep_abort = hot.ep_abort
+_ep_pause = hot.ep_pause_reading
+_ep_resume = hot.ep_resume_reading
+
+_INT_MAX = 2**31 - 1  # a larger length must be passed as a c_size_t
+
+
+class Connection(_Registration):
+    """One connected stream (or pipe/tty) in a loop.
+
+    ``handler`` is its handler object (None once ``on_close`` has run); ``user`` is free for
+    application state.
+    """
+
+    __slots__ = (
+        "_half_close",
+        "_held",
+        "_muted",
+        "_on_data",
+        "_on_eof",
+        "_paused",
+        "_peername",
+        "_user_ended",
+        "handler",
+        "user",
+    )
+
+    def __init__(self, loop: Loop, reg_id: int, borrowed: object = None) -> None:
+        # (_Registration's fields set here directly: one connection is made per accept)
+        self.loop = loop
+        self.id = reg_id
+        self._cid = _id_arg(reg_id)
+        self._lp = loop._lp
+        self._borrowed = borrowed
+        self._fd = -1
+        self.handler: Any = None
+        self.user: Any = None
+        self._peername: Any = None
+        # Bound once: on_data is the hot call. (The rarer methods are looked up when needed,
+        # which keeps an idle connection smaller.)
+        self._on_data: Callable[[bytes], object] = _ignore
+        self._on_eof: Callable[[], object] = _ignore  # (the peer's EOF: with half_close only)
+        self._half_close = False
+        # Step semantics (see the module docstring): muted once close()/abort() was called or
+        # a handler raised; while paused (or until the held data is delivered), _on_data and
+        # _on_eof append to _held instead of calling the handler.
+        self._muted = False
+        self._user_ended = False  # close() or abort() was called (not: a handler raised)
+        self._paused = False
+        self._held: deque[bytes] | None = None  # data held; b"" is the peer's EOF
+
+    def _attach(self, handler: Any, half_close: bool) -> None:
+        handler.conn = self
+        self.handler = handler
+        self._half_close = half_close
+        self._deliver_to_handler()
+
+    def _deliver_to_handler(self) -> None:
+        handler = self.handler
+        self._on_data = getattr(handler, "on_data", _ignore)
+        if self._half_close:
+            self._on_eof = getattr(handler, "on_eof", self.close)
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)  # type: ignore[union-attr]
+
+    def _hold_eof(self) -> None:
+        self._held.append(b"")  # type: ignore[union-attr]
+
+    def _mute(self) -> None:
+        """Nothing more but on_close: what the step still holds for it is skipped."""
+        self._muted = True
+        self._paused = False
+        self._held = None
+        self._on_data = self._on_eof = _ignore
+
+    def _deliver_held(self, forced: bool) -> None:
+        """Deliver the held data, in order, while reading is not paused (``forced``: the
+        connection is ending, so it all goes now, pause or not, before its on_close)."""
+        held = self._held
+        while held and not self._muted and (forced or not self._paused):
+            data = held.popleft()
+            try:
+                if data:
+                    getattr(self.handler, "on_data", _ignore)(data)
+                elif self._half_close:
+                    getattr(self.handler, "on_eof", self.close)()
+            except BaseException as exc:
+                self.loop._handler_failed(self, exc, "on_data" if data else "on_eof")
+            held = self._held
+        if not self._muted and not self._held and not self._paused:
+            self._held = None
+            self._deliver_to_handler()
+
+    def _ended_by_loop(self, code: int) -> bool:
+        return (
+            (code == _ffi.EP_ESTALE or code == _ffi.EP_ECLOSING)
+            and self._lp is not None
+            and not self._user_ended
+        )
+
+    def send(self, data: bytes | bytearray | memoryview) -> bool:
+        """Queue ``data`` (any bytes-like object) for sending; never blocks, never partial.
+
+        Returns True while the send queue is at or below its high-water mark, False once it is
+        above, or once the peer is gone (the bytes are then discarded; its ``on_close`` is on
+        the way): stop producing (and wait for ``on_writable``). Never raises because of the
+        peer: only for your own mistakes: ``StaleError`` after ``on_close``, ``ClosingError``
+        after your ``close()``/``abort()``, ``EploopError`` otherwise (e.g. ENOBUFS beyond the
+        1 GiB queue cap, ESHUTDOWN after your ``shutdown()``).
+        """
+        if type(data) is bytes:
+            size = len(data)
+            code = _ep_send(self._lp, self._cid, data, size if size <= _INT_MAX else c_size_t(size))
+        else:
+            code = self._send_buffer(data)
+        if code == 0:
+            return True
+        if code == 1 or self._ended_by_loop(code):
+            return False
+        return bool(self._check(code, "ep_send"))
+
+    def _send_buffer(self, data: Any) -> int:
+        view = memoryview(data)
+        size = view.nbytes
+        length = size if size <= _INT_MAX else c_size_t(size)
+        if size == 0:
+            return _ep_send(self._lp, self._cid, None, 0)  # type: ignore[no-any-return]
+        if not view.c_contiguous:
+            raise BufferError("send() needs a C-contiguous buffer")
+        if not view.readonly:
+            return _ep_send(self._lp, self._cid, byref(c_char.from_buffer(view)), length)  # type: ignore[no-any-return]
+        buffer = _PyBuffer()
+        _get_buffer(view, byref(buffer), 0)
+        try:
+            return _ep_send(self._lp, self._cid, ctypes.c_void_p(buffer.buf), length)  # type: ignore[no-any-return]
+        finally:
+            _release_buffer(byref(buffer))
+
+    def send_many(self, buffers: Any) -> bool:
+        """Send several bytes-like objects as one unit, like ``writelines`` (see _send)."""
+        return _send.send_many(self, buffers)
+
+    def send_nocopy(self, data: Any) -> bool:
+        """Send ``data`` without copying; it is referenced until sent. (see _send)"""
+        return _send.send_nocopy(self, data)
+
+    def send_file(self, file: Any, offset: int = 0, count: int | None = None) -> bool:
+        """Send a file's bytes with sendfile(2), like ``loop.sendfile`` (see _send)."""
+        return _send.send_file(self, file, offset, count)
+
+    def shutdown(self) -> None:
+        """Send FIN once the queue is flushed; keep reading until the peer closes too."""
+        self._lenient(lib.ep_shutdown(self._lp, self.id), "ep_shutdown")
+
+    def close(self) -> None:
+        """Graceful close: flush the queue, send FIN, then ``on_close(LOCAL)``. Idempotent.
+
+        From then on the handler gets nothing but that ``on_close`` (not even the rest of the
+        data fetched in the current step)."""
+        if self._lp is not None:
+            code = _ep_close(self._lp, self._cid)
+            if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
+                raise _error(code, "ep_close")
+            self._user_ended = True
+            self._mute()
+
+    def abort(self) -> None:
+        """Reset now (RST), dropping the queue; ``on_close(ABORT)`` follows (or the peer's
+        reason, if it left first). Idempotent; nothing but that ``on_close`` follows."""
+        if self._lp is not None:
+            code = _ep_abort(self._lp, self._cid)
+            if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
+                raise _error(code, "ep_abort")
+            self._user_ended = True
+            self._mute()
+
+    def pause_reading(self) -> None:
+        """Stop delivering ``on_data`` (the kernel buffers, then the peer is throttled) — at
+        once: data of the current step not delivered yet is kept for ``resume_reading()``."""
+        code = _ep_pause(self._lp, self._cid)
+        if code:
+            self._lenient(code, "ep_pause_reading")
+        if not self._paused and not self._muted:
+            self._paused = True
+            if self._held is None:
+                self._held = deque()
+            self._on_data = self._hold
+            if self._half_close:
+                self._on_eof = self._hold_eof
+
+    def resume_reading(self) -> None:
+        """Deliver ``on_data`` again after ``pause_reading()``: first what was held, in order
+        (at the end of the current step, or of the next one when called outside a handler)."""
+        code = _ep_resume(self._lp, self._cid)
+        if code:
+            self._lenient(code, "ep_resume_reading")
+        if self._paused:
+            self._paused = False
+            if self._held:
+                self.loop._resumed.append(self)
+            else:
+                self._held = None
+                self._deliver_to_handler()
+
+    def set_keepalive(self, idle: int, interval: int, count: int) -> None:
+        """TCP keepalive: probe after ``idle`` s of silence, every ``interval`` s, ``count``
+        times; then the connection ends with ``on_close(ERROR, ETIMEDOUT)``. ``idle`` 0: off."""
+        self._lenient(
+            lib.ep_set_keepalive(self._lp, self.id, idle, interval, count), "ep_set_keepalive"
+        )
+
+    def set_user_timeout(self, seconds: float) -> None:
+        """TCP_USER_TIMEOUT: sent data unacknowledged for ``seconds`` fails the connection."""
+        self._lenient(
+            lib.ep_set_user_timeout(self._lp, self.id, _ms(seconds)), "ep_set_user_timeout"
+        )
+
+    @property
+    def peername(self) -> Any:
+        """The peer's address, as ``socket.getpeername()`` gives it (cached).
+
+        A peer that already reset cannot be asked any more (ENOTCONN): that is its departure,
+        reported by ``on_close``, so this gives the family's unspecified address instead of
+        raising (``("0.0.0.0", 0)``, ``("::", 0, 0, 0)``, or ``""`` for a Unix socket)."""
+        if self._peername is None:
+            self._peername = _with_socket(self.fileno(), _peer_address)
+        return self._peername
+
+    def _ended(self) -> None:
+        super()._ended()
+        # Break the connection <-> handler cycle (as asyncio's transports drop their protocol):
+        # both are freed as soon as nobody else holds them, not by the garbage collector.
+        self.handler = None
+        self._on_data = self._on_eof = _ignore
+        self._held = None
+
+    def __repr__(self) -> str:
+        return f"<eploop.Connection id={self.id}{' closed' if self.closed else ''}>"
+

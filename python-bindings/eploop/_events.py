@@ -1,0 +1,248 @@
+"""The step decoder and the trampolines: how C reaches the handlers.
+
+``step`` (``Loop._step``) is one ``ep_poll()`` call and the dispatch of the events it returned;
+``_on_timer`` and ``_on_post`` are the only ctypes callbacks. The functions taking ``self`` are
+``Loop`` methods (``Loop`` binds them as class attributes), kept here beside the decoder.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import weakref
+from collections.abc import Callable
+from ctypes import c_char
+from typing import TYPE_CHECKING, Any
+
+from . import _ffi
+from ._connection import Connection
+from ._errors import _REASONS, _error
+from ._ffi import hot
+from ._registration import _Registration
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+
+_ep_poll = hot.ep_poll
+
+# ---------------------------------------------------------------------------------------------
+# Events: how C reaches the handlers.
+#
+# Every registration is made with EP_QUEUE: during a loop step the library records its events
+# (accept, data, writable, close) instead of calling back, and ep_poll() hands the whole step
+# over at once, as an array of ep_event and one buffer holding all the data. One C call per step
+# instead of one ctypes callback per event; the handlers then run here, in Python, in the order
+# callbacks would have run. Both arrays belong to the loop and keep their address from step to
+# step (they are cleared, not freed), so the memoryviews over them are rebuilt only when the
+# library had to grow one.
+
+_RESULT = _ffi.POLL_RESULT_LAYOUT  # events, count, data, data_len, state
+_EVENT = _ffi.EVENT_LAYOUT  # kind, reason, err, id, listener, offset, len
+_EVENT_SIZE = _EVENT.size
+_iter_events = _EVENT.iter_unpack
+_unpack_event = _EVENT.unpack_from
+_ACCEPT, _DATA, _WRITABLE, _CLOSE = (
+    _ffi.EP_EVENT_ACCEPT,
+    _ffi.EP_EVENT_DATA,
+    _ffi.EP_EVENT_WRITABLE,
+    _ffi.EP_EVENT_CLOSE,
+)
+_EINTR = -errno.EINTR
+_STEP_COPY_MAX = 1 << 20
+_MORE = _ffi.EP_RUN_MORE
+_EMPTY = _ffi.EP_RUN_EMPTY
+
+
+def _view(address: int, size: int) -> memoryview:
+    """A byte view of ``size`` bytes of C memory at ``address`` (no copy)."""
+    return memoryview((c_char * size).from_address(address)).cast("B")
+
+
+def _closed(registration: _Registration, reason: int, err: int) -> None:
+    """A registration's one on_close (its exception goes to the exception handler)."""
+    handler = registration.handler if type(registration) is Connection else None
+    try:
+        on_close = getattr(handler, "on_close", None)
+        if on_close is not None:
+            on_close(_REASONS.get(reason, reason), err)
+    except BaseException as exc:
+        registration._ended()
+        registration.loop._handler_failed(registration, exc, "on_close", handler)
+    else:
+        registration._ended()
+
+
+# Timers and calls from other threads still come as callbacks (they carry no data), through two
+# CFUNCTYPE objects created once, at import, and kept at module level so they are never freed.
+# Their ``user`` pointer is not a pointer but an integer key: nothing C holds refers to a
+# Python object.
+
+_loops: dict[int, weakref.ReferenceType[Loop]] = {}
+_loop_keys = itertools.count(1)
+
+
+def _find(user: int | None) -> Loop | None:
+    ref = _loops.get(user)  # type: ignore[arg-type]
+    return ref() if ref is not None else None
+
+
+def _on_timer(_lp: int, timer_id: int, user: int) -> None:
+    timer = None
+    try:
+        loop = _find(user)
+        timer = loop._timers.get(timer_id) if loop is not None else None
+        if timer is None:
+            return
+        if not timer.repeat:
+            timer._finished()
+        timer.callback()
+    except BaseException as exc:
+        _failed(user, exc, "timer callback", timer.callback if timer is not None else None)
+
+
+_posts: dict[int, tuple[int, Callable[[], object]]] = {}  # post key -> (loop key, callback)
+_post_keys = itertools.count(1)
+
+
+def _on_post(_lp: int, post_key: int) -> None:
+    loop_key = 0
+    callback = None
+    try:
+        loop_key, callback = _posts.pop(post_key)
+        callback()
+    except BaseException as exc:
+        _failed(loop_key, exc, "call_soon_threadsafe callback", callback)
+
+
+def _failed(user: int, exc: BaseException, where: str, callback: Any) -> None:
+    """A callback raised inside C: keep it for the step to hand to the exception handler once
+    ep_poll has returned (no user code runs inside a ctypes callback but the callback itself)."""
+    loop = _find(user)
+    if loop is not None:  # (None: the loop is being garbage-collected; nobody is left to tell)
+        loop._callback_failures.append((exc, where, callback))
+
+
+_TIMER_TRAMPOLINE = _ffi.TIMER_CB(_on_timer)
+_POST_TRAMPOLINE = _ffi.POST_CB(_on_post)
+
+
+def step(self: Loop, lp: Any, timeout_ms: int) -> int:
+    """One ep_poll() step and its handlers.
+
+    Returns EP_RUN_MORE, _EMPTY or _STOPPED (MORE after a signal interrupted the wait, and
+    instead of EMPTY when handlers ran: ep_poll's state predates them). Raises what the
+    exception handler raised. The hot path of the binding: kept to few bytecodes.
+    """
+    if self._resumed:  # (resume_reading() called outside a step)
+        self._deliver_resumed()
+        timeout_ms = 0
+    code = _ep_poll(lp, timeout_ms, None, self._result_ref)
+    events, count, data, data_len, state = _RESULT.unpack_from(self._result_view)
+    if code:
+        if code != _EINTR:
+            raise _error(code, "ep_poll")
+        state = _MORE
+    if self._callback_failures:
+        self._timer_failures()
+        state = _MORE if state == _EMPTY else state
+    if count:
+        if state == _EMPTY:
+            state = _MORE
+        size = count * _EVENT_SIZE
+        if events != self._events_at or size > self._events_size:
+            self._events_view = _view(events, size)
+            self._events_at, self._events_size = events, size
+        if data_len:
+            if data != self._data_at or data_len > self._data_size:
+                self._data_view = _view(data, data_len)
+                self._data_at, self._data_size = data, data_len
+            # One copy of the step's data, each event's bytes sliced from it (cheaper per
+            # event than a memoryview slice and its copy), unless it is large: then only
+            # the events' own copies, so a flood does not hold the bytes twice.
+            step_data: Any = self._data_view
+            if data_len <= _STEP_COPY_MAX:
+                if data_len < self._data_size:
+                    step_data = step_data[:data_len]
+                step_data = step_data.tobytes()
+        registrations = self._registrations
+        if count == 1:
+            records: Any = (_unpack_event(self._events_view),)
+        else:
+            records = _iter_events(self._events_view[:size])
+        for kind, reason, err, reg_id, listener_id, offset, length in records:
+            conn: Any = registrations.get(reg_id)
+            try:
+                if kind == _DATA:
+                    # (a muted or paused connection's _on_data/_on_eof skip or hold it)
+                    if conn is None:
+                        continue  # the loop's own wakeup pipe
+                    if not length:
+                        conn._on_eof()
+                    elif length == data_len and data_len <= _STEP_COPY_MAX:
+                        conn._on_data(step_data)  # (the step's only data: no slicing)
+                    else:
+                        chunk = step_data[offset : offset + length]
+                        conn._on_data(chunk if type(chunk) is bytes else chunk.tobytes())
+                elif kind == _WRITABLE:
+                    if conn is not None and not conn._muted:
+                        on_writable = getattr(conn.handler, "on_writable", None)
+                        if on_writable is not None:
+                            on_writable()
+                elif kind == _ACCEPT:
+                    if conn is None:  # outbound connections (listener 0) exist already
+                        conn = Connection(self, reg_id)
+                        registrations[reg_id] = conn
+                        listener: Any = registrations[listener_id]
+                        conn._attach(listener.factory(), listener.half_close)
+                    if not conn._muted:  # (a connect() closed before it was up)
+                        on_accept = getattr(conn.handler, "on_accept", None)
+                        if on_accept is not None:
+                            on_accept()
+                elif kind == _CLOSE:  # (_closed hands on_close's exception on itself)
+                    if conn is not None:
+                        if type(conn) is Connection and conn._held:
+                            conn._deliver_held(forced=True)  # its data comes before its end
+                        del registrations[reg_id]
+                        _closed(conn, reason, err)
+                    elif reg_id == self._wake_id:  # ep_drain closes it in the end:
+                        self._wake_id = 0  # watch the pipe again (it keeps nothing alive)
+                        if self._waking:
+                            self._wake_fd()
+            except BaseException as exc:
+                self._event_failed(conn, kind, length, exc, registrations.get(listener_id))
+    if self._resumed:
+        self._deliver_resumed()
+        state = _MORE if state == _EMPTY else state
+    if self._error is not None:
+        self._raise_pending()
+    return state  # type: ignore[no-any-return]
+
+def event_failed(
+    self: Loop, conn: Any, kind: int, length: int, exc: BaseException, listener: Any
+) -> None:
+    """Name the handler method that raised for the exception handler."""
+    if kind == _DATA:
+        where = "on_data" if length else "on_eof"
+    elif kind == _WRITABLE:
+        where = "on_writable"
+    elif conn is not None and conn.handler is None:  # the factory raised
+        self._handler_failed(conn, exc, "handler factory", getattr(listener, "factory", None))
+        return
+    else:
+        where = "on_accept"
+    self._handler_failed(conn, exc, where)
+
+
+def deliver_resumed(self: Loop) -> None:
+    """Hand their held data to the connections resumed since (see resume_reading)."""
+    while self._resumed:
+        resumed, self._resumed = self._resumed, []
+        for conn in resumed:
+            if not conn.closed:
+                conn._deliver_held(forced=False)
+
+
+def timer_failures(self: Loop) -> None:
+    failures, self._callback_failures = self._callback_failures, []
+    for exc, where, callback in failures:
+        self._handler_failed(None, exc, where, callback)
