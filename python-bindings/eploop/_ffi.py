@@ -11,11 +11,11 @@ Two handles are opened on the same library:
 * every other call cannot block and goes through a ``ctypes.PyDLL`` handle, which keeps the GIL:
   the hot path (a send from inside a callback) does not drop and retake it.
 
-The few functions called once per loop step or per send are also available without
-``argtypes`` (``hot``): ctypes then skips its per-argument ``from_param`` conversion, which costs
+The few functions called once per loop step or per send (the ``hot`` column of the table) are
+made without ``argtypes`` (``hot``) and called only that way: ctypes then skips its per-argument ``from_param`` conversion, which costs
 more than the C function itself. Their callers pass objects whose C type is unambiguous: a
-``byref()`` for the loop and one for each id (built once; see ``_loop._id_arg``), ``bytes`` or
-ctypes buffers for pointers, and plain ``int`` only where the C parameter is an ``int`` (or a
+``byref()`` for the loop and one for each id (built once; see ``_registration._id_arg``),
+``bytes`` or ctypes buffers for pointers, and plain ``int`` only where the C parameter is an ``int`` (or a
 ``size_t`` below 2**31: libffi sign-extends an ``int`` argument into the 64-bit register).
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._connection import Connection
 from ._ffi import hot
@@ -102,7 +102,7 @@ class _ExceptionHandling:
             if handler is None:
                 self.default_exception_handler(context)
             else:
-                handler(self, context)
+                handler(cast("Loop", self), context)  # (the mixin is only Loop's)
         except BaseException as exc:
             self._fatal(exc)
 

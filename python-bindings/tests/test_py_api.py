@@ -195,7 +195,7 @@ def test_every_constant_matches_the_header() -> None:
 
 def test_ids_with_high_bits_reach_the_library_intact() -> None:
     """Ids carry a generation in their upper 32 bits; the calls made without argtypes must pass
-    all 64 (on LP64 an id goes as a pointer-sized byref(), see eploop._loop._id_arg)."""
+    all 64 (on LP64 an id goes as a pointer-sized byref(), see eploop._registration._id_arg)."""
     ours, theirs = socket.socketpair()
     with ours, theirs, eploop.Loop() as loop:
         conn = loop.register(ours, eploop.Handler())
