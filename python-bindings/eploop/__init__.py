@@ -14,7 +14,20 @@ exactly one ``on_close(reason, errno)``.
 See ``Loop``, ``Handler``, ``Connection`` and ``CloseReason``.
 """
 
+from ._errors import (
+    BlockingIOEploopError,
+    BrokenPipeEploopError,
+    ConnectionAbortedEploopError,
+    ConnectionRefusedEploopError,
+    ConnectionResetEploopError,
+    FileExistsEploopError,
+    FileNotFoundEploopError,
+    InterruptedEploopError,
+    PermissionEploopError,
+    TimeoutEploopError,
+)
 from ._ffi import LibraryLoadError, library_path, library_version
+from ._handler import ConnectionHandler, HandlerFactory
 from ._loop import (
     CloseReason,
     ClosingError,
@@ -34,18 +47,30 @@ from ._loop import (
 from ._version import __version__
 
 __all__ = [
+    "BlockingIOEploopError",
+    "BrokenPipeEploopError",
     "CloseReason",
     "ClosingError",
     "Connection",
+    "ConnectionAbortedEploopError",
+    "ConnectionHandler",
+    "ConnectionRefusedEploopError",
+    "ConnectionResetEploopError",
     "EploopError",
+    "FileExistsEploopError",
+    "FileNotFoundEploopError",
     "ForkedLoopError",
     "Handler",
+    "HandlerFactory",
+    "InterruptedEploopError",
     "LibraryLoadError",
     "Listener",
     "Loop",
+    "PermissionEploopError",
     "RunResult",
     "StaleError",
     "Stats",
+    "TimeoutEploopError",
     "Timer",
     "WrongThreadError",
     "__version__",

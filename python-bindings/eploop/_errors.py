@@ -4,6 +4,7 @@ and the mapping from a C function's negative result to the exception raised for 
 from __future__ import annotations
 
 import enum
+import errno
 from typing import TYPE_CHECKING, Any
 
 from . import _ffi
@@ -81,6 +82,70 @@ class ForkedLoopError(WrongThreadError):
     rule = "a loop inherited across fork() can only be closed in the child process"
 
 
+# An errno that Python maps to a built-in OSError subclass (as ``OSError(errno, ...)`` itself
+# does) raises an EploopError that is also that subclass: ``except EploopError`` and, say,
+# ``except ConnectionError`` or ``except FileNotFoundError`` both catch it.
+
+
+class BlockingIOEploopError(EploopError, BlockingIOError):
+    """EAGAIN, EALREADY, EINPROGRESS: an ``EploopError`` and a ``BlockingIOError``."""
+
+
+class BrokenPipeEploopError(EploopError, BrokenPipeError):
+    """EPIPE, ESHUTDOWN (e.g. ``send()`` after your own ``shutdown()``): a ``BrokenPipeError``."""
+
+
+class ConnectionAbortedEploopError(EploopError, ConnectionAbortedError):
+    """ECONNABORTED: an ``EploopError`` and a ``ConnectionAbortedError``."""
+
+
+class ConnectionRefusedEploopError(EploopError, ConnectionRefusedError):
+    """ECONNREFUSED: an ``EploopError`` and a ``ConnectionRefusedError``."""
+
+
+class ConnectionResetEploopError(EploopError, ConnectionResetError):
+    """ECONNRESET: an ``EploopError`` and a ``ConnectionResetError``."""
+
+
+class FileExistsEploopError(EploopError, FileExistsError):
+    """EEXIST: an ``EploopError`` and a ``FileExistsError``."""
+
+
+class FileNotFoundEploopError(EploopError, FileNotFoundError):
+    """ENOENT (e.g. a Unix socket path in a missing directory): a ``FileNotFoundError``."""
+
+
+class InterruptedEploopError(EploopError, InterruptedError):
+    """EINTR: an ``EploopError`` and an ``InterruptedError``."""
+
+
+class PermissionEploopError(EploopError, PermissionError):
+    """EACCES, EPERM (e.g. registering a regular file, which epoll refuses): a
+    ``PermissionError``."""
+
+
+class TimeoutEploopError(EploopError, TimeoutError):
+    """ETIMEDOUT: an ``EploopError`` and a ``TimeoutError``."""
+
+
+_BY_ERRNO: dict[int, type[EploopError]] = {
+    errno.EAGAIN: BlockingIOEploopError,
+    errno.EALREADY: BlockingIOEploopError,
+    errno.EINPROGRESS: BlockingIOEploopError,
+    errno.EPIPE: BrokenPipeEploopError,
+    errno.ESHUTDOWN: BrokenPipeEploopError,
+    errno.ECONNABORTED: ConnectionAbortedEploopError,
+    errno.ECONNREFUSED: ConnectionRefusedEploopError,
+    errno.ECONNRESET: ConnectionResetEploopError,
+    errno.EEXIST: FileExistsEploopError,
+    errno.ENOENT: FileNotFoundEploopError,
+    errno.EINTR: InterruptedEploopError,
+    errno.EACCES: PermissionEploopError,
+    errno.EPERM: PermissionEploopError,
+    errno.ETIMEDOUT: TimeoutEploopError,
+}
+
+
 def _error(code: int, function: str) -> EploopError:
     if code == _ffi.EP_ESTALE:
         return StaleError(code, function)
@@ -90,7 +155,7 @@ def _error(code: int, function: str) -> EploopError:
         return WrongThreadError(code, function)
     if code == _ffi.EP_EFORK:
         return ForkedLoopError(code, function)
-    return EploopError(code, function)
+    return _BY_ERRNO.get(-code, EploopError)(code, function)
 
 
 def reraise(loop: Loop, context: dict[str, Any]) -> None:

@@ -1,11 +1,12 @@
-"""Handlers: the ``Handler`` base class for connection handlers, and what the loop does when
-one raises (``_ExceptionHandling``, the exception-handler half of ``Loop``)."""
+"""Handlers: what a handler is (the ``ConnectionHandler`` and ``HandlerFactory`` protocols,
+for type checkers), the ``Handler`` base class, and what the loop does when one raises
+(``_ExceptionHandling``, the exception-handler half of ``Loop``)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._connection import Connection
 from ._ffi import hot
@@ -17,6 +18,36 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("eploop")
 _ep_abort = hot.ep_abort
+
+
+class ConnectionHandler(Protocol):
+    """What ``Loop.connect`` and ``Loop.register`` take as a connection's handler (and what a
+    ``HandlerFactory`` returns), for type checkers: any object with an ``on_data`` method.
+
+    Handlers are duck-typed: the loop calls each of these methods only if the handler has it
+    (``Handler`` has them all, with defaults), so only ``on_data`` is required here:
+
+    * ``on_data(data: bytes)``: bytes arrived (never empty).
+    * ``on_accept()``: optional; the connection is up (accepted, or ``connect`` succeeded).
+    * ``on_eof()``: optional; the peer sent FIN (with ``half_close=True`` only); default:
+      ``conn.close()``.
+    * ``on_writable()``: optional; the send queue drained after ``send()`` returned False.
+    * ``on_close(reason: CloseReason, errno: int)``: optional; the connection ended, once.
+
+    The loop sets the handler's ``conn`` attribute to its ``Connection`` before calling it.
+    """
+
+    def on_data(self, data: bytes, /) -> object:
+        """Bytes arrived (never empty)."""
+
+
+class HandlerFactory(Protocol):
+    """What ``Loop.listen`` takes (and ``Loop.register`` for a listening socket): called with
+    no argument once per accepted connection, it returns that connection's handler. A
+    ``Handler`` subclass is one."""
+
+    def __call__(self) -> ConnectionHandler:
+        """A new handler for a connection just accepted."""
 
 
 class Handler:

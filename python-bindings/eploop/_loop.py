@@ -47,7 +47,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from ctypes import byref, c_char
-from typing import Any
+from typing import Any, cast
 
 from . import _events, _ffi, _signals
 from ._connection import Connection
@@ -74,7 +74,7 @@ from ._events import (
     _posts,
 )
 from ._ffi import lib
-from ._handler import Handler, _ExceptionHandling
+from ._handler import ConnectionHandler, Handler, HandlerFactory, _ExceptionHandling
 from ._registration import Listener, Timer, _ms, _Registration, _with_socket
 from ._signals import _SignalGuard
 from ._stats import Stats, read_stats
@@ -221,7 +221,7 @@ class Loop(_ExceptionHandling):
     def listen(
         self,
         addr: tuple[str, int] | str | socket.socket,
-        handler_factory: Callable[[], Any],
+        handler_factory: HandlerFactory,
         *,
         backlog: int = 0,
         edge: bool = False,
@@ -262,7 +262,7 @@ class Loop(_ExceptionHandling):
     def connect(
         self,
         addr: tuple[str, int] | str,
-        handler: Any,
+        handler: ConnectionHandler,
         *,
         timeout: float | None = None,
         edge: bool = False,
@@ -295,7 +295,7 @@ class Loop(_ExceptionHandling):
     def register(
         self,
         sock_or_fd: Any,
-        handler: Any,
+        handler: ConnectionHandler | HandlerFactory,
         *,
         edge: bool = False,
         half_close: bool = False,
@@ -315,7 +315,7 @@ class Loop(_ExceptionHandling):
     def _register(
         self,
         sock_or_fd: Any,
-        handler: Any,
+        handler: ConnectionHandler | HandlerFactory,
         *,
         edge: bool,
         half_close: bool,
@@ -335,7 +335,8 @@ class Loop(_ExceptionHandling):
             raise _error(code, "ep_register")
         registration: Connection | Listener
         if is_listener:
-            registration = Listener(self, code, handler, half_close, borrowed)
+            # (duck-typed at run time, as ever: a listening socket's handler is its factory)
+            registration = Listener(self, code, cast(HandlerFactory, handler), half_close, borrowed)
         else:
             registration = Connection(self, code, borrowed)
             registration._attach(handler, half_close)

@@ -17,6 +17,7 @@ from ._errors import _error
 from ._ffi import hot, lib
 
 if TYPE_CHECKING:
+    from ._handler import HandlerFactory
     from ._loop import Loop
 
 # The hot calls used here, without argtypes (see _ffi): the loop as Loop._lp, ids as _id_arg().
@@ -176,7 +177,7 @@ class Listener(_Registration):
         self,
         loop: Loop,
         reg_id: int,
-        factory: Callable[[], Any],
+        factory: HandlerFactory,
         half_close: bool,
         borrowed: object = None,
     ) -> None:
