@@ -19,7 +19,10 @@ past a timeout can reveal it, which is what --idle-timeout (eploop's timer) and 
 usage: dead_peer_client.py PORT [--host ADDR] [-q] [--idle-timeout SECONDS] [--keepalive SECONDS]
 """
 
+from __future__ import annotations
+
 import argparse
+import io
 import signal
 import socket
 import sys
@@ -36,10 +39,10 @@ HOW = {
 
 
 class Peer(eploop.Handler):
-    def on_data(self, data):
+    def on_data(self, data: bytes) -> None:
         log(f"recv {self.conn.id} {len(data)} bytes: {data.decode(errors='backslashreplace')!r}")
 
-    def on_close(self, reason, errno):
+    def on_close(self, reason: eploop.CloseReason, errno: int) -> None:
         elapsed = time.monotonic() - connected_at
         log(f"close {self.conn.id} {reason} {errno}")
         how = HOW.get(reason, f"we ended the connection ourselves ({reason})")
@@ -49,15 +52,15 @@ class Peer(eploop.Handler):
 
 
 class Stdin(eploop.Handler):
-    def on_data(self, data):
+    def on_data(self, data: bytes) -> None:
         peer.send(data)  # (once the peer is gone, its on_close closes us: no more on_data)
 
-    def on_close(self, reason, errno):
+    def on_close(self, reason: eploop.CloseReason, errno: int) -> None:
         if not peer.closed:  # end of input: send FIN, then wait for the peer to close too
             peer.shutdown()
 
 
-def log(line):
+def log(line: str) -> None:
     if not args.q:
         print(line)
 
@@ -69,7 +72,8 @@ parser.add_argument("-q", action="store_true", help="print only the final senten
 parser.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="end a silent peer")
 parser.add_argument("--keepalive", type=int, metavar="SECONDS", help="TCP keepalive probes")
 args = parser.parse_args()
-sys.stdout.reconfigure(line_buffering=True)
+if isinstance(sys.stdout, io.TextIOWrapper):  # (always, but for type checkers)
+    sys.stdout.reconfigure(line_buffering=True)
 
 try:
     sock = socket.create_connection((args.host, args.port), timeout=10)

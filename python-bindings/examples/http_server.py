@@ -18,12 +18,16 @@ usage: http_server.py PORT [-q] [--host ADDR] [--edge] [--cork] [--nodelay] [--b
                 sent with conn.send_file (sendfile(2)), Content-Length from fstat; else 404
 """
 
+from __future__ import annotations
+
 import argparse
+import io
 import os
 import re
 import signal
 import socket
 import sys
+from typing import BinaryIO, cast
 
 import eploop
 
@@ -51,11 +55,12 @@ FIELDS = re.compile(
 )
 
 
-def keep_alive_response(header):
+def keep_alive_response(header: bytes) -> tuple[bytes, bool, int]:
     """The HTTP/1.1 response to one request, whether to keep the connection, the body length."""
     request_line = header[: header.find(b"\n")].rstrip()
     is_http11 = request_line.endswith(b" HTTP/1.1")
-    tokens, chunked, body_length = set(), False, None
+    tokens: set[bytes] = set()
+    chunked, body_length = False, None
     for name, value in FIELDS.findall(header):
         name = name.lower()
         if name == b"connection":
@@ -72,7 +77,7 @@ def keep_alive_response(header):
 
 
 class Http(eploop.Handler):
-    def on_accept(self):
+    def on_accept(self) -> None:
         self.partial = b""  # the start of a request whose header is not complete yet
         self.body_left = 0  # bytes of a request body still to skip (keep-alive)
         self.closing = False
@@ -81,11 +86,11 @@ class Http(eploop.Handler):
         if args.nodelay:
             self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def on_data(self, data):
+    def on_data(self, data: bytes) -> None:
         if self.closing:
             return
         buf = self.partial + data if self.partial else data
-        responses = []
+        responses: list[bytes | BinaryIO] = []
         start, keep = 0, True
         while keep:
             if self.body_left:  # skip the previous request's body
@@ -121,10 +126,10 @@ class Http(eploop.Handler):
             )
             self.finish()
 
-    def send_all(self, responses):
+    def send_all(self, responses: list[bytes | BinaryIO]) -> bool:
         """Send bytes and (--root) open files in order; False: stop producing."""
         if not args.root:
-            return self.conn.send(b"".join(responses))
+            return self.conn.send(b"".join(cast("list[bytes]", responses)))  # (no files)
         ok = True
         for response in responses:
             if isinstance(response, bytes):
@@ -134,7 +139,7 @@ class Http(eploop.Handler):
                     ok = self.conn.send_file(response) and ok
         return ok
 
-    def respond(self, header):
+    def respond(self, header: bytes) -> tuple[bytes | list[bytes | BinaryIO], bool]:
         """Print the request; return its response and whether to keep the connection."""
         if not args.q:
             print("-" * 40)
@@ -148,7 +153,7 @@ class Http(eploop.Handler):
         response, keep, self.body_left = keep_alive_response(header)
         return response, keep
 
-    def respond_file(self, header):
+    def respond_file(self, header: bytes) -> tuple[list[bytes | BinaryIO], bool]:
         """--root: the head, then the file (an open file object), or a 404."""
         keep, self.body_left = False, 0
         if args.keep_alive:
@@ -156,7 +161,7 @@ class Http(eploop.Handler):
         connection = b"" if keep else b"Connection: close\r\n"
         method, _, rest = header.partition(b" ")
         name = rest.split(b" ", 1)[0][1:].decode("latin-1") if rest.startswith(b"/") else ""
-        file = None
+        file: BinaryIO | None = None
         if method in (b"GET", b"HEAD") and name and "/" not in name and ".." not in name:
             try:
                 # closed by send_all once queued (or just below)
@@ -178,20 +183,20 @@ class Http(eploop.Handler):
             return [head], keep
         return [head, file], keep
 
-    def on_writable(self):
+    def on_writable(self) -> None:
         if not self.closing:
             self.conn.resume_reading()
 
-    def on_close(self, reason, errno):
+    def on_close(self, reason: eploop.CloseReason, errno: int) -> None:
         log(f"close {self.conn.id} {reason} {errno}")
 
-    def finish(self):
+    def finish(self) -> None:
         """Graceful close: what is queued is flushed, then FIN; on_close(LOCAL) follows."""
         self.closing = True
         self.conn.close()
 
 
-def log(line):
+def log(line: str) -> None:
     if not args.q:
         print(line)
 
@@ -207,7 +212,8 @@ parser.add_argument("--backlog", type=int, default=0, help="listen backlog (defa
 parser.add_argument("--keep-alive", action="store_true", help="HTTP/1.1 persistent connections")
 parser.add_argument("--root", help="serve the files of this directory (GET /NAME)")
 args = parser.parse_args()
-sys.stdout.reconfigure(line_buffering=True)
+if isinstance(sys.stdout, io.TextIOWrapper):  # (always, but for type checkers)
+    sys.stdout.reconfigure(line_buffering=True)
 
 with eploop.Loop() as loop:
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -16,7 +16,10 @@ Prints the event log (listening / accept / close) and, at exit, "held <bytes>": 
 input a connection kept unparsed.
 """
 
+from __future__ import annotations
+
 import argparse
+import io
 import signal
 import sys
 
@@ -24,22 +27,22 @@ import eploop
 
 
 class KeyValue(eploop.Handler):
-    def on_accept(self):
+    def on_accept(self) -> None:
         self.pending = bytearray()  # input not parsed yet
         self.stopped = False  # send() said "stop producing": wait for on_writable
         log(f"accept {self.conn.id} {self.conn.peername[0]}:{self.conn.peername[1]}")
 
-    def on_data(self, data):
+    def on_data(self, data: bytes) -> None:
         global held
         self.pending += data
         held = max(held, len(self.pending))
         self.serve()
 
-    def on_writable(self):
+    def on_writable(self) -> None:
         self.stopped = False
         self.serve()
 
-    def serve(self):
+    def serve(self) -> None:
         used = 0
         while not self.stopped:
             end = self.pending.find(b"\n", used)
@@ -52,11 +55,11 @@ class KeyValue(eploop.Handler):
                 self.stopped = not self.conn.send_nocopy(VALUE)
         del self.pending[:used]
 
-    def on_close(self, reason, errno):
+    def on_close(self, reason: eploop.CloseReason, errno: int) -> None:
         log(f"close {self.conn.id} {reason} {errno}")
 
 
-def log(line):
+def log(line: str) -> None:
     if not args.q:
         print(line)
 
@@ -68,7 +71,8 @@ parser.add_argument("--edge", action="store_true", help="edge-triggered epoll")
 parser.add_argument("--no-auto-pause", action="store_true", help="show what happens without it")
 parser.add_argument("--value-size", type=int, default=1 << 20, help="bytes per value")
 args = parser.parse_args()
-sys.stdout.reconfigure(line_buffering=True)
+if isinstance(sys.stdout, io.TextIOWrapper):  # (always, but for type checkers)
+    sys.stdout.reconfigure(line_buffering=True)
 VALUE = b"v" * args.value_size
 held = 0
 

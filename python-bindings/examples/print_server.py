@@ -10,7 +10,10 @@ line is printed when the client goes, and every departure is one "close" line.
 usage: print_server.py PORT [-q] [--host ADDR]      (PORT 0 picks a free port)
 """
 
+from __future__ import annotations
+
 import argparse
+import io
 import re
 import signal
 import sys
@@ -22,12 +25,12 @@ MAX_LINE = 64 * 1024
 
 
 class Printer(eploop.Handler):
-    def on_accept(self):
+    def on_accept(self) -> None:
         self.partial = b""
         host, port = self.conn.peername[:2]
         log(f"accept {self.conn.id} {host}:{port}")
 
-    def on_data(self, data):
+    def on_data(self, data: bytes) -> None:
         *lines, self.partial = (self.partial + data).split(b"\n")
         for line in lines:
             self.show(line.removesuffix(b"\r"))
@@ -35,16 +38,16 @@ class Printer(eploop.Handler):
             self.show(self.partial)
             self.partial = b""
 
-    def on_close(self, reason, errno):
+    def on_close(self, reason: eploop.CloseReason, errno: int) -> None:
         if self.partial:
             self.show(self.partial)
         log(f"close {self.conn.id} {reason} {errno}")
 
-    def show(self, line):
+    def show(self, line: bytes) -> None:
         log(f"data {self.conn.id} {CONTROL.sub('.', line.decode(errors='backslashreplace'))}")
 
 
-def log(line):
+def log(line: str) -> None:
     if not args.q:
         print(line)
 
@@ -54,7 +57,8 @@ parser.add_argument("port", type=int)
 parser.add_argument("-q", action="store_true", help="print only the 'listening' line")
 parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
 args = parser.parse_args()
-sys.stdout.reconfigure(line_buffering=True)
+if isinstance(sys.stdout, io.TextIOWrapper):  # (always, but for type checkers)
+    sys.stdout.reconfigure(line_buffering=True)
 
 with eploop.Loop() as loop:
     for signum in (signal.SIGINT, signal.SIGTERM):
