@@ -3,6 +3,14 @@
 ``step`` (``Loop._step``) is one ``ep_poll()`` call and the dispatch of the events it returned;
 ``_on_timer`` and ``_on_post`` are the only ctypes callbacks. The functions taking ``self`` are
 ``Loop`` methods (``Loop`` binds them as class attributes), kept here beside the decoder.
+
+How events reach Python: every registration is made with EP_QUEUE, so during a loop step the
+library records events instead of calling back, and one ``ep_poll()`` call per step hands them
+all over (an array of ``ep_event`` and one data buffer, read here through memoryviews). The
+handlers then run in Python, in the order callbacks would have run. Only timers and
+``call_soon_threadsafe`` callbacks come through ctypes callbacks: two ``CFUNCTYPE`` objects
+created once, at import, kept at module level, whose ``user`` pointer is an integer key, so
+nothing C can call or hold is ever garbage-collected.
 """
 
 from __future__ import annotations

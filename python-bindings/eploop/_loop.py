@@ -1,13 +1,8 @@
-"""The Pythonic layer: Loop, Listener, Connection, Handler, CloseReason, errors.
+"""The Pythonic layer's centre: ``Loop``. (Registrations are in ``_registration`` and
+``_connection``, handlers in ``_handler``, errors in ``_errors``, the step in ``_events``.)
 
-How events reach Python: every registration is made with EP_QUEUE, so during a loop step the
-library records events instead of calling back, and one ``ep_poll()`` call per step hands them
-all over (an array of ``ep_event`` and one data buffer, read here through memoryviews). The
-handlers then run in Python, in the order callbacks would have run. Only timers and
-``call_soon_threadsafe`` callbacks come through ctypes callbacks: two ``CFUNCTYPE`` objects
-created once, at import, kept at module level, whose ``user`` pointer is an integer key, so
-nothing C can call or hold is ever garbage-collected. Each loop keeps its registrations in a
-dict keyed by ``ep_id`` (ids are never reused).
+How events reach Python (one ``ep_poll()`` per step, two trampolines): see ``_events``. Each
+loop keeps its registrations in a dict keyed by ``ep_id`` (ids are never reused).
 
 Exception policy (asyncio's): a handler method, handler factory, timer or
 ``call_soon_threadsafe`` callback that raises an ``Exception`` has a bug; the peer never causes
@@ -28,14 +23,7 @@ it too) and delivered after ``resume_reading()``, at the end of the step in whic
 a close that ends the connection meanwhile delivers the held data first, as C's read loop
 ignores a pause once the connection cannot live on.
 
-Signals (Ctrl-C): while ``run()``/``run_once()`` runs in the main thread, Python-level signal
-handlers are deferred: a signal is queued and its real handler called from ``run()`` itself
-between steps, so ``KeyboardInterrupt`` (or ``SystemExit`` from a SIGTERM handler) propagates
-from ``run()``, never from the middle of a step, where it would lose the step's other events
-(or, inside a timer callback, be swallowed by ctypes). During ``run()``,
-``signal.set_wakeup_fd`` points at a pipe the loop watches (registered once, with EP_UNREF, so
-it neither keeps the loop alive nor shows in ``stats()``), so a signal arriving at any instant
-wakes ``epoll_wait`` at once.
+Signals (Ctrl-C) while ``run()`` runs: deferred to between steps, see ``_signals._SignalGuard``.
 """
 
 from __future__ import annotations
@@ -75,7 +63,7 @@ from ._events import (
 )
 from ._ffi import lib
 from ._handler import ConnectionHandler, Handler, HandlerFactory, _ExceptionHandling
-from ._registration import Listener, Timer, _ms, _Registration, _with_socket
+from ._registration import Listener, Timer, _is_listening, _ms, _Registration
 from ._signals import _SignalGuard
 from ._stats import Stats, read_stats
 
@@ -511,13 +499,4 @@ class Loop(_ExceptionHandling):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._registrations)} registrations"
         return f"<eploop.Loop {state}>"
-
-
-def _is_listening(fd: int) -> bool:
-    try:
-        return bool(
-            _with_socket(fd, lambda s: s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-        )
-    except OSError:  # not a socket: a pipe, a tty, an eventfd...
-        return False
 

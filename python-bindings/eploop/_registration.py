@@ -168,6 +168,15 @@ class _Registration:
         self._borrowed = None
 
 
+def _is_listening(fd: int) -> bool:
+    try:
+        return bool(
+            _with_socket(fd, lambda s: s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+        )
+    except OSError:  # not a socket: a pipe, a tty, an eventfd...
+        return False
+
+
 class Listener(_Registration):
     """A listening socket; every connection it accepts gets a handler from ``factory()``."""
 

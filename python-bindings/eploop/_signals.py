@@ -13,6 +13,15 @@ its wakeup pipe (``signal.set_wakeup_fd``) wakes it at once.
 A handler does not keep ``run()`` running (as ``EP_UNREF`` in C). Only the main thread may add or
 remove handlers (Python's rule for ``signal.signal``); the loop may run in any thread.
 ``remove_signal_handler`` and ``Loop.close()`` put back the handler that was there before.
+
+Signals (Ctrl-C): while ``run()``/``run_once()`` runs in the main thread, Python-level signal
+handlers are deferred: a signal is queued and its real handler called from ``run()`` itself
+between steps, so ``KeyboardInterrupt`` (or ``SystemExit`` from a SIGTERM handler) propagates
+from ``run()``, never from the middle of a step, where it would lose the step's other events
+(or, inside a timer callback, be swallowed by ctypes). During ``run()``,
+``signal.set_wakeup_fd`` points at a pipe the loop watches (registered once, with EP_UNREF, so
+it neither keeps the loop alive nor shows in ``stats()``), so a signal arriving at any instant
+wakes ``epoll_wait`` at once. (``_SignalGuard``)
 """
 
 from __future__ import annotations
