@@ -89,9 +89,11 @@ def pinned_count() -> int:
 
 
 def _result(conn: Connection, code: int, function: str) -> bool:
+    """send()'s rule for every variant: True, False ("stop producing", or the peer is gone and
+    the bytes were discarded), or an exception for the caller's own mistake only."""
     if code == 0:
         return True
-    if code == 1:
+    if code == 1 or conn._ended_by_loop(code):
         return False
     conn._check(code, function)
     return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import tempfile
 import threading
 import time
 from typing import Any
@@ -19,7 +20,11 @@ import eploop
 from eploop import CloseReason
 
 PEERS = ["fin", "rst", "rst_unread", "rst_pending", "vanish"]
-ACTIONS = ["send", "send_many", "shutdown", "close", "raise"]
+ACTIONS = ["send", "send_many", "sendv", "nocopy", "sendfile", "shutdown", "close", "raise"]
+# What the sendfile action sends: 1 MiB, more than the socket takes at once.
+BODY = tempfile.TemporaryFile()
+BODY.write(b"b" * (1 << 20))
+BODY.flush()
 
 
 class Boom(Exception):
@@ -51,6 +56,15 @@ class Server(eploop.Handler):
         elif action == "send_many":
             for _ in range(16):
                 self.conn.send(b"r" * 65536)
+        elif action == "sendv":
+            for _ in range(4):
+                self.conn.send_many([data, b"r" * 262144, b"!"])
+        elif action == "nocopy":
+            for _ in range(4):
+                self.conn.send_nocopy(b"n" * 262144)
+        elif action == "sendfile":
+            for _ in range(4):
+                self.conn.send_file(BODY, 0)
         elif action == "shutdown":
             self.conn.shutdown()
         elif action == "close":
@@ -130,7 +144,7 @@ def test_one_channel(peer: str, action: str, edge: bool) -> None:
             assert closes[0][2] in (CloseReason.ABORT, CloseReason.PEER_RESET, CloseReason.PEER_EOF)
         else:
             assert failures == [], f"{peer} x {action}: a peer made something raise: {failures}"
-        if peer == "vanish" and action in ("send", "send_many"):
+        if peer == "vanish" and action in ("send", "send_many", "sendv", "nocopy", "sendfile"):
             assert closes[0][2] == CloseReason.TIMEOUT
         # Still serving.
         with connect(listener.port) as fresh:
@@ -140,3 +154,52 @@ def test_one_channel(peer: str, action: str, edge: bool) -> None:
     finally:
         runner.finish()
     assert runner.error is None, runner.error
+
+
+SEND_VARIANTS = {
+    "send": lambda conn, data: conn.send(data),
+    "send_many": lambda conn, data: conn.send_many([data, b"!"]),
+    "send_nocopy": lambda conn, data: conn.send_nocopy(bytes(data)),
+    "send_file": lambda conn, data: conn.send_file(BODY, 0, 4096),
+    "shutdown": lambda conn, data: conn.shutdown(),
+    "pause_reading": lambda conn, data: conn.pause_reading(),
+}
+
+
+@pytest.mark.parametrize("edge", [False, True], ids=["level", "edge"])
+@pytest.mark.parametrize("variant", list(SEND_VARIANTS))
+def test_data_and_reset_in_one_step(variant: str, edge: bool) -> None:
+    """The bytes and the reset behind them arrive before one step: the library reads the bytes,
+    meets the reset and decides the close within that ep_poll(), so while on_data runs the id
+    is already ended in C. Every call the handler makes must still succeed quietly (one
+    channel); its on_close follows, once, with the peer's reason."""
+    calls: list[Any] = []
+    closes: list[tuple[CloseReason, int]] = []
+    failures: list[dict[str, Any]] = []
+
+    class Replier(eploop.Handler):
+        def on_data(self, data: bytes) -> None:
+            calls.append(SEND_VARIANTS[variant](self.conn, data))
+            calls.append(self.conn.send(b"after"))
+
+        def on_close(self, reason: CloseReason, errno: int) -> None:
+            closes.append((reason, errno))
+
+    with eploop.Loop() as loop:
+        loop.set_exception_handler(lambda _loop, context: failures.append(context))
+        listener = loop.listen(("127.0.0.1", 0), Replier, edge=edge)
+        client = connect(listener.port)
+        deadline = time.monotonic() + TIMEOUT
+        while loop.stats().open < 2 and time.monotonic() < deadline:
+            loop.run_once(0.05)  # the accept
+        assert loop.stats().open == 2
+        client.sendall(b"hello")
+        reset(client)
+        time.sleep(0.05)  # both are in the server's socket before the next step
+        loop.run_once(0.5)
+        while not closes and time.monotonic() < deadline:
+            loop.run_once(0.05)
+        assert failures == [], f"{variant}: the peer's reset made a call raise: {failures}"
+        # The send variants say "stop producing" (the bytes are discarded); the others return None.
+        assert calls == [None if variant in ("shutdown", "pause_reading") else False, False], calls
+        assert closes == [(CloseReason.PEER_RESET, closes[0][1])], closes
