@@ -201,6 +201,7 @@ class Connection(_Registration):
     def shutdown(self) -> None:
         """Send FIN once the queue is flushed; keep reading until the peer closes too."""
         self._lenient(lib.ep_shutdown(self._lp, self.id), "ep_shutdown")
+        self.loop._kick()
 
     def close(self) -> None:
         """Graceful close: flush the queue, send FIN, then ``on_close(LOCAL)``. Idempotent.
@@ -213,6 +214,7 @@ class Connection(_Registration):
                 raise _error(code, "ep_close")
             self._user_ended = True
             self._mute()
+            self.loop._kick()
 
     def abort(self) -> None:
         """Reset now (RST), dropping the queue; ``on_close(ABORT)`` follows (or the peer's
@@ -223,6 +225,7 @@ class Connection(_Registration):
                 raise _error(code, "ep_abort")
             self._user_ended = True
             self._mute()
+            self.loop._kick()
 
     def pause_reading(self) -> None:
         """Stop delivering ``on_data`` (the kernel buffers, then the peer is throttled) — at
@@ -248,6 +251,7 @@ class Connection(_Registration):
             self._paused = False
             if self._held:
                 self.loop._resumed.append(self)
+                self.loop._kick()
             else:
                 self._held = None
                 self._deliver_to_handler()

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from ctypes import byref, c_char
 from typing import Any, cast
 
-from . import _events, _ffi, _signals
+from . import _aio, _events, _ffi, _signals
 from ._connection import Connection
 from ._errors import (
     CloseReason,
@@ -88,7 +88,7 @@ __all__ = [
 
 
 
-class Loop(_ExceptionHandling):
+class Loop(_ExceptionHandling, _aio._AsyncioHosting):
     """An epoll event loop; a context manager that closes every connection on exit.
 
     A loop is used by one thread at a time, normally the one that runs it. Only ``stop()`` and
@@ -119,6 +119,7 @@ class Loop(_ExceptionHandling):
         self._waking = False  # run() made the pipe Python's wakeup fd
         self._signal_handlers: dict[int, Any] = {}  # add_signal_handler's, see _signals.py
         self._guard: _SignalGuard | None = None  # run()'s, while it runs
+        self._driver: _aio._Driver | None = None  # the asyncio loop driving it (attach())
         # ep_poll's output, read with one unpack per step
         self._result = _ffi.PollResult()
         self._result_ref = byref(self._result)
@@ -167,6 +168,7 @@ class Loop(_ExceptionHandling):
             if lp is None:
                 return
             _signals.remove_all(self)
+            self.detach()
             self._running = True
             try:
                 self._settle(lp)
@@ -278,6 +280,7 @@ class Loop(_ExceptionHandling):
         conn = Connection(self, code)
         conn._attach(handler, half_close)
         self._registrations[code] = conn
+        self._kick()
         return conn
 
     def register(
@@ -365,6 +368,7 @@ class Loop(_ExceptionHandling):
             raise _error(code, "ep_timer_start")
         timer = Timer(self, code, callback, repeat)
         self._timers[code] = timer
+        self._kick()
         return timer
 
     def call_soon_threadsafe(self, callback: Callable[[], object]) -> None:
@@ -402,6 +406,7 @@ class Loop(_ExceptionHandling):
         code = lib.ep_drain(self._open_lp(), _ms(grace))
         if code < 0:
             raise _error(code, "ep_drain")
+        self._kick()
 
     def stats(self) -> Stats:
         """The loop's counters."""
@@ -470,10 +475,15 @@ class Loop(_ExceptionHandling):
         with self._lock:
             if self._lp is not None:
                 lib.ep_stop(self._lp)
+                driver = self._driver
+                if driver is not None:  # (the C loop's stop flag has no descriptor event)
+                    driver.aio.call_soon_threadsafe(driver.soon)
 
     def _enter(self) -> None:
         if self._running:
             raise _error(_ffi.EP_EBUSY, "run")
+        if self._driver is not None:
+            raise RuntimeError("the loop is attached to asyncio: await loop.serve(), or detach()")
         self._running = True
 
     def _raise_pending(self) -> None:
