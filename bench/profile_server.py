@@ -14,7 +14,6 @@ Instrumentation is switched on only while the load runs, so start-up is left out
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -23,62 +22,6 @@ import time
 from pathlib import Path
 
 import runner
-
-
-def start(argv: list[str]) -> tuple[subprocess.Popen, int]:
-    env = dict(os.environ, LD_LIBRARY_PATH=str(runner.PRIVATE_LIB))
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            cwd=str(runner.ROOT), env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("listening "):
-            return proc, int(line.split()[1])
-    proc.kill()
-    raise SystemExit("server did not start")
-
-
-def load(sc: runner.Scenario, port: int, seconds: float) -> int:
-    """Runs the scenario's load (unpinned, no CPU sampling); returns operations completed."""
-    a = sc.args
-    if sc.tool == "loadgen":
-        argv = [str(runner.BUILD / "loadgen"), a["kind"], "--port", str(port), "--conns", str(a["conns"]),
-                "--size", str(a["size"]), "--duration", str(seconds), "--warmup", "0"]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120).stdout
-        return runner.last_json(out)["ops"]
-    argv = ["wrk", "-t1", f"-c{a['conns']}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-            "-s", str(runner.WRK_SCRIPT), f"http://127.0.0.1:{port}/", "--", str(a["depth"])]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120).stdout
-    return runner.last_json(out)["requests"]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
-def callgrind_run(argv: list[str], sc: runner.Scenario, seconds: float, out_file: Path) -> tuple[int, int]:
-    """Runs the server under callgrind with instrumentation on only during the load.
-    Returns (operations, user-space instructions)."""
-    proc, port = start(["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                        f"--callgrind-out-file={out_file}", *argv])
-    try:
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, timeout=60)
-        ops = load(sc, port, seconds)
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, timeout=60)
-    finally:
-        stop(proc)
-    total = 0
-    for line in out_file.read_text(errors="replace").splitlines():
-        if line.startswith(("summary:", "totals:")):
-            total = int(line.split()[1])
-    return ops, total
 
 
 def main() -> int:
@@ -97,9 +40,9 @@ def main() -> int:
 
     if args.tool == "strace":
         trace = out / "strace.txt"
-        proc, port = start(["strace", "-f", "-c", "-o", str(trace), *argv])
+        proc, port = runner.start_server(["strace", "-f", "-c", "-o", str(trace), *argv])
         time.sleep(0.5)
-        ops = load(sc, port, args.seconds)
+        ops = runner.profile_load(sc, port, args.seconds)
         # Stop the traced server, not strace: strace writes its summary when its child exits.
         child = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         if child:
@@ -114,7 +57,7 @@ def main() -> int:
         return 0
 
     cg = out / "callgrind.out"
-    ops, _ = callgrind_run(argv, sc, args.seconds, cg)
+    ops, _ = runner.callgrind_run(argv, sc, args.seconds, cg)
     annotate = subprocess.run(["callgrind_annotate", "--inclusive=no", str(cg)],
                               capture_output=True, text=True).stdout
     total = 0

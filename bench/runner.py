@@ -209,6 +209,65 @@ def run_tool(argv: list[str], timeout: float) -> tuple[int, str, str]:
         return -1, e.stdout or "", f"timed out after {timeout} s"
 
 
+# -- one server under a profiler (callgrind here, strace in profile_server.py): started alone,
+# loaded unpinned, instrumented only while the load runs.
+
+def start_server(argv: list[str]) -> tuple[subprocess.Popen, int]:
+    env = dict(os.environ, LD_LIBRARY_PATH=str(PRIVATE_LIB))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=str(ROOT), env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("listening "):
+            return proc, int(line.split()[1])
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def profile_load(sc: Scenario, port: int, seconds: float) -> int:
+    """Runs the scenario's load (unpinned, no CPU sampling); returns operations completed."""
+    a = sc.args
+    if sc.tool == "loadgen":
+        argv = [str(BUILD / "loadgen"), a["kind"], "--port", str(port), "--conns", str(a["conns"]),
+                "--size", str(a["size"]), "--duration", str(seconds), "--warmup", "0"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120).stdout
+        return last_json(out)["ops"]
+    argv = ["wrk", "-t1", f"-c{a['conns']}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+            "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}/", "--", str(a["depth"])]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120).stdout
+    return last_json(out)["requests"]
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def callgrind_run(argv: list[str], sc: Scenario, seconds: float, out_file: Path) -> tuple[int, int]:
+    """Runs the server under callgrind with instrumentation on only during the load.
+    Returns (operations, user-space instructions)."""
+    proc, port = start_server(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                        f"--callgrind-out-file={out_file}", *argv])
+    try:
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, timeout=60)
+        ops = profile_load(sc, port, seconds)
+        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, timeout=60)
+    finally:
+        stop_server(proc)
+    total = 0
+    for line in out_file.read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            total = int(line.split()[1])
+    return ops, total
+
+
 def last_json(text: str) -> dict | None:
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
@@ -446,7 +505,6 @@ def main() -> int:
     instructions: dict[str, dict] = {}
     use_callgrind = args.callgrind if args.callgrind is not None else not args.quick
     if use_callgrind and shutil.which("valgrind"):
-        import profile_server as profile_mod
         cg_dir = raw_dir / "callgrind"
         cg_dir.mkdir(exist_ok=True)
         for s in servers:
@@ -457,7 +515,7 @@ def main() -> int:
                     continue
                 argv = [a.replace("{port}", "0") for a in s.commands[sc.mode]]
                 try:
-                    ops, total = profile_mod.callgrind_run(argv, sc, 1.5, cg_dir / f"{s.name}-{sc.name}.out")
+                    ops, total = callgrind_run(argv, sc, 1.5, cg_dir / f"{s.name}-{sc.name}.out")
                 except Exception as e:  # noqa: BLE001 - recorded in the report
                     instructions.setdefault(s.name, {})[sc.name] = {"error": str(e)[:200]}
                     continue
