@@ -17,33 +17,6 @@ from ._registration import _id_arg, _ignore, _ms, _peer_address, _Registration, 
 if TYPE_CHECKING:
     from ._loop import Loop
 
-
-class _PyBuffer(ctypes.Structure):
-    """CPython's ``Py_buffer`` (stable ABI since 3.11): a pointer into a read-only buffer."""
-
-    _fields_ = [
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.c_void_p),
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    ]
-
-
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
-_get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
-_release_buffer.restype = None
-
-# The hot calls, without argtypes (see _ffi): the loop as Loop._lp, ids as _id_arg() made them.
 # The hot calls used here, without argtypes (see _ffi): the loop as Loop._lp, ids as _id_arg().
 _ep_send = hot.ep_send
 _ep_close = hot.ep_close
@@ -179,12 +152,12 @@ class Connection(_Registration):
             raise BufferError("send() needs a C-contiguous buffer")
         if not view.readonly:
             return _ep_send(self._lp, self._cid, byref(c_char.from_buffer(view)), length)  # type: ignore[no-any-return]
-        buffer = _PyBuffer()
-        _get_buffer(view, byref(buffer), 0)
+        buffer = _ffi.PyBuffer()
+        _ffi.get_buffer(view, byref(buffer), 0)
         try:
             return _ep_send(self._lp, self._cid, ctypes.c_void_p(buffer.buf), length)  # type: ignore[no-any-return]
         finally:
-            _release_buffer(byref(buffer))
+            _ffi.release_buffer(byref(buffer))
 
     def send_many(self, buffers: Any) -> bool:
         """Send several bytes-like objects as one unit, like ``writelines`` (see _send)."""
@@ -208,21 +181,20 @@ class Connection(_Registration):
 
         From then on the handler gets nothing but that ``on_close`` (not even the rest of the
         data fetched in the current step)."""
-        if self._lp is not None:
-            code = _ep_close(self._lp, self._cid)
-            if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
-                raise _error(code, "ep_close")
-            self._user_ended = True
-            self._mute()
-            self.loop._kick()
+        self._end(_ep_close, "ep_close")
 
     def abort(self) -> None:
         """Reset now (RST), dropping the queue; ``on_close(ABORT)`` follows (or the peer's
         reason, if it left first). Idempotent; nothing but that ``on_close`` follows."""
+        self._end(_ep_abort, "ep_abort")
+
+    def _end(self, end: Callable[..., int], name: str) -> None:
+        """``close``/``abort``: a connection already ending (by the caller or, in this step, by
+        the library) is not an error; the handler is muted either way."""
         if self._lp is not None:
-            code = _ep_abort(self._lp, self._cid)
+            code = end(self._lp, self._cid)
             if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
-                raise _error(code, "ep_abort")
+                raise _error(code, name)
             self._user_ended = True
             self._mute()
             self.loop._kick()

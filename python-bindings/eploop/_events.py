@@ -22,7 +22,7 @@ from collections.abc import Callable
 from ctypes import c_char
 from typing import TYPE_CHECKING, Any
 
-from . import _ffi
+from . import _ffi, _signals
 from ._connection import Connection
 from ._errors import _REASONS, _error
 from ._ffi import hot
@@ -215,7 +215,7 @@ def step(self: Loop, lp: Any, timeout_ms: int) -> int:
                     elif reg_id == self._wake_id:  # ep_drain closes it in the end:
                         self._wake_id = 0  # watch the pipe again (it keeps nothing alive)
                         if self._waking:
-                            self._wake_fd()
+                            _signals.wake_fd(self)
             except BaseException as exc:
                 self._event_failed(conn, kind, length, exc, registrations.get(listener_id))
     if self._resumed:

@@ -85,9 +85,6 @@ __all__ = [
 ]
 
 
-
-
-
 class Loop(_ExceptionHandling, _aio._AsyncioHosting):
     """An epoll event loop; a context manager that closes every connection on exit.
 
@@ -490,21 +487,6 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting):
         error, self._error = self._error, None
         if error is not None:
             raise error
-
-    # -- the wakeup pipe of run()
-
-    def _wake_fd(self) -> int:
-        """The write end of the loop's wakeup pipe, registered (EP_UNREF) on first use; -1 if
-        it cannot be had."""
-        if self._wake_pipe is None:
-            self._wake_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        if not self._wake_id:
-            flags = _ffi.EP_BORROW | _ffi.EP_QUEUE | _ffi.EP_UNREF
-            code = lib.ep_register(self._lp, self._wake_pipe[0], flags, None, self._key)
-            if code < 0:
-                return -1
-            self._wake_id = code
-        return self._wake_pipe[1]
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._registrations)} registrations"

@@ -27,43 +27,15 @@ if TYPE_CHECKING:
     from ._loop import Connection
 
 
-class _PyBuffer(ctypes.Structure):
-    """CPython's ``Py_buffer`` (stable ABI since 3.11)."""
-
-    _fields_ = [
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.c_void_p),
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    ]
-
-
-_PyBUF_SIMPLE = 0
-# Own function objects (indexing makes new ones): _loop declares the shared attributes with its
-# own Py_buffer mirror.
-_get_buffer = ctypes.pythonapi["PyObject_GetBuffer"]
-_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
-_get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi["PyBuffer_Release"]
-_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
-_release_buffer.restype = None
-
 # Buffers the library holds without a copy, by release key.
-_pinned: dict[int, _PyBuffer] = {}
+_pinned: dict[int, _ffi.PyBuffer] = {}
 _keys = itertools.count(1)
 
 
-def _export(data: Any) -> _PyBuffer:
+def _export(data: Any) -> _ffi.PyBuffer:
     """A held export of ``data``'s contiguous bytes (a bytearray cannot be resized meanwhile)."""
-    buffer = _PyBuffer()
-    _get_buffer(data, byref(buffer), _PyBUF_SIMPLE)
+    buffer = _ffi.PyBuffer()
+    _ffi.get_buffer(data, byref(buffer), _ffi.PyBUF_SIMPLE)
     return buffer
 
 
@@ -76,7 +48,7 @@ def _release(user: int | None) -> None:
     release_calls += 1
     buffer = _pinned.pop(user or 0, None)
     if buffer is not None:
-        _release_buffer(byref(buffer))
+        _ffi.release_buffer(byref(buffer))
 
 
 # Created once, at import, and kept at module level: C may call it until the loop is freed.
@@ -102,7 +74,7 @@ def _result(conn: Connection, code: int, function: str) -> bool:
 def send_many(conn: Connection, buffers: Iterable[Any]) -> bool:
     """Send ``buffers`` (bytes-like objects) in order as one unit, like ``writelines``: one
     ``sendmsg`` when nothing is queued; only what the kernel did not take is copied."""
-    exports: list[_PyBuffer] = []
+    exports: list[_ffi.PyBuffer] = []
     try:
         for b in buffers:
             exports.append(_export(b))
@@ -120,7 +92,7 @@ def send_many(conn: Connection, buffers: Iterable[Any]) -> bool:
         return keep_going
     finally:
         for e in exports:
-            _release_buffer(byref(e))
+            _ffi.release_buffer(byref(e))
 
 
 def send_nocopy(conn: Connection, data: Any) -> bool:
@@ -132,7 +104,7 @@ def send_nocopy(conn: Connection, data: Any) -> bool:
     code = lib.ep_send_nocopy(conn._lp, conn.id, buffer.buf, buffer.len, _on_release, key)
     if code < 0:
         # Refused: the library will not call back; the export is ours to drop.
-        _release_buffer(byref(_pinned.pop(key)))
+        _ffi.release_buffer(byref(_pinned.pop(key)))
     return _result(conn, code, "ep_send_nocopy")
 
 

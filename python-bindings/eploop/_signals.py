@@ -27,11 +27,15 @@ wakes ``epoll_wait`` at once. (``_SignalGuard``)
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # getsignal without the enum conversion
+import os
 import signal
 import threading
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from . import _ffi
+from ._ffi import lib
 
 if TYPE_CHECKING:
     from ._loop import Loop
@@ -171,7 +175,7 @@ class _SignalGuard:
                 self.handlers[signum] = handler
                 signal.signal(signum, self._defer)
         if wake and self.handlers:
-            write_fd = loop._wake_fd()
+            write_fd = wake_fd(loop)
             if write_fd >= 0:
                 previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
                 if previous == -1:
@@ -201,3 +205,17 @@ class _SignalGuard:
         pending, self.pending = self.pending, []
         for signum in pending:
             signal.raise_signal(signum)  # the real handler runs as soon as run() returns
+
+
+def wake_fd(loop: Loop) -> int:
+    """The write end of ``loop``'s wakeup pipe (Python's wakeup fd while ``run()`` runs),
+    registered (EP_UNREF: it keeps nothing alive) on first use; -1 if it cannot be had."""
+    if loop._wake_pipe is None:
+        loop._wake_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    if not loop._wake_id:
+        flags = _ffi.EP_BORROW | _ffi.EP_QUEUE | _ffi.EP_UNREF
+        code = lib.ep_register(loop._lp, loop._wake_pipe[0], flags, None, loop._key)
+        if code < 0:
+            return -1
+        loop._wake_id = code
+    return loop._wake_pipe[1]
