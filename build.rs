@@ -21,7 +21,12 @@ fn main() {
         style: cbindgen::Style::Both,
         usize_is_size_t: true,
         documentation_style: cbindgen::DocumentationStyle::Doxy,
-        sys_includes: vec!["stddef.h".into(), "stdint.h".into(), "sys/uio.h".into()],
+        sys_includes: vec![
+            "stddef.h".into(),
+            "stdint.h".into(),
+            "sys/uio.h".into(),
+            "sys/socket.h".into(),
+        ],
         no_includes: true,
         header: Some(HEADER_PREAMBLE.into()),
         after_includes: Some(format!(
@@ -39,9 +44,14 @@ fn main() {
             prefix_with_name: false,
             ..Default::default()
         },
-        // ep_sendv() takes the system's struct iovec (libc::iovec on the Rust side).
+        // ep_sendv() takes the system's struct iovec, ep_sendto() its struct sockaddr (libc's
+        // types on the Rust side).
         export: cbindgen::ExportConfig {
-            rename: [("iovec".to_string(), "struct iovec".to_string())].into(),
+            rename: [
+                ("iovec".to_string(), "struct iovec".to_string()),
+                ("sockaddr".to_string(), "struct sockaddr".to_string()),
+            ]
+            .into(),
             ..Default::default()
         },
         ..Default::default()

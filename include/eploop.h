@@ -37,6 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
+#include <sys/socket.h>
 
 /** Major version of this header; compare with ep_version() at run time. */
 #define EP_VERSION_MAJOR 0
@@ -46,6 +47,10 @@
 #define EP_VERSION_PATCH 0
 /** "MAJOR.MINOR.PATCH" of this header. */
 #define EP_VERSION_STRING "0.1.0"
+
+
+
+
 
 
 
@@ -77,6 +82,17 @@
  * ep_event.kind: on_close (`reason`, `err`); the last event of its id.
  */
 #define EP_EVENT_CLOSE 4
+
+/**
+ * ep_event.kind: on_datagram (the datagram at `offset`, `len`, then the sender's address of
+ * `listener` bytes; `reason` holds the flags).
+ */
+#define EP_EVENT_DATAGRAM 5
+
+/**
+ * ep_event.kind: on_error of a UDP endpoint (`err`).
+ */
+#define EP_EVENT_DATAGRAM_ERROR 6
 
 /**
  * ep_command.op: ep_send() of cmdbuf[offset .. offset + len]; its result is ep_send()'s.
@@ -120,6 +136,38 @@
  * At most this many buffers in one ep_sendv() (IOV_MAX, as for writev).
  */
 #define EP_IOV_MAX 1024
+
+/**
+ * ep_udp_set_option(): SO_BROADCAST (value 1 or 0): allow sending to broadcast addresses
+ * (without it such a send returns -EACCES).
+ */
+#define EP_UDP_BROADCAST 1
+
+/**
+ * ep_udp_set_option(): whether this host's own members of a multicast group receive what the
+ * endpoint sends to it (1, the kernel's default) or not (0).
+ */
+#define EP_UDP_MULTICAST_LOOP 2
+
+/**
+ * ep_udp_set_option(): the TTL (IPv6: hop limit) of multicast datagrams, 0 to 255 (default 1:
+ * the local network only).
+ */
+#define EP_UDP_MULTICAST_TTL 3
+
+/**
+ * ep_udp_set_option(): the longest datagram delivered whole, 1 to 65507 (the default: any UDP
+ * datagram). A longer one is delivered cut to this length with EP_DGRAM_TRUNCATED.
+ */
+#define EP_UDP_MAX_DATAGRAM 4
+
+/**
+ * ep_udp_set_option(): the interface multicast datagrams leave by, as an interface index
+ * (if_nametoindex(); 1 is usually the loopback interface), 0 for the routing table's choice.
+ */
+#define EP_UDP_MULTICAST_IF 5
+
+
 
 /**
  * Unknown or stale id: never issued, already past its on_close, or an id of another loop.
@@ -191,6 +239,12 @@
  * The name server failed for good (EAI_FAIL): `err` 4104.
  */
 #define EP_EAI_FAIL -4104
+
+/**
+ * ep_datagram_callbacks.on_datagram `flags`: the datagram was longer than the endpoint's
+ * maximum and was cut to it.
+ */
+#define EP_DGRAM_TRUNCATED 1
 
 /**
  * ep_run()/ep_run_once(): nothing is registered any more.
@@ -322,6 +376,12 @@
 #define MAX_IOV 64
 
 /**
+ * The largest UDP payload (65,535 bytes less the IPv4 and UDP headers; IPv6 without jumbograms
+ * allows 8 bytes more, which nobody relies on).
+ */
+#define MAX_DATAGRAM 65507
+
+/**
  * Why a registration ended; passed to on_close exactly once per id.
  */
 typedef enum ep_close_reason {
@@ -428,15 +488,17 @@ typedef struct ep_commands {
  */
 typedef struct ep_event {
   /**
-   * EP_EVENT_ACCEPT, EP_EVENT_DATA, EP_EVENT_WRITABLE or EP_EVENT_CLOSE.
+   * EP_EVENT_ACCEPT, EP_EVENT_DATA, EP_EVENT_WRITABLE, EP_EVENT_CLOSE, EP_EVENT_DATAGRAM or
+   * EP_EVENT_DATAGRAM_ERROR.
    */
   uint32_t kind;
   /**
-   * EP_EVENT_CLOSE: the ep_close_reason; otherwise 0.
+   * EP_EVENT_CLOSE: the ep_close_reason; EP_EVENT_DATAGRAM: the flags (EP_DGRAM_TRUNCATED);
+   * otherwise 0.
    */
   uint32_t reason;
   /**
-   * EP_EVENT_CLOSE: the errno; otherwise 0.
+   * EP_EVENT_CLOSE and EP_EVENT_DATAGRAM_ERROR: the errno; otherwise 0.
    */
   int err;
   /**
@@ -450,15 +512,18 @@ typedef struct ep_event {
    */
   ep_id id;
   /**
-   * EP_EVENT_ACCEPT: the listener, or 0 for an outbound connection (ep_connect); otherwise 0.
+   * EP_EVENT_ACCEPT: the listener, or 0 for an outbound connection (ep_connect);
+   * EP_EVENT_DATAGRAM: the length of the sender's address (a struct sockaddr), stored in
+   * ep_poll_result.data right after the datagram, at `offset + len`; otherwise 0.
    */
   ep_id listener;
   /**
-   * EP_EVENT_DATA: where the bytes start in ep_poll_result.data.
+   * EP_EVENT_DATA, EP_EVENT_DATAGRAM: where the bytes start in ep_poll_result.data.
    */
   uint64_t offset;
   /**
    * EP_EVENT_DATA: how many bytes; 0 is the peer's EOF (EP_HALF_CLOSE only).
+   * EP_EVENT_DATAGRAM: the datagram's length (0 is an empty datagram).
    */
   uint64_t len;
   /**
@@ -481,7 +546,7 @@ typedef struct ep_poll_result {
    */
   size_t count;
   /**
-   * The bytes of every EP_EVENT_DATA of this step, one after the other.
+   * The bytes of every EP_EVENT_DATA and EP_EVENT_DATAGRAM of this step, one after the other.
    */
   const uint8_t *data;
   /**
@@ -498,6 +563,46 @@ typedef struct ep_poll_result {
  * Called exactly once per accepted ep_send_nocopy() buffer, with the `user` given there.
  */
 typedef void (*ep_release_fn)(void *user);
+
+/**
+ * The callbacks of a UDP endpoint (ep_udp_bind()). Any member may be NULL; they run like the
+ * callbacks of `ep_callbacks` (same thread, never nested, same calls allowed).
+ *
+ * ABI: this struct's layout is fixed within a major version (see the README's ABI policy).
+ */
+typedef struct ep_datagram_callbacks {
+  /**
+   * A datagram arrived from `from` (`fromlen` bytes: a struct sockaddr_in or sockaddr_in6;
+   * on an IPv6 endpoint an IPv4 sender appears as ::ffff:a.b.c.d). `data` and `from` are valid
+   * only during the call; pass `from` to ep_sendto() to answer. `flags` has
+   * EP_DGRAM_TRUNCATED when the datagram was longer than the endpoint's maximum
+   * (EP_UDP_MAX_DATAGRAM) and `data` is only its beginning. A datagram may be empty (len 0).
+   */
+  void (*on_datagram)(struct ep_loop *lp,
+                      ep_id id,
+                      const uint8_t *data,
+                      size_t len,
+                      const struct sockaddr *from,
+                      socklen_t fromlen,
+                      uint32_t flags,
+                      void *user);
+  /**
+   * The send queue drained to its low-water mark after ep_sendto() had returned 1.
+   */
+  void (*on_writable)(struct ep_loop *lp, ep_id id, void *user);
+  /**
+   * What the network said about earlier datagrams; the endpoint stays open: ECONNREFUSED
+   * (ICMP port unreachable) on a connected endpoint, EHOSTUNREACH, ENETUNREACH, a datagram the
+   * network refused after it was queued. Without this callback such errors are ignored.
+   */
+  void (*on_error)(struct ep_loop *lp, ep_id id, int err, void *user);
+  /**
+   * The endpoint ended: EP_CLOSE_LOCAL (ep_close()), EP_CLOSE_ABORT (ep_abort()),
+   * EP_CLOSE_LOOP_FREED, or EP_CLOSE_ERROR with the errno of a fatal socket error. A peer
+   * never ends an endpoint. Exactly once per id; nothing follows it.
+   */
+  void (*on_close)(struct ep_loop *lp, ep_id id, enum ep_close_reason reason, int err, void *user);
+} ep_datagram_callbacks;
 
 /**
  * A function posted to a loop with ep_post(); runs on the loop's thread.
@@ -834,6 +939,117 @@ int ep_pause_reading(struct ep_loop *lp, ep_id id);
 int ep_resume_reading(struct ep_loop *lp, ep_id id);
 
 /**
+ * Creates a UDP socket (non-blocking, close-on-exec) bound to `host`:`port` and registers it as
+ * an endpoint. `host` is a numeric IPv4 or IPv6 address or "localhost"; "" means every address
+ * (IPv6 and IPv4); "0.0.0.0" every IPv4 address (what broadcast and IPv4 multicast receivers
+ * bind). `port` 0 picks a free port (ep_local_port()). `flags`: EP_EDGE, EP_QUEUE (events for
+ * ep_poll(); `cbs` may then be NULL), EP_UNREF, EP_REUSEPORT (SO_REUSEADDR and SO_REUSEPORT:
+ * several endpoints share the port, e.g. multicast listeners). `cbs` is copied.
+ *
+ * The endpoint works with ep_sendto(), ep_udp_connect(), ep_udp_join()/ep_udp_leave(),
+ * ep_udp_set_option(), ep_pause_reading()/ep_resume_reading(), ep_set_watermarks(), ep_close()
+ * (what is queued goes to the kernel as far as it takes it now, then on_close(EP_CLOSE_LOCAL)),
+ * ep_abort() (queue dropped, on_close(EP_CLOSE_ABORT)), ep_fd(), ep_local_port(), ep_set_user(),
+ * ep_get_user(); stream calls (ep_send(), ep_shutdown()...) return EP_EKIND.
+ *
+ * Returns the endpoint's id, or EP_ENULL (NULL host, or NULL cbs without EP_QUEUE), -EINVAL (an
+ * unparsable host, a flag other than those above), -EADDRINUSE, -EACCES (a privileged port),
+ * -EADDRNOTAVAIL (an address not on this host), -EMFILE/-ENFILE, -ENOMEM, EP_EBUSY (during
+ * ep_loop_free()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `host` NULL or NUL-terminated; `cbs` NULL or pointing at a valid
+ * ep_datagram_callbacks.
+ */
+int64_t ep_udp_bind(struct ep_loop *lp,
+                    const char *host,
+                    uint16_t port,
+                    uint32_t flags,
+                    const struct ep_datagram_callbacks *cbs,
+                    void *user);
+
+/**
+ * Gives endpoint `id` a default destination, `host`:`port` (numeric; an IPv4 address works on
+ * an endpoint bound to ""): ep_sendto() with a NULL address then sends there, only datagrams
+ * from there are received, and an ICMP "port unreachable" answer reaches on_error as
+ * ECONNREFUSED. Never blocks. Returns 0, EP_ENULL (NULL host), -EINVAL (an unparsable host),
+ * -EAFNOSUPPORT (an IPv6 address on an IPv4 endpoint), -ENETUNREACH, EP_ESTALE, EP_EKIND (not
+ * a UDP endpoint), EP_ECLOSING (after your own ep_close()/ep_abort()), or a loop error
+ * (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `host` NULL or NUL-terminated.
+ */
+int ep_udp_connect(struct ep_loop *lp, ep_id id, const char *host, uint16_t port);
+
+/**
+ * Sends one datagram of `len` bytes (0 allowed) from `buf` on endpoint `id` to `addr` (a struct
+ * sockaddr_in or sockaddr_in6 of `addrlen` bytes, e.g. the `from` of on_datagram), or, with
+ * `addr` NULL, to the endpoint's default destination (ep_udp_connect()). The bytes are copied.
+ * Never blocks: a datagram the kernel cannot take now is queued whole and sent in order when
+ * the socket is writable.
+ *
+ * Returns 0 when the queue is at or below its high-water mark, or 1 — "stop producing" — when it
+ * is above it (wait for on_writable); also 1 once the endpoint's close was decided by the loop
+ * (a fatal error; the datagram is dropped and on_close follows). What the network answers (host
+ * unreachable, ICMP port unreachable on a connected endpoint) goes to on_error, never to this
+ * return value. Negative returns are the caller's mistakes, with nothing sent or queued:
+ * EP_ESTALE, EP_ENULL (NULL buf with len > 0), EP_EKIND (not a UDP endpoint), EP_ECLOSING (after
+ * your own ep_close()/ep_abort()), -EMSGSIZE (longer than EP_DATAGRAM_MAX, or than the route
+ * allows), -EINVAL (a malformed address), -EAFNOSUPPORT (not an IPv4/IPv6 address, or an IPv6
+ * one on an IPv4 endpoint), -EDESTADDRREQ (NULL addr on an endpoint without a default
+ * destination), -EACCES (a broadcast address without EP_UDP_BROADCAST), -ENOBUFS (the queue would
+ * exceed 1 GiB), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC). May be called from
+ * callbacks.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `buf` readable for `len` bytes (or NULL with `len` 0); `addr` NULL
+ * or readable for `addrlen` bytes.
+ */
+int ep_sendto(struct ep_loop *lp,
+              ep_id id,
+              const void *buf,
+              size_t len,
+              const struct sockaddr *addr,
+              socklen_t addrlen);
+
+/**
+ * Makes endpoint `id` a member of the multicast group `group` (numeric, e.g. "239.1.2.3" or
+ * "ff02::1:3"), on the interface `iface`: NULL or "" lets the kernel choose; for IPv4 the
+ * interface's address ("192.168.1.10") or its name; for IPv6 its name ("eth0") or index. Bind the
+ * endpoint to the group's port on "0.0.0.0" or "" (EP_REUSEPORT lets several programs do so).
+ * Returns 0, EP_ENULL (NULL group), -EINVAL (not a multicast address, or unparsable), -ENODEV (no
+ * such interface), -EADDRINUSE (already a member), -EADDRNOTAVAIL, -ENOBUFS (the membership
+ * limit), EP_ESTALE, EP_EKIND (not a UDP endpoint), EP_ECLOSING (after your own ep_close()/
+ * ep_abort()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `group` and `iface` NULL or NUL-terminated.
+ */
+int ep_udp_join(struct ep_loop *lp, ep_id id, const char *group, const char *iface);
+
+/**
+ * Ends the membership ep_udp_join() made (same arguments). Returns as ep_udp_join(), and
+ * -EADDRNOTAVAIL when the endpoint is not a member.
+ *
+ * # Safety
+ * `lp` as for ep_loop_free(); `group` and `iface` NULL or NUL-terminated.
+ */
+int ep_udp_leave(struct ep_loop *lp, ep_id id, const char *group, const char *iface);
+
+/**
+ * Sets an option of endpoint `id`: EP_UDP_BROADCAST, EP_UDP_MULTICAST_LOOP,
+ * EP_UDP_MULTICAST_TTL, EP_UDP_MULTICAST_IF or EP_UDP_MAX_DATAGRAM (see each). Returns 0, -EINVAL
+ * (an unknown option or a value out of range), -ENODEV (EP_UDP_MULTICAST_IF: no such
+ * interface), EP_ESTALE, EP_EKIND (not a UDP endpoint), EP_ECLOSING (after your own
+ * ep_close()/ep_abort()), or a loop error (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
+ *
+ * # Safety
+ * `lp` as for ep_loop_free().
+ */
+int ep_udp_set_option(struct ep_loop *lp, ep_id id, int option, int value);
+
+/**
  * A static description of any code these functions return (0, -errno, or EP_E*). Never NULL;
  * the string is never freed. Callable from any thread.
  */
@@ -1104,7 +1320,8 @@ int ep_set_user(struct ep_loop *lp, ep_id id, void *user);
  * so that a connection stops sharing its listener's callbacks (the listener keeps its own, and
  * its on_close then only ever sees the listener). `cbs` is copied. Takes effect from the next
  * callback on; works until the id's on_close has run. Returns 0, EP_ENULL (NULL cbs), EP_ESTALE,
- * EP_EKIND (a timer, or an EP_QUEUE registration, whose events go to ep_poll()), or a loop error
+ * EP_EKIND (a timer, a signal handle, a UDP endpoint, or an EP_QUEUE registration, whose events
+ * go to ep_poll()), or a loop error
  * (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
  *
  * # Safety

@@ -100,6 +100,13 @@ static NOTHING: ep_callbacks = ep_callbacks {
     on_close: None,
 };
 
+static NO_DATAGRAM: ep_datagram_callbacks = ep_datagram_callbacks {
+    on_datagram: None,
+    on_writable: None,
+    on_error: None,
+    on_close: None,
+};
+
 /// Every function taking an id, applied to `id`, as (name, code).
 fn id_calls(lp: *mut ep_loop, id: u64) -> Vec<(&'static str, i64)> {
     let byte = [0u8; 1];
@@ -135,6 +142,26 @@ fn id_calls(lp: *mut ep_loop, id: u64) -> Vec<(&'static str, i64)> {
             ("ep_local_port", ep_local_port(lp, id).into()),
             ("ep_timer_cancel", ep_timer_cancel(lp, id).into()),
             ("ep_signal_stop", ep_signal_stop(lp, id).into()),
+            (
+                "ep_sendto",
+                ep_sendto(lp, id, byte.as_ptr().cast(), 1, null(), 0).into(),
+            ),
+            (
+                "ep_udp_connect",
+                ep_udp_connect(lp, id, c"127.0.0.1".as_ptr(), 9).into(),
+            ),
+            (
+                "ep_udp_join",
+                ep_udp_join(lp, id, c"239.1.2.3".as_ptr(), null()).into(),
+            ),
+            (
+                "ep_udp_leave",
+                ep_udp_leave(lp, id, c"239.1.2.3".as_ptr(), null()).into(),
+            ),
+            (
+                "ep_udp_set_option",
+                ep_udp_set_option(lp, id, EP_UDP_BROADCAST, 1).into(),
+            ),
             ("ep_close", ep_close(lp, id).into()),
             ("ep_abort", ep_abort(lp, id).into()),
         ]
@@ -176,6 +203,10 @@ fn loop_calls(lp: *mut ep_loop) -> Vec<(&'static str, i64)> {
                 ep_connect_unix(lp, null(), 0, 0, &NOTHING, null_mut()),
             ),
             ("ep_timer_start", ep_timer_start(lp, 1, 0, None, null_mut())),
+            (
+                "ep_udp_bind",
+                ep_udp_bind(lp, c"127.0.0.1".as_ptr(), 0, 0, null(), null_mut()),
+            ),
             (
                 "ep_signal_start",
                 ep_signal_start(lp, libc::SIGKILL, 0, Some(on_signal), null_mut()),
@@ -253,6 +284,17 @@ fn every_returned_code_is_documented_at_its_function() {
     check(&id_calls(lp.0, timer), &docs, &mut seen);
     check(&id_calls(lp.0, listener), &docs, &mut seen);
     check(&loop_calls(lp.0), &docs, &mut seen);
+    // A UDP endpoint: stream calls are the wrong kind; after its ep_close, closing.
+    // SAFETY: live loop, static callbacks and strings.
+    let endpoint =
+        unsafe { ep_udp_bind(lp.0, c"127.0.0.1".as_ptr(), 0, 0, &NO_DATAGRAM, null_mut()) } as u64;
+    check(&id_calls(lp.0, endpoint), &docs, &mut seen);
+    // SAFETY: live loop, a live endpoint (id_calls closed and aborted the first one).
+    let endpoint =
+        unsafe { ep_udp_bind(lp.0, c"127.0.0.1".as_ptr(), 0, 0, &NO_DATAGRAM, null_mut()) } as u64;
+    // SAFETY: as above.
+    assert_eq!(unsafe { ep_close(lp.0, endpoint) }, 0);
+    check(&id_calls(lp.0, endpoint), &docs, &mut seen);
     // After the caller's own ep_close: closing (and after ep_abort).
     // SAFETY: live loop and id.
     assert_eq!(unsafe { ep_shutdown(lp.0, stream) }, 0);

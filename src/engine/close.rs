@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use super::{
-    CloseReason, Closed, Ender, Entry, FdFate, Handler, Id, Lingering, Loop, Trace, READ_BUDGET,
+    CloseReason, Closed, Ender, Entry, FdFate, Handler, Id, Lingering, Loop, Role, Trace,
+    READ_BUDGET,
 };
 use crate::sys::{self, ev, Errno};
 
@@ -19,23 +20,24 @@ impl<H: Handler> Loop<H> {
         let mut st = self.state.borrow_mut();
         if !matches!(
             st.entries.get(id),
-            Some(Entry::Stream(_) | Entry::Listener(_))
+            Some(Entry::Stream(_) | Entry::Listener(_) | Entry::Datagram(_))
         ) {
             return;
         }
         // The id stays resolvable (its user pointer too) until its on_close is delivered. The
         // Closed entry is made with a placeholder handler: the real one moves in below.
         let entry = match st.entries.get_mut(id) {
-            Some(slot @ (Entry::Stream(_) | Entry::Listener(_))) => {
+            Some(slot @ (Entry::Stream(_) | Entry::Listener(_) | Entry::Datagram(_))) => {
                 let handler = match &*slot {
                     Entry::Stream(s) => s.handler.clone(),
                     Entry::Listener(l) => l.handler.clone(),
+                    Entry::Datagram(d) => d.handler.clone(),
                     _ => unreachable!("matched above"),
                 };
                 let placeholder = Entry::Closed(Closed {
                     handler,
                     ender: Ender::Loop,
-                    listener: false,
+                    role: Role::Stream,
                     reason,
                     err,
                     lingering: None,
@@ -47,16 +49,18 @@ impl<H: Handler> Loop<H> {
         let unref = match &entry {
             Entry::Stream(s) => s.opts.unref,
             Entry::Listener(l) => l.opts.unref,
+            Entry::Datagram(d) => d.opts.unref,
             _ => false,
         };
-        let (ender, listener) = match &entry {
-            Entry::Stream(s) if s.closed_by_caller => (Ender::CallerClose, false),
-            Entry::Listener(_) => (Ender::Loop, true),
-            _ => (Ender::Loop, false),
+        let (ender, role) = match &entry {
+            Entry::Stream(s) if s.closed_by_caller => (Ender::CallerClose, Role::Stream),
+            Entry::Listener(_) => (Ender::Loop, Role::Listener),
+            Entry::Datagram(_) => (Ender::Loop, Role::Datagram),
+            _ => (Ender::Loop, Role::Stream),
         };
         if let Some(Entry::Closed(closed)) = st.entries.get_mut(id) {
             closed.ender = ender;
-            closed.listener = listener;
+            closed.role = role;
         }
         match entry {
             Entry::Stream(mut s) => {
@@ -89,7 +93,8 @@ impl<H: Handler> Loop<H> {
             Entry::Listener(l) => {
                 self.release(l.fd, l.opts.borrow, l.adopted_status, false);
             }
-            _ => unreachable!("checked above: a stream or a listener"),
+            Entry::Datagram(d) => self.release(d.fd, false, None, false),
+            _ => unreachable!("checked above: a stream, a listener or an endpoint"),
         }
         st.live -= 1;
         st.unref_count -= usize::from(unref);

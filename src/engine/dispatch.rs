@@ -26,6 +26,7 @@ enum Kind<H> {
     Stream(ReadSetup<H>),
     Connecting,
     Lingering,
+    Datagram,
 }
 
 impl<H: Handler> Loop<H> {
@@ -123,6 +124,7 @@ impl<H: Handler> Loop<H> {
             Entry::Listener(_) => Some(Kind::Listener),
             Entry::Stream(s) if s.connecting() => Some(Kind::Connecting),
             Entry::Stream(s) => Some(Kind::Stream(ReadSetup::of(s, bits))),
+            Entry::Datagram(_) => Some(Kind::Datagram),
             Entry::Lingering(_) => Some(Kind::Lingering),
             Entry::Closed(Closed {
                 lingering: Some(_), ..
@@ -141,6 +143,7 @@ impl<H: Handler> Loop<H> {
             Some(Kind::Stream(setup)) => self.stream_pass(id, bits, setup),
             Some(Kind::Connecting) => self.connect_pass(id, bits),
             Some(Kind::Lingering) => self.linger_pass(id),
+            Some(Kind::Datagram) => self.datagram_pass(id, bits),
         }
         self.deliver_closes();
     }
@@ -149,8 +152,10 @@ impl<H: Handler> Loop<H> {
     fn run_service(&self) {
         let pending: VecDeque<Id> = std::mem::take(&mut self.state.borrow_mut().service);
         for id in pending {
-            if let Some(Entry::Stream(s)) = self.state.borrow_mut().entries.get_mut(id) {
-                s.in_service = false;
+            match self.state.borrow_mut().entries.get_mut(id) {
+                Some(Entry::Stream(s)) => s.in_service = false,
+                Some(Entry::Datagram(d)) => d.in_service = false,
+                _ => {}
             }
             // No short read proves the socket drained here (the FIN may already have been
             // reported by an earlier edge), so read like after RDHUP: to EAGAIN or EOF.

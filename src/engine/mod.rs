@@ -5,11 +5,13 @@
 //! - `dispatch.rs` — the step loop: wait, run each event's pass, deliver the closes decided.
 //! - `passes.rs` — a stream's read, write and connect passes, carrying out the state machine's
 //!   decisions; `close.rs` — `terminate()`, the one close path, and lingering.
-//! - `ops.rs` — what the caller does to a registration (send, close, abort, pause, settings).
+//! - `ops.rs` — what the caller does to a registration (send, close, abort, pause, settings);
+//!   `sends.rs` — the send variants (vectored, without copy, file).
 //! - `registry.rs` — making registrations (adopt, listen, connect), draining, freeing.
 //! - `listener.rs` (accept policy), `timers.rs` (timers and deadlines), `remote.rs` (the part
 //!   other threads touch), `slab.rs` (ids with generations).
-//! - `signals.rs` (signals through a signalfd), `resolver.rs` (connecting by host name).
+//! - `signals.rs` (signals through a signalfd), `resolver.rs` (connecting by host name),
+//!   `datagram.rs` (UDP endpoints).
 //!
 //! User code is reached through the [`Handler`] trait; the C ABI is one implementation of it.
 //! Borrowing discipline: the loop is used through `&self` (callbacks call back into it), its
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod close;
+mod datagram;
 mod dispatch;
 mod listener;
 mod ops;
@@ -26,6 +29,7 @@ mod passes;
 mod registry;
 mod remote;
 mod resolver;
+mod sends;
 mod signals;
 mod slab;
 mod stream;
@@ -86,6 +90,19 @@ pub trait Handler: Clone {
     fn on_timer(&self, lp: &Loop<Self>, timer: Id);
     /// `signo` was delivered to the process or the loop's thread (see [`Loop::signal_start`]).
     fn on_signal(&self, lp: &Loop<Self>, signal: Id, signo: i32);
+    /// A datagram arrived on a UDP endpoint from `from`; `truncated`: it was longer than the
+    /// endpoint's maximum and `data` is its beginning.
+    fn on_datagram(
+        &self,
+        lp: &Loop<Self>,
+        id: Id,
+        data: &[u8],
+        from: &sys::RawAddr,
+        truncated: bool,
+    );
+    /// What the network said about earlier datagrams of a UDP endpoint (ECONNREFUSED on a
+    /// connected endpoint, an unreachable host...): the endpoint stays open.
+    fn on_datagram_error(&self, lp: &Loop<Self>, id: Id, err: Errno);
     /// Runs a posted value on the loop's thread; every posted value is run exactly once.
     fn run_posted(lp: &Loop<Self>, posted: Self::Posted);
     /// A trace record, while tracing is on (Loop::set_tracing).
@@ -208,6 +225,8 @@ enum Entry<H> {
     Lingering(Lingering),
     Timer(Timer<H>),
     Signal(signals::Signal<H>),
+    /// A UDP endpoint.
+    Datagram(datagram::Datagram<H>),
     /// on_close decided and queued: calls get Error::Closing until it is delivered.
     Closed(Closed<H>),
 }
@@ -244,12 +263,20 @@ enum Ender {
     CallerAbort,
 }
 
+/// What a registration that takes I/O calls is, as far as its callers go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Stream,
+    Listener,
+    Datagram,
+}
+
 /// What an id whose close is decided holds until its on_close runs.
 struct Closed<H> {
     handler: H,
     ender: Ender,
-    /// The registration was a listener (send and friends are then Error::Kind).
-    listener: bool,
+    /// What the registration was (a send to a listener stays Error::Kind).
+    role: Role,
     reason: CloseReason,
     err: Errno,
     /// Set when the socket lingers: once on_close is delivered, the entry becomes Lingering in
@@ -369,10 +396,11 @@ impl<H: Handler> Drop for Loop<H> {
 enum Target<'a, H> {
     Listener(&'a mut Listener<H>),
     Stream(&'a mut Stream<H>),
+    Datagram(&'a mut datagram::Datagram<H>),
     /// Ended by the peer, an error, a timeout or the loop, its on_close not delivered yet: the
     /// caller's calls succeed and do nothing (the departure is reported by on_close alone).
     Gone {
-        listener: bool,
+        role: Role,
     },
 }
 
@@ -389,10 +417,11 @@ impl<H> State<H> {
             Some(Entry::Listener(l)) => Ok(Target::Listener(l)),
             Some(Entry::Stream(s)) if s.closed_by_caller => Err(Error::Closing),
             Some(Entry::Stream(s)) => Ok(Target::Stream(s)),
+            Some(Entry::Datagram(d)) => Ok(Target::Datagram(d)),
             Some(Entry::Timer(_) | Entry::Signal(_)) => Err(Error::Kind),
-            Some(Entry::Closed(closed)) if closed.ender == Ender::Loop => Ok(Target::Gone {
-                listener: closed.listener,
-            }),
+            Some(Entry::Closed(closed)) if closed.ender == Ender::Loop => {
+                Ok(Target::Gone { role: closed.role })
+            }
             Some(Entry::Closed(_)) => Err(Error::Closing),
             Some(Entry::Lingering(_)) | None => Err(Error::Stale),
         }
@@ -402,8 +431,8 @@ impl<H> State<H> {
     fn stream_mut(&mut self, id: Id) -> Result<Option<&mut Stream<H>>, Error> {
         match self.target(id)? {
             Target::Stream(s) => Ok(Some(s)),
-            Target::Gone { listener: false } => Ok(None),
-            Target::Listener(_) | Target::Gone { listener: true } => Err(Error::Kind),
+            Target::Gone { role: Role::Stream } => Ok(None),
+            Target::Listener(_) | Target::Datagram(_) | Target::Gone { .. } => Err(Error::Kind),
         }
     }
 
@@ -418,6 +447,7 @@ impl<H> State<H> {
     fn schedule(&mut self, id: Id) {
         let flag = match self.entries.get_mut(id) {
             Some(Entry::Stream(s)) => &mut s.in_service,
+            Some(Entry::Datagram(d)) => &mut d.in_service,
             Some(Entry::Listener(_)) => {
                 self.service.push_back(id);
                 return;

@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::outq::{FileRange, Segment};
 use super::stream::{Decision, Output, Stream};
 use super::trace::{self, Trace};
 use super::{
-    CloseReason, Ender, Entry, Error, FdFate, Flow, Handler, Id, Loop, State, Target, MAX_QUEUE,
+    CloseReason, Ender, Entry, Error, FdFate, Flow, Handler, Id, Loop, Role, State, Target,
+    MAX_QUEUE,
 };
-use crate::sys::{self, Fd, MAX_IOV};
+use crate::sys::{self, Fd};
 
 impl<H: Handler> Loop<H> {
     /// Queues or writes `data`. Ok(true) means "stop producing": the queue is above its
@@ -80,166 +80,6 @@ impl<H: Handler> Loop<H> {
         Ok(above_high)
     }
 
-    /// Sends several buffers as one ordered unit: written with one vectored write when nothing
-    /// is queued; only what the kernel did not take is copied into the queue. Returns as send().
-    pub fn send_vectored(&self, id: Id, bufs: &[&[u8]]) -> Result<bool, Error> {
-        let mut st = self.state.borrow_mut();
-        let st = &mut *st;
-        let Some(s) = sendable(st, id)? else {
-            return Ok(true);
-        };
-        let total = bufs
-            .iter()
-            .try_fold(0usize, |sum, b| sum.checked_add(b.len()))
-            .ok_or(Error::Os(sys::ENOBUFS))?;
-        if total > MAX_QUEUE - s.out.copied_len() {
-            return Err(Error::Os(sys::ENOBUFS));
-        }
-        let mut written = 0;
-        if s.out.is_empty() && !s.connecting() {
-            while written < total {
-                let (window, n, wanted) = window(bufs, written);
-                match s.write(&window[..n]) {
-                    Ok(k) => {
-                        written += k;
-                        if k < wanted {
-                            break;
-                        }
-                    }
-                    Err(sys::EAGAIN) => break,
-                    Err(errno) => {
-                        s.write_failed(errno);
-                        st.stats.bytes_out += written as u64;
-                        st.schedule(id);
-                        return Ok(true);
-                    }
-                }
-            }
-        }
-        if written < total {
-            s.out
-                .try_reserve(total - written)
-                .map_err(|_| Error::Os(sys::ENOMEM))?;
-            let mut skip = written;
-            for buf in bufs {
-                let k = skip.min(buf.len());
-                skip -= k;
-                s.out.extend(&buf[k..]);
-            }
-            s.queued_more();
-            s.update_interest(self.epfd, id);
-        }
-        if written > 0 {
-            s.touch();
-        }
-        let above_high = s.out.len() > s.flow.high;
-        st.stats.bytes_out += written as u64;
-        Ok(above_high)
-    }
-
-    /// Sends a buffer without copying it: `seg` stays queued until the kernel took all of it,
-    /// then is dropped (released) at the next safe point, outside any handler call's borrow of
-    /// the loop — never from inside this call. Once the peer is gone it is released unsent (and
-    /// Ok(true) returned). On an error it is handed back untouched: the caller keeps it.
-    pub fn send_borrowed<S: Segment + 'static>(&self, id: Id, seg: S) -> Result<bool, (Error, S)> {
-        let mut st = self.state.borrow_mut();
-        let st = &mut *st;
-        let s = match sendable(st, id) {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                st.released.push(Box::new(seg));
-                return Ok(true);
-            }
-            Err(e) => return Err((e, seg)),
-        };
-        let len = seg.bytes().len();
-        let mut start = 0;
-        if s.out.is_empty() && !s.connecting() {
-            while start < len {
-                match s.write_one(&seg.bytes()[start..]) {
-                    Ok(n) => start += n,
-                    Err(sys::EAGAIN) => break,
-                    Err(errno) => {
-                        s.write_failed(errno);
-                        st.released.push(Box::new(seg));
-                        st.stats.bytes_out += start as u64;
-                        st.schedule(id);
-                        return Ok(true);
-                    }
-                }
-            }
-        }
-        s.out.push_borrowed(Box::new(seg), start);
-        if start < len {
-            s.queued_more();
-            s.update_interest(self.epfd, id);
-        }
-        if start > 0 {
-            s.touch();
-        }
-        let above_high = s.out.len() > s.flow.high;
-        let mut finished = Vec::new();
-        s.out.take_finished(&mut finished);
-        st.released.append(&mut finished);
-        st.stats.bytes_out += start as u64;
-        Ok(above_high)
-    }
-
-    /// Sends `length` bytes of the file `file` from `offset` (length 0: to its current end),
-    /// in order with everything queued before and after, with sendfile(2). The loop sends from
-    /// its own duplicate of `file`, so the caller may close it at once. A file that turns out
-    /// shorter than the range fails the connection with ENODATA (reported by on_close).
-    pub fn send_file(&self, id: Id, file: Fd, offset: u64, length: u64) -> Result<bool, Error> {
-        let mut st = self.state.borrow_mut();
-        let st = &mut *st;
-        let Some(s) = sendable(st, id)? else {
-            return Ok(true);
-        };
-        let info = sys::file_info(file)?;
-        if !info.regular {
-            return Err(Error::Os(sys::EINVAL));
-        }
-        if sys::status_flags(file)? & libc::O_ACCMODE == libc::O_WRONLY {
-            return Err(Error::Os(sys::EBADF));
-        }
-        let end = if length == 0 {
-            info.size
-        } else {
-            offset.checked_add(length).ok_or(Error::Os(sys::EINVAL))?
-        };
-        let count = end
-            .checked_sub(offset)
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|n| {
-                n.checked_add(s.out.len())
-                    .is_some_and(|t| t <= isize::MAX as usize)
-            })
-            .ok_or(Error::Os(sys::EINVAL))?;
-        if count == 0 {
-            return Ok(s.out.len() > s.flow.high);
-        }
-        let fd = sys::dup_cloexec(file)?;
-        let write_now = s.out.is_empty() && !s.connecting();
-        s.out.push_file(FileRange {
-            fd,
-            offset,
-            remaining: count,
-        });
-        let written = if write_now { s.write_queue() } else { 0 };
-        if s.failure().is_some() {
-            st.stats.bytes_out += written as u64;
-            st.schedule(id);
-            return Ok(true);
-        }
-        if !s.out.is_empty() {
-            s.queued_more();
-            s.update_interest(self.epfd, id);
-        }
-        let above_high = s.out.len() > s.flow.high;
-        st.stats.bytes_out += written as u64;
-        Ok(above_high)
-    }
-
     /// FIN once the queue drains; reading goes on until the peer's EOF.
     pub fn shutdown(&self, id: Id) -> Result<(), Error> {
         let mut st = self.state.borrow_mut();
@@ -262,6 +102,13 @@ impl<H: Handler> Loop<H> {
             Target::Listener(_) => {
                 drop(st);
                 self.terminate(id, CloseReason::Local, 0, FdFate::Close);
+                self.state
+                    .borrow_mut()
+                    .ended_by_caller(id, Ender::CallerClose);
+            }
+            Target::Datagram(_) => {
+                drop(st);
+                self.close_datagram(id);
                 self.state
                     .borrow_mut()
                     .ended_by_caller(id, Ender::CallerClose);
@@ -296,6 +143,11 @@ impl<H: Handler> Loop<H> {
                 err: 0,
                 fate: FdFate::Reset,
             },
+            Some(Entry::Datagram(_)) => Decision::Terminate {
+                reason: CloseReason::Abort,
+                err: 0,
+                fate: FdFate::Close,
+            },
             Some(Entry::Closed(closed)) => {
                 if closed.ender == Ender::CallerAbort {
                     return Err(Error::Closing);
@@ -327,6 +179,10 @@ impl<H: Handler> Loop<H> {
                 s.paused = paused;
                 s.update_interest(self.epfd, id);
             }
+            Target::Datagram(d) => {
+                d.paused = paused;
+                d.update_interest(self.epfd, id);
+            }
             Target::Gone { .. } => return Ok(()),
         }
         if !paused {
@@ -352,6 +208,7 @@ impl<H: Handler> Loop<H> {
                     st.schedule(id);
                 }
             }
+            Target::Datagram(d) => d.set_flow(Flow { low, high }),
             Target::Gone { .. } => {}
         }
         Ok(())
@@ -370,6 +227,7 @@ impl<H: Handler> Loop<H> {
                     st.arm_idle(id, Instant::now() + idle);
                 }
             }
+            Target::Datagram(_) => return Err(Error::Kind),
             Target::Gone { .. } => {}
         }
         Ok(())
@@ -402,8 +260,8 @@ impl<H: Handler> Loop<H> {
         match self.state.borrow_mut().target(id)? {
             Target::Stream(s) if s.access.is_socket => Ok(Some(s.fd)),
             Target::Stream(_) => Err(Error::Os(sys::ENOTSOCK)),
-            Target::Listener(_) | Target::Gone { listener: true } => Err(Error::Kind),
-            Target::Gone { listener: false } => Ok(None),
+            Target::Gone { role: Role::Stream } => Ok(None),
+            Target::Listener(_) | Target::Datagram(_) | Target::Gone { .. } => Err(Error::Kind),
         }
     }
 
@@ -420,6 +278,7 @@ impl<H: Handler> Loop<H> {
             Some(Entry::Stream(s)) => Ok(f(&mut s.handler)),
             Some(Entry::Timer(t)) => Ok(f(&mut t.handler)),
             Some(Entry::Signal(s)) => Ok(f(&mut s.handler)),
+            Some(Entry::Datagram(d)) => Ok(f(&mut d.handler)),
             // The user pointer stays the caller's until on_close has run.
             Some(Entry::Closed(closed)) => Ok(f(&mut closed.handler)),
             Some(Entry::Lingering(_)) | None => Err(Error::Stale),
@@ -432,6 +291,7 @@ impl<H: Handler> Loop<H> {
         match self.state.borrow_mut().target(id)? {
             Target::Listener(l) => Ok(l.fd),
             Target::Stream(s) => Ok(s.fd),
+            Target::Datagram(d) => Ok(d.fd),
             Target::Gone { .. } => Err(Error::Closing),
         }
     }
@@ -440,6 +300,7 @@ impl<H: Handler> Loop<H> {
     pub fn queued(&self, id: Id) -> usize {
         match self.state.borrow().entries.get(id) {
             Some(Entry::Stream(s)) => s.out.len(),
+            Some(Entry::Datagram(d)) => d.queued(),
             _ => 0,
         }
     }
@@ -453,7 +314,7 @@ impl<H: Handler> Loop<H> {
 /// The stream a send variant writes to; None when the peer is gone or the loop is closing it on
 /// its own (the bytes are then discarded and the caller told to stop producing).
 #[inline(always)]
-fn sendable<H>(st: &mut State<H>, id: Id) -> Result<Option<&mut Stream<H>>, Error> {
+pub(super) fn sendable<H>(st: &mut State<H>, id: Id) -> Result<Option<&mut Stream<H>>, Error> {
     let Some(s) = st.stream_mut(id)? else {
         return Ok(None);
     };
@@ -467,26 +328,4 @@ fn sendable<H>(st: &mut State<H>, id: Id) -> Result<Option<&mut Stream<H>>, Erro
         return Err(Error::Os(sys::EBADF));
     }
     Ok(Some(s))
-}
-
-/// The non-empty parts of `bufs` after the first `skip` bytes, at most MAX_IOV of them, and how
-/// many bytes they hold.
-fn window<'a>(bufs: &[&'a [u8]], mut skip: usize) -> ([&'a [u8]; MAX_IOV], usize, usize) {
-    let mut out: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
-    let (mut n, mut bytes) = (0, 0);
-    for buf in bufs {
-        let k = skip.min(buf.len());
-        skip -= k;
-        let part = &buf[k..];
-        if part.is_empty() {
-            continue;
-        }
-        if n == MAX_IOV {
-            break;
-        }
-        out[n] = part;
-        n += 1;
-        bytes += part.len();
-    }
-    (out, n, bytes)
 }

@@ -222,10 +222,15 @@ impl<H: Handler> Loop<H> {
         let ids = self.state.borrow().entries.ids();
         for id in ids {
             // Unref'd helpers (a binding's signal pipe) are not the server's connections.
-            let open = matches!(self.state.borrow().entries.get(id),
-                Some(Entry::Stream(s)) if !s.discard_input && !s.opts.unref);
-            if open {
-                self.close_gracefully(id);
+            let (open, endpoint) = match self.state.borrow().entries.get(id) {
+                Some(Entry::Stream(s)) => (!s.discard_input && !s.opts.unref, false),
+                Some(Entry::Datagram(d)) => (!d.opts.unref, true),
+                _ => (false, false),
+            };
+            match (open, endpoint) {
+                (true, false) => self.close_gracefully(id),
+                (true, true) => self.close_datagram(id),
+                _ => {}
             }
         }
     }
@@ -298,7 +303,7 @@ impl<H: Handler> Loop<H> {
     }
 }
 
-fn parse_host(host: &str) -> Result<IpAddr, Error> {
+pub(super) fn parse_host(host: &str) -> Result<IpAddr, Error> {
     match host {
         "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         "" | "*" => Ok(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),

@@ -15,11 +15,13 @@ use crate::engine::Error;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ep_event {
-    /// EP_EVENT_ACCEPT, EP_EVENT_DATA, EP_EVENT_WRITABLE or EP_EVENT_CLOSE.
+    /// EP_EVENT_ACCEPT, EP_EVENT_DATA, EP_EVENT_WRITABLE, EP_EVENT_CLOSE, EP_EVENT_DATAGRAM or
+    /// EP_EVENT_DATAGRAM_ERROR.
     pub kind: u32,
-    /// EP_EVENT_CLOSE: the ep_close_reason; otherwise 0.
+    /// EP_EVENT_CLOSE: the ep_close_reason; EP_EVENT_DATAGRAM: the flags (EP_DGRAM_TRUNCATED);
+    /// otherwise 0.
     pub reason: u32,
-    /// EP_EVENT_CLOSE: the errno; otherwise 0.
+    /// EP_EVENT_CLOSE and EP_EVENT_DATAGRAM_ERROR: the errno; otherwise 0.
     pub err: c_int,
     /// The bytes queued for output on the connection when the event was recorded (0 for other
     /// registrations; saturates at 4 GiB - 1, above the 1 GiB queue cap). With it a binding that
@@ -27,11 +29,14 @@ pub struct ep_event {
     pub queued: u32,
     /// The connection (or listener, for its own close).
     pub id: ep_id,
-    /// EP_EVENT_ACCEPT: the listener, or 0 for an outbound connection (ep_connect); otherwise 0.
+    /// EP_EVENT_ACCEPT: the listener, or 0 for an outbound connection (ep_connect);
+    /// EP_EVENT_DATAGRAM: the length of the sender's address (a struct sockaddr), stored in
+    /// ep_poll_result.data right after the datagram, at `offset + len`; otherwise 0.
     pub listener: ep_id,
-    /// EP_EVENT_DATA: where the bytes start in ep_poll_result.data.
+    /// EP_EVENT_DATA, EP_EVENT_DATAGRAM: where the bytes start in ep_poll_result.data.
     pub offset: u64,
     /// EP_EVENT_DATA: how many bytes; 0 is the peer's EOF (EP_HALF_CLOSE only).
+    /// EP_EVENT_DATAGRAM: the datagram's length (0 is an empty datagram).
     pub len: u64,
     /// The registration's user pointer at the time of the event.
     pub user: *mut c_void,
@@ -45,6 +50,11 @@ pub const EP_EVENT_DATA: u32 = 2;
 pub const EP_EVENT_WRITABLE: u32 = 3;
 /// ep_event.kind: on_close (`reason`, `err`); the last event of its id.
 pub const EP_EVENT_CLOSE: u32 = 4;
+/// ep_event.kind: on_datagram (the datagram at `offset`, `len`, then the sender's address of
+/// `listener` bytes; `reason` holds the flags).
+pub const EP_EVENT_DATAGRAM: u32 = 5;
+/// ep_event.kind: on_error of a UDP endpoint (`err`).
+pub const EP_EVENT_DATAGRAM_ERROR: u32 = 6;
 
 /// One operation for ep_poll() to apply before it waits.
 #[repr(C)]
@@ -89,7 +99,7 @@ pub struct ep_poll_result {
     pub events: *const ep_event,
     /// The number of events.
     pub count: usize,
-    /// The bytes of every EP_EVENT_DATA of this step, one after the other.
+    /// The bytes of every EP_EVENT_DATA and EP_EVENT_DATAGRAM of this step, one after the other.
     pub data: *const u8,
     /// The number of bytes at `data`.
     pub data_len: usize,
@@ -143,6 +153,24 @@ impl EventQueue {
         event.offset = offset;
         event.len = data.len() as u64;
         event
+    }
+
+    pub(super) fn push_datagram(
+        &mut self,
+        id: ep_id,
+        data: &[u8],
+        from: &[u8],
+        flags: u32,
+        user: *mut c_void,
+    ) {
+        let offset = self.data.len() as u64;
+        self.data.extend_from_slice(data);
+        self.data.extend_from_slice(from);
+        let event = self.push(EP_EVENT_DATAGRAM, id, user);
+        event.offset = offset;
+        event.len = data.len() as u64;
+        event.listener = from.len() as u64;
+        event.reason = flags;
     }
 }
 

@@ -5,10 +5,13 @@
 use std::cell::RefMut;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-use super::batch::{EventQueue, EP_EVENT_ACCEPT, EP_EVENT_CLOSE, EP_EVENT_WRITABLE};
+use super::batch::{
+    EventQueue, EP_EVENT_ACCEPT, EP_EVENT_CLOSE, EP_EVENT_DATAGRAM_ERROR, EP_EVENT_WRITABLE,
+};
 use super::boundary::{Engine, LoopBox};
 use super::{ep_id, ep_loop};
 use crate::engine::{CloseReason, Handler, Trace};
+use crate::sys::RawAddr;
 
 /// Why a registration ended; passed to on_close exactly once per id.
 #[repr(C)]
@@ -129,6 +132,55 @@ pub struct ep_callbacks {
     >,
 }
 
+/// The callbacks of a UDP endpoint (ep_udp_bind()). Any member may be NULL; they run like the
+/// callbacks of `ep_callbacks` (same thread, never nested, same calls allowed).
+///
+/// ABI: this struct's layout is fixed within a major version (see the README's ABI policy).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ep_datagram_callbacks {
+    /// A datagram arrived from `from` (`fromlen` bytes: a struct sockaddr_in or sockaddr_in6;
+    /// on an IPv6 endpoint an IPv4 sender appears as ::ffff:a.b.c.d). `data` and `from` are valid
+    /// only during the call; pass `from` to ep_sendto() to answer. `flags` has
+    /// EP_DGRAM_TRUNCATED when the datagram was longer than the endpoint's maximum
+    /// (EP_UDP_MAX_DATAGRAM) and `data` is only its beginning. A datagram may be empty (len 0).
+    pub on_datagram: Option<
+        unsafe extern "C" fn(
+            lp: *mut ep_loop,
+            id: ep_id,
+            data: *const u8,
+            len: usize,
+            from: *const libc::sockaddr,
+            fromlen: libc::socklen_t,
+            flags: u32,
+            user: *mut c_void,
+        ),
+    >,
+    /// The send queue drained to its low-water mark after ep_sendto() had returned 1.
+    pub on_writable: Option<unsafe extern "C" fn(lp: *mut ep_loop, id: ep_id, user: *mut c_void)>,
+    /// What the network said about earlier datagrams; the endpoint stays open: ECONNREFUSED
+    /// (ICMP port unreachable) on a connected endpoint, EHOSTUNREACH, ENETUNREACH, a datagram the
+    /// network refused after it was queued. Without this callback such errors are ignored.
+    pub on_error:
+        Option<unsafe extern "C" fn(lp: *mut ep_loop, id: ep_id, err: c_int, user: *mut c_void)>,
+    /// The endpoint ended: EP_CLOSE_LOCAL (ep_close()), EP_CLOSE_ABORT (ep_abort()),
+    /// EP_CLOSE_LOOP_FREED, or EP_CLOSE_ERROR with the errno of a fatal socket error. A peer
+    /// never ends an endpoint. Exactly once per id; nothing follows it.
+    pub on_close: Option<
+        unsafe extern "C" fn(
+            lp: *mut ep_loop,
+            id: ep_id,
+            reason: ep_close_reason,
+            err: c_int,
+            user: *mut c_void,
+        ),
+    >,
+}
+
+/// ep_datagram_callbacks.on_datagram `flags`: the datagram was longer than the endpoint's
+/// maximum and was cut to it.
+pub const EP_DGRAM_TRUNCATED: u32 = 1;
+
 pub(super) const NO_CALLBACKS: ep_callbacks = ep_callbacks {
     on_accept: None,
     on_data: None,
@@ -148,22 +200,28 @@ pub type ep_signal_cb =
 /// A function posted to a loop with ep_post(); runs on the loop's thread.
 pub type ep_post_cb = Option<unsafe extern "C" fn(lp: *mut ep_loop, user: *mut c_void)>;
 
+/// The callbacks of one registration, by kind: one of them, so that a connection's handler
+/// stays as small as one callback set (its size is part of the memory per idle connection).
+#[derive(Clone, Copy)]
+pub(super) enum Callbacks {
+    Stream(ep_callbacks),
+    Datagram(ep_datagram_callbacks),
+    Timer(ep_timer_cb),
+    Signal(ep_signal_cb),
+}
+
 #[derive(Clone, Copy)]
 pub(super) struct FfiHandler {
-    pub(super) cbs: ep_callbacks,
-    pub(super) timer: ep_timer_cb,
-    pub(super) signal: ep_signal_cb,
+    pub(super) cbs: Callbacks,
     pub(super) user: *mut c_void,
     /// EP_QUEUE: record events for ep_poll() instead of calling `cbs`.
     pub(super) queued: bool,
 }
 
 impl FfiHandler {
-    pub(super) fn new(cbs: ep_callbacks, user: *mut c_void) -> Self {
+    pub(super) fn new(cbs: Callbacks, user: *mut c_void) -> Self {
         FfiHandler {
             cbs,
-            timer: None,
-            signal: None,
             user,
             queued: false,
         }
@@ -172,6 +230,20 @@ impl FfiHandler {
     fn record<'a>(&self, lp: &'a Engine) -> Option<RefMut<'a, EventQueue>> {
         // The queue is only borrowed for the push: ep_poll reads it after the step.
         self.queued.then(|| LoopBox::of(lp).queue.borrow_mut())
+    }
+
+    fn stream(&self) -> Option<&ep_callbacks> {
+        match &self.cbs {
+            Callbacks::Stream(cbs) => Some(cbs),
+            _ => None,
+        }
+    }
+
+    fn datagram(&self) -> Option<&ep_datagram_callbacks> {
+        match &self.cbs {
+            Callbacks::Datagram(cbs) => Some(cbs),
+            _ => None,
+        }
     }
 }
 
@@ -190,7 +262,7 @@ impl Handler for FfiHandler {
     type Posted = FfiPost;
 
     fn on_timer(&self, lp: &Engine, timer: u64) {
-        if let Some(cb) = self.timer {
+        if let Callbacks::Timer(Some(cb)) = self.cbs {
             // SAFETY: the caller passed this function pointer to ep_timer_start with this
             // signature; the loop pointer is live for the duration of the call.
             unsafe { cb(LoopBox::as_ptr(lp), timer, self.user) }
@@ -202,7 +274,7 @@ impl Handler for FfiHandler {
     }
 
     fn on_signal(&self, lp: &Engine, signal: u64, signo: i32) {
-        if let Some(cb) = self.signal {
+        if let Callbacks::Signal(Some(cb)) = self.cbs {
             // SAFETY: the caller passed this function pointer to ep_signal_start with this
             // signature; the loop pointer is live for the duration of the call.
             unsafe { cb(LoopBox::as_ptr(lp), signal, signo, self.user) }
@@ -221,7 +293,7 @@ impl Handler for FfiHandler {
     fn on_accept(&self, lp: &Engine, listener: u64, conn: u64) {
         if let Some(mut queue) = self.record(lp) {
             queue.push(EP_EVENT_ACCEPT, conn, self.user).listener = listener;
-        } else if let Some(cb) = self.cbs.on_accept {
+        } else if let Some(cb) = self.stream().and_then(|c| c.on_accept) {
             // SAFETY: the caller registered this function pointer with this signature; the loop
             // pointer is live for the duration of the call.
             unsafe { cb(LoopBox::as_ptr(lp), listener, conn, self.user) }
@@ -231,7 +303,7 @@ impl Handler for FfiHandler {
     fn on_data(&self, lp: &Engine, conn: u64, data: &[u8]) {
         if let Some(mut queue) = self.record(lp) {
             queue.push_data(conn, data, self.user).queued = queued_of(lp, conn);
-        } else if let Some(cb) = self.cbs.on_data {
+        } else if let Some(cb) = self.stream().and_then(|c| c.on_data) {
             let ptr = if data.is_empty() {
                 std::ptr::null()
             } else {
@@ -245,7 +317,11 @@ impl Handler for FfiHandler {
     fn on_writable(&self, lp: &Engine, conn: u64) {
         if let Some(mut queue) = self.record(lp) {
             queue.push(EP_EVENT_WRITABLE, conn, self.user).queued = queued_of(lp, conn);
-        } else if let Some(cb) = self.cbs.on_writable {
+        } else if let Some(cb) = match &self.cbs {
+            Callbacks::Stream(c) => c.on_writable,
+            Callbacks::Datagram(c) => c.on_writable,
+            _ => None,
+        } {
             // SAFETY: as in on_accept.
             unsafe { cb(LoopBox::as_ptr(lp), conn, self.user) }
         }
@@ -257,9 +333,43 @@ impl Handler for FfiHandler {
             let event = queue.push(EP_EVENT_CLOSE, conn, self.user);
             event.reason = reason as u32;
             event.err = err;
-        } else if let Some(cb) = self.cbs.on_close {
+        } else if let Some(cb) = match &self.cbs {
+            Callbacks::Stream(c) => c.on_close,
+            Callbacks::Datagram(c) => c.on_close,
+            _ => None,
+        } {
             // SAFETY: as in on_accept.
             unsafe { cb(LoopBox::as_ptr(lp), conn, reason, err, self.user) }
+        }
+    }
+
+    fn on_datagram(&self, lp: &Engine, id: u64, data: &[u8], from: &RawAddr, truncated: bool) {
+        let flags = if truncated { EP_DGRAM_TRUNCATED } else { 0 };
+        if let Some(mut queue) = self.record(lp) {
+            queue.push_datagram(id, data, from.as_bytes(), flags, self.user);
+        } else if let Some(cb) = self.datagram().and_then(|c| c.on_datagram) {
+            // SAFETY: as in on_accept; `data` and `from` outlive the call.
+            unsafe {
+                cb(
+                    LoopBox::as_ptr(lp),
+                    id,
+                    data.as_ptr(),
+                    data.len(),
+                    from.as_ptr(),
+                    from.len(),
+                    flags,
+                    self.user,
+                )
+            }
+        }
+    }
+
+    fn on_datagram_error(&self, lp: &Engine, id: u64, err: i32) {
+        if let Some(mut queue) = self.record(lp) {
+            queue.push(EP_EVENT_DATAGRAM_ERROR, id, self.user).err = err;
+        } else if let Some(cb) = self.datagram().and_then(|c| c.on_error) {
+            // SAFETY: as in on_accept.
+            unsafe { cb(LoopBox::as_ptr(lp), id, err, self.user) }
         }
     }
 }

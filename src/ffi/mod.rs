@@ -1,5 +1,5 @@
 //! The C ABI, one file per C object: the loop (`lifecycle.rs`), registrations (`registration.rs`),
-//! connections (`connection.rs`), timers (`timer.rs`), signals (`signal.rs`), counters
+//! connections (`connection.rs`), UDP endpoints (`datagram.rs`), timers (`timer.rs`), signals (`signal.rs`), counters
 //! (`stats.rs`), error codes (`errors.rs`), callbacks (`handler.rs`), the trace hook (`trace.rs`)
 //! and the batch interface for bindings (`batch.rs`).
 //! Every export that takes a loop goes through one boundary (`boundary.rs`): NULL, fork and thread
@@ -11,6 +11,7 @@
 mod boundary;
 mod batch;
 mod connection;
+mod datagram;
 mod errors;
 mod handler;
 mod lifecycle;
@@ -22,9 +23,11 @@ mod trace;
 
 pub use batch::*;
 pub use connection::*;
+pub use datagram::*;
 pub use errors::*;
 pub use handler::{
-    ep_callbacks, ep_close_reason, ep_close_reason_name, ep_post_cb, ep_signal_cb, ep_timer_cb,
+    ep_callbacks, ep_close_reason, ep_close_reason_name, ep_datagram_callbacks, ep_post_cb,
+    ep_signal_cb, ep_timer_cb, EP_DGRAM_TRUNCATED,
 };
 pub use lifecycle::*;
 pub use registration::*;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::boundary::Engine;
 use super::errors::{code, id_or_code, status, EP_EKIND, EP_ENULL};
-use super::handler::{ep_callbacks, FfiHandler, NO_CALLBACKS};
+use super::handler::{ep_callbacks, Callbacks, FfiHandler, NO_CALLBACKS};
 use super::{ep_id, ep_loop};
 use crate::engine::{self, Error, Options};
 
@@ -51,7 +51,7 @@ const ALL_FLAGS: u32 = EP_EDGE
     | EP_NAGLE
     | EP_AUTO_PAUSE;
 
-fn options(flags: u32) -> Result<Options, Error> {
+pub(super) fn options(flags: u32) -> Result<Options, Error> {
     if flags & !ALL_FLAGS != 0 {
         return Err(Error::Os(libc::EINVAL));
     }
@@ -88,7 +88,7 @@ unsafe fn create(
         };
         let handler = FfiHandler {
             queued,
-            ..FfiHandler::new(cbs, user)
+            ..FfiHandler::new(Callbacks::Stream(cbs), user)
         };
         id_or_code(options(flags).and_then(|opts| make(&boxed.engine, opts, handler)))
     })
@@ -98,7 +98,7 @@ unsafe fn create(
 ///
 /// # Safety
 /// `ptr` NULL or a NUL-terminated string that outlives the returned slice.
-unsafe fn text<'a>(ptr: *const c_char) -> Result<&'a [u8], Error> {
+pub(super) unsafe fn text<'a>(ptr: *const c_char) -> Result<&'a [u8], Error> {
     if ptr.is_null() {
         return Err(Error::Null);
     }
@@ -106,7 +106,7 @@ unsafe fn text<'a>(ptr: *const c_char) -> Result<&'a [u8], Error> {
     Ok(unsafe { CStr::from_ptr(ptr) }.to_bytes())
 }
 
-fn host_str(host: &[u8]) -> Result<&str, Error> {
+pub(super) fn host_str(host: &[u8]) -> Result<&str, Error> {
     std::str::from_utf8(host).map_err(|_| Error::Os(libc::EINVAL))
 }
 
@@ -291,7 +291,8 @@ pub unsafe extern "C" fn ep_set_user(lp: *mut ep_loop, id: ep_id, user: *mut c_v
 /// so that a connection stops sharing its listener's callbacks (the listener keeps its own, and
 /// its on_close then only ever sees the listener). `cbs` is copied. Takes effect from the next
 /// callback on; works until the id's on_close has run. Returns 0, EP_ENULL (NULL cbs), EP_ESTALE,
-/// EP_EKIND (a timer, or an EP_QUEUE registration, whose events go to ep_poll()), or a loop error
+/// EP_EKIND (a timer, a signal handle, a UDP endpoint, or an EP_QUEUE registration, whose events
+/// go to ep_poll()), or a loop error
 /// (EP_ENULL, EP_ETHREAD, EP_EFORK, EP_EPANIC).
 ///
 /// # Safety
@@ -309,10 +310,10 @@ pub unsafe extern "C" fn ep_set_callbacks(
     };
     with_loop!(lp, |boxed| {
         let set = boxed.engine.with_handler(id, |h| {
-            if h.queued || h.timer.is_some() {
+            if h.queued || !matches!(h.cbs, Callbacks::Stream(_)) {
                 return false;
             }
-            h.cbs = cbs;
+            h.cbs = Callbacks::Stream(cbs);
             h.user = user;
             true
         });

@@ -3,7 +3,7 @@
 use std::ffi::{c_int, c_void};
 
 use super::errors::{id_or_code, status, EP_ENULL};
-use super::handler::{ep_signal_cb, FfiHandler, NO_CALLBACKS};
+use super::handler::{ep_signal_cb, Callbacks, FfiHandler};
 use super::registration::EP_UNREF;
 use super::{ep_id, ep_loop};
 use crate::engine::Options;
@@ -61,10 +61,7 @@ pub unsafe extern "C" fn ep_signal_start(
         if flags & !EP_UNREF != 0 {
             return -i64::from(libc::EINVAL);
         }
-        let handler = FfiHandler {
-            signal: cb,
-            ..FfiHandler::new(NO_CALLBACKS, user)
-        };
+        let handler = FfiHandler::new(Callbacks::Signal(cb), user);
         let opts = Options {
             unref: flags & EP_UNREF != 0,
             ..Options::default()

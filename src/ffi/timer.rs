@@ -4,7 +4,7 @@ use std::ffi::{c_int, c_void};
 use std::time::Duration;
 
 use super::errors::{id_or_code, status, EP_ENULL};
-use super::handler::{ep_timer_cb, FfiHandler, NO_CALLBACKS};
+use super::handler::{ep_timer_cb, Callbacks, FfiHandler};
 use super::{ep_id, ep_loop};
 
 /// Starts a timer: `cb` runs on the loop's thread after `timeout_ms`, then every `repeat_ms` if it
@@ -31,10 +31,7 @@ pub unsafe extern "C" fn ep_timer_start(
         if cb.is_none() {
             return i64::from(EP_ENULL);
         }
-        let handler = FfiHandler {
-            timer: cb,
-            ..FfiHandler::new(NO_CALLBACKS, user)
-        };
+        let handler = FfiHandler::new(Callbacks::Timer(cb), user);
         let repeat = (repeat_ms > 0).then(|| Duration::from_millis(repeat_ms));
         id_or_code(
             boxed

@@ -13,8 +13,10 @@ pub enum Addr {
     Unix(Vec<u8>),
 }
 
-/// A socket address in the kernel's layout, large enough for any family.
-pub(super) struct RawAddr {
+/// A socket address in the kernel's layout, large enough for any family: what a datagram's
+/// sender is reported as and sent to, without conversion on the way.
+#[derive(Clone)]
+pub struct RawAddr {
     storage: libc::sockaddr_storage,
     len: libc::socklen_t,
 }
@@ -64,8 +66,40 @@ impl RawAddr {
         Ok(raw)
     }
 
+    /// An IPv4 or IPv6 address given in the kernel's layout (a `struct sockaddr` of `bytes.len()`
+    /// bytes): EINVAL unless its family is AF_INET/AF_INET6 and its length that family's;
+    /// EAFNOSUPPORT for another family.
+    pub fn from_bytes(bytes: &[u8]) -> SysResult<RawAddr> {
+        let mut raw = RawAddr::empty();
+        if bytes.len() < size_of::<libc::sa_family_t>() || bytes.len() > raw.len as usize {
+            return Err(EINVAL);
+        }
+        let family = c_int::from(libc::sa_family_t::from_ne_bytes([bytes[0], bytes[1]]));
+        let want = match family {
+            libc::AF_INET => size_of::<libc::sockaddr_in>(),
+            libc::AF_INET6 => size_of::<libc::sockaddr_in6>(),
+            _ => return Err(libc::EAFNOSUPPORT),
+        };
+        if bytes.len() != want {
+            return Err(EINVAL);
+        }
+        let dst = (&mut raw.storage as *mut libc::sockaddr_storage).cast::<u8>();
+        // SAFETY: `bytes` fits in the storage (checked above); the regions do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+        raw.len = bytes.len() as libc::socklen_t;
+        Ok(raw)
+    }
+
+    /// The address's bytes in the kernel's layout (`len()` of them).
+    pub fn as_bytes(&self) -> &[u8] {
+        let ptr = (&self.storage as *const libc::sockaddr_storage).cast::<u8>();
+        // SAFETY: the storage is `len` <= size_of(sockaddr_storage) initialised bytes, borrowed
+        // for as long as `self` is.
+        unsafe { std::slice::from_raw_parts(ptr, self.len as usize) }
+    }
+
     /// A zeroed buffer for the kernel to write an address of any family into.
-    pub(super) fn empty() -> RawAddr {
+    pub fn empty() -> RawAddr {
         RawAddr {
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             storage: unsafe { std::mem::zeroed() },
@@ -92,15 +126,16 @@ impl RawAddr {
     }
 
     /// The address family, which is also the socket domain to create.
-    pub(super) fn family(&self) -> c_int {
+    pub fn family(&self) -> c_int {
         c_int::from(self.storage.ss_family)
     }
 
-    pub(super) fn as_ptr(&self) -> *const libc::sockaddr {
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
         (&self.storage as *const libc::sockaddr_storage).cast()
     }
 
-    pub(super) fn len(&self) -> libc::socklen_t {
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> libc::socklen_t {
         self.len
     }
 
@@ -185,6 +220,23 @@ mod tests {
         assert_eq!(path.port(), Err(libc::EAFNOSUPPORT));
         let name = RawAddr::of(&Addr::Unix(b"@name".to_vec())).unwrap();
         assert_eq!(name.len() as usize, family + 5);
+    }
+
+    #[test]
+    fn kernel_layout_bytes_round_trip_and_are_checked() {
+        let v6 = RawAddr::of(&Addr::Ip((Ipv6Addr::LOCALHOST, 53).into())).unwrap();
+        let back = RawAddr::from_bytes(v6.as_bytes()).unwrap();
+        assert_eq!((back.family(), back.port()), (libc::AF_INET6, Ok(53)));
+        assert_eq!(
+            RawAddr::from_bytes(&v6.as_bytes()[..20]).err(),
+            Some(EINVAL)
+        );
+        let unix = RawAddr::of(&Addr::Unix(b"/tmp/x".to_vec())).unwrap();
+        assert_eq!(
+            RawAddr::from_bytes(unix.as_bytes()).err(),
+            Some(libc::EAFNOSUPPORT)
+        );
+        assert_eq!(RawAddr::from_bytes(&[]).err(), Some(EINVAL));
     }
 
     #[test]

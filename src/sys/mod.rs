@@ -18,8 +18,9 @@ mod resolve;
 mod signals;
 mod sigpipe;
 mod socket;
+mod udp;
 
-pub use addr::{unlink_stale_unix_socket, Addr};
+pub use addr::{unlink_stale_unix_socket, Addr, RawAddr};
 pub use epoll::{
     epoll_add, epoll_create, epoll_delete, epoll_modify, epoll_wait, ev, eventfd_signal, EventBuf,
     Waker,
@@ -35,6 +36,10 @@ pub use signals::*;
 pub use socket::{
     accept, connect, is_tcp, listen, local_port, set_keepalive, set_linger_zero, set_nodelay,
     set_user_timeout, shutdown_write, take_socket_error, ListenOptions,
+};
+pub use udp::{
+    interface_index, multicast_membership, recv_from, send_to, set_udp_option, udp_bind,
+    udp_connect, UdpOption, MAX_DATAGRAM,
 };
 
 mod file;

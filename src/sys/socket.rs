@@ -18,14 +18,14 @@ pub(super) fn getsockopt_int(fd: Fd, level: c_int, name: c_int) -> SysResult<c_i
     Ok(value)
 }
 
-fn setsockopt<T>(fd: Fd, level: c_int, name: c_int, value: &T) -> SysResult<()> {
+pub(super) fn setsockopt<T>(fd: Fd, level: c_int, name: c_int, value: &T) -> SysResult<()> {
     let len = size_of::<T>() as libc::socklen_t;
     let ptr = (value as *const T).cast();
     // SAFETY: `ptr` and `len` describe `value`, readable for the duration of the call.
     syscall!(unsafe { libc::setsockopt(fd, level, name, ptr, len) }).map(drop)
 }
 
-fn setsockopt_int(fd: Fd, level: c_int, name: c_int, value: c_int) -> SysResult<()> {
+pub(super) fn setsockopt_int(fd: Fd, level: c_int, name: c_int, value: c_int) -> SysResult<()> {
     setsockopt(fd, level, name, &value)
 }
 
