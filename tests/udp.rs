@@ -340,10 +340,8 @@ fn truncated_datagrams_are_flagged(flags: u32) {
     let udp = Udp::new();
     let (id, port) = udp.bind("127.0.0.1", flags);
     // SAFETY: live loop.
-    assert_eq!(
-        unsafe { ep_udp_set_option(udp.lp, id, EP_UDP_MAX_DATAGRAM, 10) },
-        0
-    );
+    let rc = unsafe { ep_udp_set_option(udp.lp, id, EP_UDP_MAX_DATAGRAM, 10) };
+    assert_eq!(rc, 0);
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.send_to(&[1u8; 100], ("127.0.0.1", port)).unwrap();
     client.send_to(&[2u8; 10], ("127.0.0.1", port)).unwrap();
@@ -377,10 +375,8 @@ fn connected_endpoint_reports_refused_through_on_error(flags: u32) {
     };
     let host = CString::new("127.0.0.1").unwrap();
     // SAFETY: live loop; valid C string.
-    assert_eq!(
-        unsafe { ep_udp_connect(udp.lp, id, host.as_ptr(), closed_port) },
-        0
-    );
+    let rc = unsafe { ep_udp_connect(udp.lp, id, host.as_ptr(), closed_port) };
+    assert_eq!(rc, 0);
     let deadline = Instant::now() + LIMIT;
     while !events(id).contains(&Ev::Error(libc::ECONNREFUSED)) {
         assert!(
@@ -428,10 +424,8 @@ fn broadcast_needs_the_option_and_then_reaches_a_listener() {
         "a broadcast without the option"
     );
     // SAFETY: live loop.
-    assert_eq!(
-        unsafe { ep_udp_set_option(udp.lp, sender, EP_UDP_BROADCAST, 1) },
-        0
-    );
+    let rc = unsafe { ep_udp_set_option(udp.lp, sender, EP_UDP_BROADCAST, 1) };
+    assert_eq!(rc, 0);
     assert_eq!(udp.sendto(sender, b"bc", to), 0);
     udp.run_until("the broadcast", || {
         datagrams(receiver) == vec![b"bc".to_vec()]
@@ -509,7 +503,7 @@ fn the_callers_mistakes_are_codes_and_send_nothing() {
     let to: SocketAddr = ([127, 0, 0, 1], rport).into();
     let big = vec![0u8; EP_DATAGRAM_MAX + 1];
     assert_eq!(udp.sendto(id, &big, to), -libc::EMSGSIZE);
-    // SAFETY (this block): live loop; each pointer valid or NULL as the case tests.
+    // SAFETY: live loop; each pointer valid or NULL as the case tests.
     unsafe {
         assert_eq!(
             ep_sendto(udp.lp, id, b"x".as_ptr().cast(), 1, null(), 0),
