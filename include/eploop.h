@@ -167,7 +167,10 @@
  */
 #define EP_UDP_MULTICAST_IF 5
 
-
+/**
+ * The largest datagram ep_sendto() accepts (the UDP payload limit over IPv4).
+ */
+#define EP_DATAGRAM_MAX 65507
 
 /**
  * Unknown or stale id: never issued, already past its on_close, or an id of another loop.

@@ -11,7 +11,7 @@ exactly one ``on_close(reason, errno)``.
         loop.listen(("127.0.0.1", 8989), Echo)
         loop.run()
 
-See ``Loop``, ``Handler``, ``Connection`` and ``CloseReason``.
+See ``Loop``, ``Handler``, ``Connection``, ``DatagramEndpoint`` and ``CloseReason``.
 """
 
 from ._errors import (
@@ -26,12 +26,14 @@ from ._errors import (
     PermissionEploopError,
     TimeoutEploopError,
 )
+from ._datagram import DatagramHandler, TruncatedDatagram
 from ._ffi import LibraryLoadError, library_path, library_version
 from ._handler import ConnectionHandler, HandlerFactory
 from ._loop import (
     CloseReason,
     ClosingError,
     Connection,
+    DatagramEndpoint,
     EploopError,
     ForkedLoopError,
     Handler,
@@ -56,6 +58,8 @@ __all__ = [
     "ConnectionHandler",
     "ConnectionRefusedEploopError",
     "ConnectionResetEploopError",
+    "DatagramEndpoint",
+    "DatagramHandler",
     "EploopError",
     "FileExistsEploopError",
     "FileNotFoundEploopError",
@@ -72,6 +76,7 @@ __all__ = [
     "Stats",
     "TimeoutEploopError",
     "Timer",
+    "TruncatedDatagram",
     "WrongThreadError",
     "__version__",
     "library_path",

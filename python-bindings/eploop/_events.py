@@ -49,11 +49,13 @@ _EVENT = _ffi.EVENT_LAYOUT  # kind, reason, err, id, listener, offset, len
 _EVENT_SIZE = _EVENT.size
 _iter_events = _EVENT.iter_unpack
 _unpack_event = _EVENT.unpack_from
-_ACCEPT, _DATA, _WRITABLE, _CLOSE = (
+_ACCEPT, _DATA, _WRITABLE, _CLOSE, _DATAGRAM, _DATAGRAM_ERROR = (
     _ffi.EP_EVENT_ACCEPT,
     _ffi.EP_EVENT_DATA,
     _ffi.EP_EVENT_WRITABLE,
     _ffi.EP_EVENT_CLOSE,
+    _ffi.EP_EVENT_DATAGRAM,
+    _ffi.EP_EVENT_DATAGRAM_ERROR,
 )
 _EINTR = -errno.EINTR
 _STEP_COPY_MAX = 1 << 20
@@ -68,7 +70,7 @@ def _view(address: int, size: int) -> memoryview:
 
 def _closed(registration: _Registration, reason: int, err: int) -> None:
     """A registration's one on_close (its exception goes to the exception handler)."""
-    handler = registration.handler if type(registration) is Connection else None
+    handler = getattr(registration, "handler", None)  # (a listener has none)
     try:
         on_close = getattr(handler, "on_close", None)
         if on_close is not None:
@@ -177,6 +179,7 @@ def step(self: Loop, lp: Any, timeout_ms: int) -> int:
             records: Any = (_unpack_event(self._events_view),)
         else:
             records = _iter_events(self._events_view[:size])
+        # (``listener_id`` is, for a datagram, the length of its sender's address)
         for kind, reason, err, reg_id, listener_id, offset, length in records:
             conn: Any = registrations.get(reg_id)
             try:
@@ -206,6 +209,14 @@ def step(self: Loop, lp: Any, timeout_ms: int) -> int:
                         on_accept = getattr(conn.handler, "on_accept", None)
                         if on_accept is not None:
                             on_accept()
+                elif kind == _DATAGRAM:  # the sender's address follows the datagram
+                    end = offset + length
+                    raw = step_data[offset : end + listener_id]
+                    if type(raw) is not bytes:
+                        raw = raw.tobytes()
+                    conn._on_datagram(raw[:length], raw[length:], reason)
+                elif kind == _DATAGRAM_ERROR:
+                    conn._on_error(err)
                 elif kind == _CLOSE:  # (_closed hands on_close's exception on itself)
                     if conn is not None:
                         if type(conn) is Connection and conn._held:
@@ -233,6 +244,10 @@ def event_failed(
         where = "on_data" if length else "on_eof"
     elif kind == _WRITABLE:
         where = "on_writable"
+    elif kind == _DATAGRAM:
+        where = "on_datagram"
+    elif kind == _DATAGRAM_ERROR:
+        where = "on_error"
     elif conn is not None and conn.handler is None:  # the factory raised
         self._handler_failed(conn, exc, "handler factory", getattr(listener, "factory", None))
         return

@@ -62,6 +62,15 @@ EP_EVENT_ACCEPT = 1
 EP_EVENT_DATA = 2
 EP_EVENT_WRITABLE = 3
 EP_EVENT_CLOSE = 4
+EP_EVENT_DATAGRAM = 5
+EP_EVENT_DATAGRAM_ERROR = 6
+EP_DGRAM_TRUNCATED = 1
+EP_UDP_BROADCAST = 1
+EP_UDP_MULTICAST_LOOP = 2
+EP_UDP_MULTICAST_TTL = 3
+EP_UDP_MAX_DATAGRAM = 4
+EP_UDP_MULTICAST_IF = 5
+EP_DATAGRAM_MAX = 65507
 
 EP_CMD_SEND = 1
 EP_CMD_CLOSE = 2
@@ -103,6 +112,10 @@ TIMER_CB = CFUNCTYPE(None, c_void_p, c_uint64, c_void_p)
 POST_CB = CFUNCTYPE(None, c_void_p, c_void_p)
 SIGNAL_CB = CFUNCTYPE(None, c_void_p, c_uint64, c_int, c_void_p)  # (Python uses _signals.py)
 RELEASE_CB = CFUNCTYPE(None, c_void_p)  # ep_release_fn
+ON_DATAGRAM = CFUNCTYPE(
+    None, c_void_p, c_uint64, c_void_p, c_size_t, c_void_p, c_uint32, c_uint32, c_void_p
+)
+ON_ERROR = CFUNCTYPE(None, c_void_p, c_uint64, c_int, c_void_p)
 
 
 class IOVec(Structure):
@@ -118,6 +131,17 @@ class Callbacks(Structure):
         ("on_accept", ON_ACCEPT),
         ("on_data", ON_DATA),
         ("on_writable", ON_WRITABLE),
+        ("on_close", ON_CLOSE),
+    ]
+
+
+class DatagramCallbacks(Structure):
+    """``struct ep_datagram_callbacks`` (the binding registers with EP_QUEUE and passes NULL)."""
+
+    _fields_ = [
+        ("on_datagram", ON_DATAGRAM),
+        ("on_writable", ON_WRITABLE),
+        ("on_error", ON_ERROR),
         ("on_close", ON_CLOSE),
     ]
 
@@ -284,6 +308,15 @@ _SIGNATURES: dict[str, tuple[Any, ...]] = {
         c_int64,
         (LOOP, c_char_p, c_uint32, c_uint32, POINTER(Callbacks), c_void_p),
     ),
+    "ep_udp_bind": (
+        c_int64,
+        (LOOP, c_char_p, c_uint16, c_uint32, POINTER(DatagramCallbacks), c_void_p),
+    ),
+    "ep_udp_connect": (c_int, (LOOP, ID, c_char_p, c_uint16)),
+    "ep_sendto": (c_int, (LOOP, ID, c_void_p, c_size_t, c_void_p, c_uint32), HOT),
+    "ep_udp_join": (c_int, (LOOP, ID, c_char_p, c_char_p)),
+    "ep_udp_leave": (c_int, (LOOP, ID, c_char_p, c_char_p)),
+    "ep_udp_set_option": (c_int, (LOOP, ID, c_int, c_int)),
     "ep_timer_start": (c_int64, (LOOP, c_uint64, c_uint64, TIMER_CB, c_void_p)),
     "ep_timer_cancel": (c_int, (LOOP, ID)),
     "ep_post": (c_int, (LOOP, POST_CB, c_void_p)),

@@ -38,6 +38,7 @@ from ctypes import byref, c_char
 from typing import Any, cast
 
 from . import _aio, _events, _ffi, _signals
+from ._datagram import DatagramEndpoint, _DatagramHosting
 from ._connection import Connection
 from ._errors import (
     CloseReason,
@@ -71,6 +72,7 @@ __all__ = [
     "CloseReason",
     "ClosingError",
     "Connection",
+    "DatagramEndpoint",
     "EploopError",
     "ForkedLoopError",
     "Handler",
@@ -85,7 +87,7 @@ __all__ = [
 ]
 
 
-class Loop(_ExceptionHandling, _aio._AsyncioHosting):
+class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
     """An epoll event loop; a context manager that closes every connection on exit.
 
     A loop is used by one thread at a time, normally the one that runs it. Only ``stop()`` and

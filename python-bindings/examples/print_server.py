@@ -7,6 +7,10 @@ client leaving. Here each complete line a client sends is printed as "data <id> 
 (control characters shown as '.', so a client cannot forge log lines), a last unterminated
 line is printed when the client goes, and every departure is one "close" line.
 
+It also listens on UDP, on the same port number where it is free (printed as "udp <port>"):
+each line of a datagram is printed as "datagram <host>:<port> <text>", and a datagram longer
+than 16 KiB, cut to it, is marked "(truncated)".
+
 usage: print_server.py PORT [-q] [--host ADDR]      (PORT 0 picks a free port)
 """
 
@@ -17,6 +21,7 @@ import io
 import re
 import signal
 import sys
+from typing import Any
 
 import eploop
 
@@ -47,6 +52,16 @@ class Printer(eploop.Handler):
         log(f"data {self.conn.id} {CONTROL.sub('.', line.decode(errors='backslashreplace'))}")
 
 
+class DatagramPrinter(eploop.DatagramHandler):
+    def on_datagram(self, data: bytes, addr: Any) -> None:
+        sender = f"{addr[0]}:{addr[1]}"
+        for line in data.removesuffix(b"\n").split(b"\n"):
+            text = CONTROL.sub(".", line.removesuffix(b"\r").decode(errors="backslashreplace"))
+            log(f"datagram {sender} {text}")
+        if isinstance(data, eploop.TruncatedDatagram):
+            log(f"datagram {sender} (truncated)")
+
+
 def log(line: str) -> None:
     if not args.q:
         print(line)
@@ -65,4 +80,10 @@ with eploop.Loop() as loop:
         signal.signal(signum, lambda *_: loop.stop())
     listener = loop.listen((args.host, args.port), Printer)
     print("listening", listener.port)
+    try:  # the TCP port's number, if no other program holds it for UDP
+        udp = loop.datagram_endpoint((args.host, listener.port), DatagramPrinter)
+    except eploop.EploopError:
+        udp = loop.datagram_endpoint((args.host, 0), DatagramPrinter)
+    udp.set_max_size(16 * 1024)
+    print("udp", udp.port)
     loop.run()

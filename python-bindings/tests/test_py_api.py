@@ -57,6 +57,9 @@ C_TYPES = {
     "char *": ctypes.c_char_p,
     "const struct iovec *": ctypes.POINTER(_ffi.IOVec),
     "ep_release_fn": _ffi.RELEASE_CB,
+    "const struct ep_datagram_callbacks *": ctypes.POINTER(_ffi.DatagramCallbacks),
+    "const struct sockaddr *": ctypes.c_void_p,
+    "socklen_t": ctypes.c_uint32,
 }
 
 
@@ -111,6 +114,7 @@ FIELD_TYPES = {
 }
 STRUCTS = {
     "ep_callbacks": _ffi.Callbacks,
+    "ep_datagram_callbacks": _ffi.DatagramCallbacks,
     "ep_stats": _ffi.Stats,
     "ep_command": _ffi.Command,
     "ep_commands": _ffi.Commands,

@@ -383,3 +383,45 @@ def test_dead_peer_client_sigint_exits_0() -> None:
             assert status == 0, proc.stderr
             assert any(re.fullmatch(r"close \d+ loop_freed 0", line) for line in proc.lines)
         assert_clean_exit(server, signal.SIGINT)
+
+
+# -- UDP: the echo example, and the print server's datagram side
+
+
+def test_udp_echo_answers_every_datagram_and_stops_on_sigterm() -> None:
+    with example_server("udp_echo.py") as (proc, port):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(TIMEOUT)
+            client.connect(("127.0.0.1", port))
+            for message in (b"hello", b"", bytes(range(256)) * 100):
+                client.send(message)
+                assert client.recv(65536) == message
+            client_port = client.getsockname()[1]
+        proc.wait_line(r"^datagram 127\.0\.0\.1 \d+ 25600$")
+        status = proc.finish(signal.SIGTERM)
+        assert status == 0, proc.stderr
+    datagrams = [line for line in proc.lines if line.startswith("datagram ")]
+    assert datagrams == [
+        f"datagram 127.0.0.1 {client_port} 5",
+        f"datagram 127.0.0.1 {client_port} 0",
+        f"datagram 127.0.0.1 {client_port} 25600",
+    ]
+    closes = [line.split()[2:] for line in proc.lines if line.startswith("close ")]
+    assert closes == [["loop_freed", "0"]]
+
+
+def test_print_server_prints_datagrams_line_by_line() -> None:
+    with example_server("print_server.py") as (proc, _port):
+        udp_port = int(proc.wait_line(r"^udp (\d+)$").group(1))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.sendto(b"first\r\nclose 1 local 0\n", ("127.0.0.1", udp_port))
+            client.sendto(b"y" * 20000, ("127.0.0.1", udp_port))  # over 16 KiB: cut, marked
+            sender = f"127.0.0.1:{client.getsockname()[1]}"
+            proc.wait_line(r"^datagram \S+ \(truncated\)$")
+        assert_clean_exit(proc, signal.SIGTERM)
+    assert [line for line in proc.lines if line.startswith("datagram ")] == [
+        f"datagram {sender} first",
+        f"datagram {sender} close 1 local 0",
+        f"datagram {sender} {'y' * 16384}",
+        f"datagram {sender} (truncated)",
+    ]

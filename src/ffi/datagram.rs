@@ -30,7 +30,8 @@ pub const EP_UDP_MAX_DATAGRAM: c_int = 4;
 pub const EP_UDP_MULTICAST_IF: c_int = 5;
 
 /// The largest datagram ep_sendto() accepts (the UDP payload limit over IPv4).
-pub const EP_DATAGRAM_MAX: usize = sys::MAX_DATAGRAM;
+pub const EP_DATAGRAM_MAX: usize = 65_507;
+const _: () = assert!(EP_DATAGRAM_MAX == sys::MAX_DATAGRAM);
 
 /// Creates a UDP socket (non-blocking, close-on-exec) bound to `host`:`port` and registers it as
 /// an endpoint. `host` is a numeric IPv4 or IPv6 address or "localhost"; "" means every address
