@@ -600,9 +600,10 @@ typedef struct ep_datagram_callbacks {
    */
   void (*on_error)(struct ep_loop *lp, ep_id id, int err, void *user);
   /**
-   * The endpoint ended: EP_CLOSE_LOCAL (ep_close()), EP_CLOSE_ABORT (ep_abort()),
-   * EP_CLOSE_LOOP_FREED, or EP_CLOSE_ERROR with the errno of a fatal socket error. A peer
-   * never ends an endpoint. Exactly once per id; nothing follows it.
+   * The endpoint ended: EP_CLOSE_LOCAL (ep_close() or ep_drain(), once the queue was sent),
+   * EP_CLOSE_TIMEOUT (that queue made no progress for the linger time), EP_CLOSE_ABORT
+   * (ep_abort()), EP_CLOSE_LOOP_FREED, or EP_CLOSE_ERROR with the errno of a fatal socket
+   * error. A peer never ends an endpoint. Exactly once per id; nothing follows it.
    */
   void (*on_close)(struct ep_loop *lp, ep_id id, enum ep_close_reason reason, int err, void *user);
 } ep_datagram_callbacks;
@@ -951,9 +952,11 @@ int ep_resume_reading(struct ep_loop *lp, ep_id id);
  *
  * The endpoint works with ep_sendto(), ep_udp_connect(), ep_udp_join()/ep_udp_leave(),
  * ep_udp_set_option(), ep_pause_reading()/ep_resume_reading(), ep_set_watermarks(), ep_close()
- * (what is queued goes to the kernel as far as it takes it now, then on_close(EP_CLOSE_LOCAL)),
- * ep_abort() (queue dropped, on_close(EP_CLOSE_ABORT)), ep_fd(), ep_local_port(), ep_set_user(),
- * ep_get_user(); stream calls (ep_send(), ep_shutdown()...) return EP_EKIND.
+ * (reading stops, what is queued is sent, then on_close(EP_CLOSE_LOCAL); a queue that makes no
+ * progress for the linger time of ep_set_linger() is dropped: on_close(EP_CLOSE_TIMEOUT,
+ * ETIMEDOUT)), ep_abort() (queue dropped, on_close(EP_CLOSE_ABORT)), ep_fd(), ep_local_port(),
+ * ep_set_user(), ep_get_user(); ep_drain() closes endpoints like connections, at the end of its
+ * grace period. Stream calls (ep_send(), ep_shutdown()...) return EP_EKIND.
  *
  * Returns the endpoint's id, or EP_ENULL (NULL host, or NULL cbs without EP_QUEUE), -EINVAL (an
  * unparsable host, a flag other than those above), -EADDRINUSE, -EACCES (a privileged port),

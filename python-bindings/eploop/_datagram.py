@@ -228,8 +228,9 @@ class DatagramEndpoint(_Registration):
         self.loop._kick()
 
     def close(self) -> None:
-        """Hand what is queued to the kernel (as far as it takes it now) and close; then
-        ``on_close(LOCAL)``. Idempotent; nothing but that ``on_close`` follows."""
+        """Stop reading, send what is queued, then close: ``on_close(LOCAL)`` (or
+        ``TIMEOUT`` if the queue made no progress for the loop's linger time). Idempotent;
+        nothing but that ``on_close`` follows."""
         self._end(_ep_close, "ep_close")
 
     def abort(self) -> None:

@@ -55,6 +55,7 @@ impl<H: Handler> Loop<H> {
         let (ender, role) = match &entry {
             Entry::Stream(s) if s.closed_by_caller => (Ender::CallerClose, Role::Stream),
             Entry::Listener(_) => (Ender::Loop, Role::Listener),
+            Entry::Datagram(d) if d.closed_by_caller => (Ender::CallerClose, Role::Datagram),
             Entry::Datagram(_) => (Ender::Loop, Role::Datagram),
             _ => (Ender::Loop, Role::Stream),
         };

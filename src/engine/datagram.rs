@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::IntoRawFd;
+use std::time::Instant;
 
 use super::registry::parse_host;
 use super::{
@@ -38,6 +39,12 @@ pub(super) struct Datagram<H> {
     /// Errors to report through on_datagram_error at the next pass, in the order they happened.
     errors: Vec<Errno>,
     pub in_service: bool,
+    /// A graceful close waits for the queue to drain until this deadline (no reading meanwhile).
+    closing_until: Option<Instant>,
+    /// The queue made progress since the close deadline was armed: it gets another period.
+    flushed: bool,
+    /// The caller's own ep_close started the close (its later calls are EP_ECLOSING).
+    pub closed_by_caller: bool,
 }
 
 struct Outgoing {
@@ -50,8 +57,17 @@ impl<H> Datagram<H> {
         self.queued
     }
 
+    /// A graceful close is flushing the queue.
+    pub(super) fn closing(&self) -> bool {
+        self.closing_until.is_some()
+    }
+
     fn wanted_interest(&self) -> u32 {
-        let read = if self.paused { 0 } else { ev::IN };
+        let read = if self.paused || self.closing() {
+            0
+        } else {
+            ev::IN
+        };
         let write = if self.out.is_empty() { 0 } else { ev::OUT };
         read | write | if self.opts.edge { ev::ET } else { 0 }
     }
@@ -138,6 +154,9 @@ impl<H: Handler> Loop<H> {
             max_size: sys::MAX_DATAGRAM,
             errors: Vec::new(),
             in_service: false,
+            closing_until: None,
+            flushed: false,
+            closed_by_caller: false,
         };
         let interest = endpoint.interest;
         let id = match insert(&mut st.entries, Entry::Datagram(endpoint)) {
@@ -330,6 +349,11 @@ impl<H: Handler> Loop<H> {
             };
             let (sent, errors) = d.write_queue();
             d.errors.extend(errors);
+            d.flushed |= sent > 0;
+            if d.closing() && d.out.is_empty() {
+                drop(st);
+                return self.terminate(id, CloseReason::Local, 0, FdFate::Close);
+            }
             d.update_interest(self.epfd, id);
             let writable = d.above_high && d.queued <= d.flow.low;
             if writable {
@@ -374,13 +398,49 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    /// ep_close() of an endpoint: what is queued goes to the kernel as far as it takes it now
-    /// (the rest is dropped: a datagram socket has nothing to linger for), then on_close(LOCAL).
-    pub(super) fn close_datagram(&self, id: Id) {
-        if let Some(Entry::Datagram(d)) = self.state.borrow_mut().entries.get_mut(id) {
-            let _ = d.write_queue();
+    /// A graceful close of an endpoint (ep_close, or the end of ep_drain's grace): reading stops,
+    /// what is queued is sent, then on_close(LOCAL). A queue that makes no progress for the
+    /// linger time is dropped: on_close(TIMEOUT, ETIMEDOUT).
+    pub(super) fn close_datagram(&self, id: Id, by_caller: bool) {
+        let mut st = self.state.borrow_mut();
+        let linger = st.linger;
+        let Some(Entry::Datagram(d)) = st.entries.get_mut(id) else {
+            return;
+        };
+        d.closed_by_caller |= by_caller;
+        if d.closing() {
+            return;
         }
-        self.terminate(id, CloseReason::Local, 0, FdFate::Close);
+        let _ = d.write_queue();
+        if d.out.is_empty() {
+            drop(st);
+            return self.terminate(id, CloseReason::Local, 0, FdFate::Close);
+        }
+        let deadline = Instant::now() + linger;
+        d.closing_until = Some(deadline);
+        d.flushed = false;
+        d.update_interest(self.epfd, id);
+        st.arm(deadline, id);
+    }
+
+    /// The close deadline of a flushing endpoint passed: another period if the queue moved,
+    /// otherwise the rest is dropped.
+    pub(super) fn expire_datagram_close(&self, id: Id, now: Instant) {
+        let mut st = self.state.borrow_mut();
+        let linger = st.linger;
+        let Some(Entry::Datagram(d)) = st.entries.get_mut(id) else {
+            return;
+        };
+        if !d.closing_until.is_some_and(|t| t <= now) {
+            return;
+        }
+        if std::mem::take(&mut d.flushed) {
+            d.closing_until = Some(now + linger);
+            st.arm(now + linger, id);
+            return;
+        }
+        drop(st);
+        self.terminate(id, CloseReason::Timeout, sys::ETIMEDOUT, FdFate::Close);
     }
 }
 

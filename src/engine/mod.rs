@@ -417,6 +417,7 @@ impl<H> State<H> {
             Some(Entry::Listener(l)) => Ok(Target::Listener(l)),
             Some(Entry::Stream(s)) if s.closed_by_caller => Err(Error::Closing),
             Some(Entry::Stream(s)) => Ok(Target::Stream(s)),
+            Some(Entry::Datagram(d)) if d.closing() => Err(Error::Closing),
             Some(Entry::Datagram(d)) => Ok(Target::Datagram(d)),
             Some(Entry::Timer(_) | Entry::Signal(_)) => Err(Error::Kind),
             Some(Entry::Closed(closed)) if closed.ender == Ender::Loop => {

@@ -108,7 +108,7 @@ impl<H: Handler> Loop<H> {
             }
             Target::Datagram(_) => {
                 drop(st);
-                self.close_datagram(id);
+                self.close_datagram(id, true);
                 self.state
                     .borrow_mut()
                     .ended_by_caller(id, Ender::CallerClose);

@@ -229,7 +229,7 @@ impl<H: Handler> Loop<H> {
             };
             match (open, endpoint) {
                 (true, false) => self.close_gracefully(id),
-                (true, true) => self.close_datagram(id),
+                (true, true) => self.close_datagram(id, false),
                 _ => {}
             }
         }

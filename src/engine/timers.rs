@@ -201,6 +201,10 @@ impl<H: Handler> Loop<H> {
                 drop(st);
                 self.end_linger(id, false);
             }
+            Some(Entry::Datagram(d)) if d.closing() => {
+                drop(st);
+                self.expire_datagram_close(id, now);
+            }
             Some(Entry::Listener(l)) if l.backoff_until.is_some_and(|d| d <= now) => {
                 l.backoff_until = None;
                 l.update_interest(self.epfd, id);

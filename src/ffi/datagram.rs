@@ -42,9 +42,11 @@ const _: () = assert!(EP_DATAGRAM_MAX == sys::MAX_DATAGRAM);
 ///
 /// The endpoint works with ep_sendto(), ep_udp_connect(), ep_udp_join()/ep_udp_leave(),
 /// ep_udp_set_option(), ep_pause_reading()/ep_resume_reading(), ep_set_watermarks(), ep_close()
-/// (what is queued goes to the kernel as far as it takes it now, then on_close(EP_CLOSE_LOCAL)),
-/// ep_abort() (queue dropped, on_close(EP_CLOSE_ABORT)), ep_fd(), ep_local_port(), ep_set_user(),
-/// ep_get_user(); stream calls (ep_send(), ep_shutdown()...) return EP_EKIND.
+/// (reading stops, what is queued is sent, then on_close(EP_CLOSE_LOCAL); a queue that makes no
+/// progress for the linger time of ep_set_linger() is dropped: on_close(EP_CLOSE_TIMEOUT,
+/// ETIMEDOUT)), ep_abort() (queue dropped, on_close(EP_CLOSE_ABORT)), ep_fd(), ep_local_port(),
+/// ep_set_user(), ep_get_user(); ep_drain() closes endpoints like connections, at the end of its
+/// grace period. Stream calls (ep_send(), ep_shutdown()...) return EP_EKIND.
 ///
 /// Returns the endpoint's id, or EP_ENULL (NULL host, or NULL cbs without EP_QUEUE), -EINVAL (an
 /// unparsable host, a flag other than those above), -EADDRINUSE, -EACCES (a privileged port),

@@ -163,9 +163,10 @@ pub struct ep_datagram_callbacks {
     /// network refused after it was queued. Without this callback such errors are ignored.
     pub on_error:
         Option<unsafe extern "C" fn(lp: *mut ep_loop, id: ep_id, err: c_int, user: *mut c_void)>,
-    /// The endpoint ended: EP_CLOSE_LOCAL (ep_close()), EP_CLOSE_ABORT (ep_abort()),
-    /// EP_CLOSE_LOOP_FREED, or EP_CLOSE_ERROR with the errno of a fatal socket error. A peer
-    /// never ends an endpoint. Exactly once per id; nothing follows it.
+    /// The endpoint ended: EP_CLOSE_LOCAL (ep_close() or ep_drain(), once the queue was sent),
+    /// EP_CLOSE_TIMEOUT (that queue made no progress for the linger time), EP_CLOSE_ABORT
+    /// (ep_abort()), EP_CLOSE_LOOP_FREED, or EP_CLOSE_ERROR with the errno of a fatal socket
+    /// error. A peer never ends an endpoint. Exactly once per id; nothing follows it.
     pub on_close: Option<
         unsafe extern "C" fn(
             lp: *mut ep_loop,

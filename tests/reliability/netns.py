@@ -140,6 +140,15 @@ class NetPair:
         self.dropper = "tbf burst 40b (this kernel has no netem)"
         return self.dropper
 
+    def throttle(self, side: str, rate: str = "20mbit") -> None:
+        """That side's veth sends at most `rate`, queueing (up to 8 MB) rather than dropping:
+        a sender faster than the link fills its socket buffer and meets EAGAIN."""
+        n, d = self.ns[side], self.dev[side]
+        proc = _tc("-n", n, "qdisc", "add", "dev", d, "root", "tbf", "rate", rate, "burst", "32kb",
+                   "limit", "8mb")
+        if proc.returncode != 0:
+            raise NetnsError(f"cannot throttle {side}: {proc.stderr.strip()}")
+
     def dropped(self, side: str) -> int:
         """Packets the vanish qdisc on that side has dropped so far."""
         out = _tc("-n", self.ns[side], "-s", "qdisc", "show", "dev", self.dev[side]).stdout
