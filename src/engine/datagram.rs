@@ -431,7 +431,7 @@ impl<H: Handler> Loop<H> {
         let Some(Entry::Datagram(d)) = st.entries.get_mut(id) else {
             return;
         };
-        if !d.closing_until.is_some_and(|t| t <= now) {
+        if d.closing_until.is_none_or(|t| t > now) {
             return;
         }
         if std::mem::take(&mut d.flushed) {
