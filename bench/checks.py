@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import struct
 import threading
 import time
 
@@ -121,8 +122,9 @@ def echo_many(port: int) -> str | None:
 _STATUS = re.compile(rb"HTTP/1\.[01] 200 [^\r\n]*\r\n")
 
 
-def _read_response(sock: socket.socket, buf: bytearray) -> bytes:
-    """Reads one response (status, headers, Content-Length body) from sock; leftovers stay in buf."""
+def _read_response(sock: socket.socket, buf: bytearray, body: bytes = EXPECTED_BODY) -> bytes:
+    """Reads one response (status, headers, Content-Length body) from sock; leftovers stay in buf.
+    The body must be `body`."""
     deadline = time.monotonic() + TIMEOUT
     while b"\r\n\r\n" not in buf:
         if time.monotonic() > deadline:
@@ -146,8 +148,11 @@ def _read_response(sock: socket.socket, buf: bytearray) -> bytes:
         buf.extend(chunk)
     response = bytes(buf[:total])
     del buf[:total]
-    if not response.endswith(EXPECTED_BODY):
-        raise ValueError(f"body is not {EXPECTED_BODY!r}: {response[head_end:]!r}")
+    if response[head_end:] != body:
+        got = response[head_end:]
+        where = next((i for i, (a, b) in enumerate(zip(got, body)) if a != b), min(len(got), len(body)))
+        raise ValueError(f"body differs from the expected {len(body)} bytes at offset {where} "
+                         f"(got {len(got)} bytes): {got[where:where + 16]!r}")
     return response
 
 
@@ -227,9 +232,39 @@ class _NoSocket:
         return b""
 
 
+# ---------------------------------------------------------------- large responses
+
+LARGE_BODY = b""  # set by catalog.make_large_body() before the checks run
+
+
+def http_large_pipelined(port: int) -> str | None:
+    """Three pipelined requests: three complete 1 MiB responses, byte for byte, in order."""
+    with _connect(port) as s:
+        s.sendall(HTTP_REQUEST * 3)
+        buf = bytearray()
+        for i in range(3):
+            try:
+                _read_response(s, buf, LARGE_BODY)
+            except (ValueError, EOFError, TimeoutError, OSError) as e:
+                return f"response {i}: {e}"
+    return None
+
+
+def http_large_reset_mid_response(port: int) -> str | None:
+    """A client that resets while its response is on the way; the next client is served whole."""
+    s = _connect(port)
+    s.sendall(HTTP_REQUEST)
+    s.recv(1000)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    time.sleep(0.05)
+    return http_large_pipelined(port)
+
+
 ECHO_CHECKS = [echo_ping_pong, echo_bulk_binary, echo_half_close, echo_many]
 HTTP_KEEPALIVE_CHECKS = [http_keepalive_sequential, http_pipelined, http_split_request]
 HTTP_CLOSE_CHECKS = [http_close_mode]
+HTTP_LARGE_CHECKS = [http_large_pipelined, http_large_reset_mid_response]
 
 
 def run_checks(port: int, checks) -> list[str]:

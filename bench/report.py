@@ -185,11 +185,19 @@ def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
         what = s["note"] + (f" — **not run: {s['missing']}**" if s["missing"] else "")
         lines.append(f"| {s['name']} | {s['language']} | {what} |")
 
-    lines += ["", "## Behaviour checks", "", "| server | echo | http-keepalive | http-close |", "|---|---|---|---|"]
+    check_modes = ("echo", "http-keepalive", "http-close", "http-large-mem", "http-large-file")
+    lines += ["", "## Behaviour checks", "", "| server | " + " | ".join(check_modes) + " |",
+              "|---|" + "---|" * len(check_modes)]
+    measured = {key.split("|")[0] + "|" + key.split("|")[1] for key in report["runs"]}
     for s in servers:
         row = [s["name"]]
-        for mode in ("echo", "http-keepalive", "http-close"):
-            row.append("FAIL: " + "; ".join(s["failures"][mode])[:200] if mode in s["failures"] else "pass")
+        for mode in check_modes:
+            if mode in s["failures"]:
+                row.append("FAIL: " + "; ".join(s["failures"][mode])[:200])
+            elif mode.startswith("http-large") and f"{s['name']}|{mode}" not in measured:
+                row.append("–")
+            else:
+                row.append("pass")
         lines.append("| " + " | ".join(row) + " |")
 
     def geomean_ratio(server: str, names_: list[str]) -> str:
@@ -201,7 +209,8 @@ def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
             logs.append(math.log(m["cpu_us_per_op"] / ref["cpu_us_per_op"]))
         return f"{math.exp(sum(logs) / len(logs)):.2f}×" if logs else "–"
 
-    sc_names = [sc["name"] for sc in scenarios]
+    # The large-response scenarios have their own table (not every server implements them).
+    sc_names = [sc["name"] for sc in scenarios if not sc["name"].startswith("http-large")]
     echo_names = [n for n in sc_names if n.startswith("echo")]
     http_names = [n for n in sc_names if n.startswith("http")]
     idle_all = report.get("idle", {})
@@ -251,6 +260,29 @@ def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
     table("Latency p50 (µs)", "p50_us", 0, "As seen by the load generator.")
     table("Latency p99 (µs)", "p99_us", 0, "As seen by the load generator (wrk gives no p99 for "
           "pipelined batches: –).")
+
+    large = [sc["name"] for sc in scenarios if sc["name"].startswith("http-large")]
+    if large:
+        lines += ["", "## Large responses (1 MiB body)", "",
+                  "HTTP/1.1 keep-alive, 10 connections, every response a 1 MiB body: from memory "
+                  "(`http-large-mem`: eploop `ep_send_nocopy`/`send_nocopy`, libuv one `uv_write` of two "
+                  "buffers, c-epoll `sendmsg` of header and body, asyncio/uvloop `writelines`) or from a "
+                  "file (`http-large-file`: eploop `ep_send_file`/`send_file`, c-epoll `sendfile`, "
+                  "asyncio `loop.sendfile`; uvloop has no `loop.sendfile` and reads the file per "
+                  "response; libuv has no non-blocking sendfile into a TCP stream: –). Server CPU per "
+                  "request (ratio to c-epoll) and throughput in requests per second, which is also "
+                  "MiB/s of body.", "",
+                  "| server | " + " | ".join(f"{n}: CPU µs/request | {n}: req/s (= MiB/s)" for n in large) + " |",
+                  "|---|" + "---|---|" * len(large)]
+        for n in names:
+            cells = []
+            for sc in large:
+                m = med.get((n, sc))
+                if not m or "error" in m:
+                    cells += ["error" if m else "–", "–"]
+                    continue
+                cells += [cell(med, n, sc, "cpu_us_per_op", 0), fmt_num(m.get("ops_per_s"), 0)]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
 
     lines += ["", "Scenarios:", ""]
     for sc in scenarios:

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -38,103 +37,21 @@ WRK_SCRIPT = BENCH / "wrk" / "report.lua"
 
 SERVER_CPU = "1"   # core the servers run on
 CLIENT_CPU = "0"   # core loadgen / wrk run on
-REFERENCE = "c-epoll"
 
-ECHO, HTTP_KA, HTTP_CLOSE = "echo", "http-keepalive", "http-close"
-
-
-@dataclass
-class Server:
-    name: str
-    language: str                 # "C" or "Python"
-    commands: dict                # mode -> argv (PORT is filled in as "{port}")
-    note: str = ""
-    failures: dict = field(default_factory=dict)   # mode -> [problems]
-    missing: str = ""
-
-
-def anchor_c(binary: str) -> dict:
-    exe = str(BUILD / binary)
-    return {
-        ECHO: [exe, "{port}", "--echo", "-q"],
-        HTTP_KA: [exe, "{port}", "--http", "--keep-alive", "-q"],
-        HTTP_CLOSE: [exe, "{port}", "--http", "-q"],
-    }
-
-
-def anchor_py(script: str) -> dict:
-    py, path = str(BENCH_PY), str(SERVERS_DIR / script)
-    return {
-        ECHO: [py, path, "{port}", "--echo", "-q"],
-        HTTP_KA: [py, path, "{port}", "--http", "--keep-alive", "-q"],
-        HTTP_CLOSE: [py, path, "{port}", "--http", "-q"],
-    }
-
-
-def all_servers() -> list[Server]:
-    ep_echo, ep_http = str(EPLOOP_C / "echo_server"), str(EPLOOP_C / "http_server")
-    py_echo = str(EPLOOP_PY_EXAMPLES / "echo_server.py")
-    py_http = str(EPLOOP_PY_EXAMPLES / "http_server.py")
-    eploop_py = {mode: [str(EPLOOP_PY), *argv[1:]] for mode, argv in anchor_py("eploop_server.py").items()}
-    return [
-        Server("eploop-c", "C", anchor_c("eploop_server"),
-               "bench/servers/eploop_server.c: eploop, same application code as the anchors"),
-        Server(REFERENCE, "C", anchor_c("c_epoll"), "bench/servers/c_epoll.c: hand-written epoll loop"),
-        Server("libuv", "C", anchor_c("uv_server"), "bench/servers/uv_server.c"),
-        Server("libevent", "C", anchor_c("event_server"), "bench/servers/event_server.c (bufferevent)"),
-        Server("eploop-c-example", "C", {
-            ECHO: [ep_echo, "{port}", "-q"],
-            HTTP_KA: [ep_http, "{port}", "-q", "--keep-alive", "--nodelay"],
-            HTTP_CLOSE: [ep_http, "{port}", "-q", "--nodelay"],
-        }, "c-examples/echo_server, http_server --nodelay (parses headers: more work per request)"),
-        Server("eploop-py", "Python", eploop_py,
-               "bench/servers/eploop_server.py: eploop, same application code as the Python anchors"),
-        Server("py-select-epoll", "Python", anchor_py("py_select_epoll.py"),
-               "bench/servers/py_select_epoll.py: well-written select.epoll"),
-        Server("py-seed-style", "Python", anchor_py("py_seed_style.py"),
-               "bench/servers/py_seed_style.py: epoll.modify around every send"),
-        Server("asyncio", "Python", anchor_py("py_asyncio.py"), "bench/servers/py_asyncio.py (Protocol API)"),
-        Server("uvloop", "Python", anchor_py("py_uvloop.py"), "same Protocol code on uvloop"),
-        Server("eploop-py-example", "Python", {
-            ECHO: [str(EPLOOP_PY), py_echo, "{port}", "-q"],
-            HTTP_KA: [str(EPLOOP_PY), py_http, "{port}", "-q", "--keep-alive", "--nodelay"],
-            HTTP_CLOSE: [str(EPLOOP_PY), py_http, "{port}", "-q", "--nodelay"],
-        }, "python-bindings/examples/echo_server.py, http_server.py --nodelay (parses headers)"),
-    ]
-
-
-@dataclass
-class Scenario:
-    name: str
-    mode: str          # which server process serves it
-    tool: str          # "loadgen" or "wrk"
-    args: dict
-    title: str
-
-
-SCENARIOS = [
-    Scenario("echo-1x64", ECHO, "loadgen", {"kind": "echo", "conns": 1, "size": 64}, "echo, 1 conn, 64 B"),
-    Scenario("echo-50x64", ECHO, "loadgen", {"kind": "echo", "conns": 50, "size": 64}, "echo, 50 conns, 64 B"),
-    Scenario("echo-1000x64", ECHO, "loadgen", {"kind": "echo", "conns": 1000, "size": 64}, "echo, 1000 conns, 64 B"),
-    Scenario("echo-1x16K", ECHO, "loadgen", {"kind": "echo", "conns": 1, "size": 16384}, "echo, 1 conn, 16 KiB"),
-    Scenario("echo-50x16K", ECHO, "loadgen", {"kind": "echo", "conns": 50, "size": 16384}, "echo, 50 conns, 16 KiB"),
-    Scenario("echo-1000x16K", ECHO, "loadgen", {"kind": "echo", "conns": 1000, "size": 16384}, "echo, 1000 conns, 16 KiB"),
-    Scenario("echo-connreq", ECHO, "loadgen", {"kind": "connreq", "conns": 50, "size": 64},
-             "echo, new connection per request, 50 concurrent"),
-    Scenario("http-keepalive", HTTP_KA, "wrk", {"conns": 50, "depth": 1}, "HTTP/1.1 keep-alive, 50 conns (wrk)"),
-    Scenario("http-pipelined", HTTP_KA, "wrk", {"conns": 50, "depth": 16}, "HTTP/1.1 pipelined x16, 50 conns (wrk)"),
-    Scenario("http-close", HTTP_CLOSE, "wrk", {"conns": 50, "depth": 1},
-             "HTTP/1.0 answer-then-close, 50 concurrent (wrk)"),
-]
-
-# Deterministic figure beside the timings: user-space instructions per operation under callgrind,
-# one connection (so no batching differences), instrumentation on only while the load runs.
-CALLGRIND_SCENARIOS = [
-    Scenario("echo-1x64", ECHO, "loadgen", {"kind": "echo", "conns": 1, "size": 64}, "echo, 1 conn, 64 B"),
-    Scenario("http-keepalive-1", HTTP_KA, "wrk", {"conns": 1, "depth": 1}, "HTTP/1.1 keep-alive, 1 conn"),
-]
-
-CHECKS_FOR = {ECHO: checks.ECHO_CHECKS, HTTP_KA: checks.HTTP_KEEPALIVE_CHECKS, HTTP_CLOSE: checks.HTTP_CLOSE_CHECKS}
+from catalog import (  # noqa: E402  (the servers and scenarios measured)
+    CALLGRIND_SCENARIOS,
+    CHECKS_FOR,
+    ECHO,
+    HTTP_CLOSE,
+    HTTP_KA,
+    LARGE_MODES,
+    REFERENCE,
+    SCENARIOS,
+    Scenario,
+    Server,
+    all_servers,
+    make_large_body,
+)
 
 
 def log(msg: str) -> None:
@@ -414,10 +331,14 @@ def main() -> int:
         scenarios = [s for s in SCENARIOS if s.name in wanted]
     modes = sorted({sc.mode for sc in scenarios} | ({ECHO} if not args.no_idle else set()))
     if args.checks_only:
-        modes = [ECHO, HTTP_KA, HTTP_CLOSE]
+        modes = [ECHO, HTTP_KA, HTTP_CLOSE, *LARGE_MODES]
+    if set(modes) & set(LARGE_MODES):
+        make_large_body()
 
     for s in servers:
         for mode in modes:
+            if mode not in s.commands:
+                continue
             exe = Path(s.commands[mode][1] if s.language == "Python" else s.commands[mode][0])
             if not exe.exists():
                 s.missing = f"{exe.relative_to(ROOT)} not built"
@@ -440,6 +361,8 @@ def main() -> int:
             if s.missing:
                 continue
             for mode in modes:
+                if mode not in s.commands:  # (a large-response mode it does not implement)
+                    continue
                 try:
                     r = Running(s, mode)
                 except RuntimeError as e:

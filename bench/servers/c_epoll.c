@@ -1,6 +1,10 @@
 /* Hand-written C epoll server: the practical limit the benchmark measures eploop against.
  *
- *   c_epoll PORT [--echo | --http] [--keep-alive] [-q]
+ *   c_epoll PORT [--echo | --http] [--keep-alive] [--body FILE | --sendfile FILE] [-q]
+ *
+ * Large responses (--body/--sendfile): each connection counts the responses it owes and how far
+ * into the current one it is; writev(header, body) from memory, or sendfile(2) for the body,
+ * until EAGAIN, then EPOLLOUT. No copy of the body.
  *
  * Single-threaded, level-triggered, one read buffer for the whole process, writes go straight
  * to the socket and only what the kernel refuses is queued (then, and only then, EPOLLOUT is
@@ -21,6 +25,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -49,6 +54,12 @@ static int http_mode;
 static int keep_alive;
 static volatile sig_atomic_t stop_requested;
 static char read_buf[READ_BUF_SIZE];
+static struct http_large large;
+/* Large mode only (its own table: the idle connections of the other modes stay 24 bytes). */
+static struct owed {
+    uint32_t responses; /* responses owed, the current one included */
+    uint64_t off;       /* bytes of the current response (header + body) already sent */
+} *owed;
 
 static void on_signal(int sig) {
     (void)sig;
@@ -62,6 +73,8 @@ static void log_close(int fd, const char *reason, int err) {
 
 static void conn_close(int fd, const char *reason, int err) {
     struct conn *c = &conns[fd];
+    if (owed)
+        owed[fd] = (struct owed){0, 0};
     free(c->out);
     free(c->in);
     memset(c, 0, sizeof *c);
@@ -156,6 +169,46 @@ static int send_responses(int fd, const char *resp, size_t resp_len, size_t coun
     return 0;
 }
 
+/* Large mode: sends what is owed until the kernel says EAGAIN (then EPOLLOUT) or nothing is
+ * owed (then EPOLLIN again). Returns -1 after closing the connection. */
+static int large_pump(int fd) {
+    struct owed *o = &owed[fd];
+    size_t total = large.header_len + large.len;
+    while (o->responses > 0) {
+        ssize_t n;
+        if (o->off < large.header_len || !large.from_file) {
+            struct iovec iov[2];
+            int cnt = 0;
+            if (o->off < large.header_len)
+                iov[cnt++] = (struct iovec){large.header + o->off, large.header_len - o->off};
+            size_t body_off = o->off > large.header_len ? o->off - large.header_len : 0;
+            if (!large.from_file)
+                iov[cnt++] = (struct iovec){large.body + body_off, large.len - body_off};
+            struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
+            n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        } else {
+            off_t file_off = (off_t)(o->off - large.header_len);
+            n = sendfile(fd, large.fd, &file_off, total - o->off);
+        }
+        if (n < 0) {
+            if (errno == EAGAIN) {
+                set_events(fd, EPOLLOUT);
+                return 0;
+            }
+            int err = errno;
+            conn_close(fd, reason_for_errno(err), err);
+            return -1;
+        }
+        o->off += (uint64_t)n;
+        if (o->off == total) {
+            o->off = 0;
+            o->responses--;
+        }
+    }
+    set_events(fd, EPOLLIN);
+    return 0;
+}
+
 /* Peer finished sending: flush what is queued, then close. */
 static void peer_eof(int fd) {
     struct conn *c = &conns[fd];
@@ -186,6 +239,15 @@ static void handle_http(int fd, const char *data, size_t len) {
     }
     size_t consumed = 0;
     size_t requests = http_count_requests(buf, buf_len, &consumed, keep_alive ? 0 : 1);
+    if (keep_alive && large.on && requests) {
+        int idle = owed[fd].responses == 0;
+        owed[fd].responses += (uint32_t)requests;
+        if (idle && large_pump(fd) != 0) {
+            free(joined);
+            return;
+        }
+        requests = 0;
+    }
     if (keep_alive) {
         if (requests && send_responses(fd, HTTP_RESPONSE_KEEPALIVE, HTTP_RESPONSE_KEEPALIVE_LEN,
                                        requests) != 0) {
@@ -265,6 +327,10 @@ static void on_readable(int fd) {
 
 static void on_writable(int fd) {
     struct conn *c = &conns[fd];
+    if (owed && owed[fd].responses) {
+        large_pump(fd);
+        return;
+    }
     while (c->out_off < c->out_len) {
         ssize_t n = send(fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
         if (n < 0) {
@@ -339,6 +405,8 @@ int main(int argc, char **argv) {
             http_mode = 0;
         else if (!strcmp(argv[i], "--keep-alive"))
             keep_alive = 1;
+        else if (http_large_option(&large, argc, argv, &i))
+            continue;
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -352,11 +420,15 @@ int main(int argc, char **argv) {
     setrlimit(RLIMIT_NOFILE, &rl);
     conns_cap = (int)(rl.rlim_cur > 1048576 ? 1048576 : rl.rlim_cur);
     conns = calloc((size_t)conns_cap, sizeof *conns);
+    if (large.on)
+        owed = calloc((size_t)conns_cap, sizeof *owed);
     reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* sendfile(2) has no MSG_NOSIGNAL: a peer that reset mid-file would kill the process. */
+    signal(SIGPIPE, SIG_IGN);
 
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
@@ -401,5 +473,6 @@ int main(int argc, char **argv) {
     close(lfd);
     close(epfd);
     free(conns);
+    free(owed);
     return 0;
 }

@@ -3,9 +3,14 @@
 responses. (python-bindings/examples/http_server.py parses headers and is measured separately
 as eploop-py-example.)
 
-    eploop_server.py PORT [--echo | --http] [--keep-alive] [-q]
+    eploop_server.py PORT [--echo | --http] [--keep-alive] [--body FILE | --sendfile FILE] [-q]
+
+Large responses: header and body (held in memory) with one send_many() (one ep_sendv: only
+what the kernel does not take is copied), or the header with send() and the file with
+send_file().
 """
 
+import os
 import resource
 import signal
 import socket
@@ -13,6 +18,7 @@ import sys
 
 import eploop
 
+import bench_common
 from bench_common import HTTP_MAX_REQUEST, HTTP_RESPONSE_CLOSE, HTTP_RESPONSE_KEEPALIVE, parse_args
 
 EOL = b"\r\n\r\n"
@@ -53,6 +59,29 @@ def make_handlers(quiet: bool):
                 self.conn.abort()
             self.partial = buf
 
+    class HttpLarge(Base):
+        def __init__(self):
+            self.partial = b""
+
+        def on_data(self, data):
+            buf = self.partial + data if self.partial else data
+            count = buf.count(EOL)
+            if count:
+                conn = self.conn
+                more = True
+                for _ in range(count):
+                    if LARGE_FD >= 0:
+                        conn.send(LARGE_HEADER)
+                        more = conn.send_file(LARGE_FD, 0, LARGE_LEN)
+                    else:
+                        more = conn.send_many((LARGE_HEADER, LARGE_BODY))
+                if not more:
+                    conn.pause_reading()
+                buf = buf[buf.rindex(EOL) + 4:]
+            if len(buf) > HTTP_MAX_REQUEST:
+                self.conn.abort()
+            self.partial = buf
+
     class HttpClose(Base):
         def __init__(self):
             self.partial = b""
@@ -67,11 +96,22 @@ def make_handlers(quiet: bool):
                 self.conn.abort()
             self.partial = buf
 
-    return Echo, HttpKeepAlive, HttpClose
+    return Echo, (HttpLarge if bench_common.LARGE_KIND else HttpKeepAlive), HttpClose
+
+
+LARGE_FD, LARGE_LEN, LARGE_BODY, LARGE_HEADER = -1, 0, b"", b""
 
 
 def main() -> int:
+    global LARGE_FD, LARGE_LEN, LARGE_BODY, LARGE_HEADER
     port, http_mode, keep_alive, quiet = parse_args(sys.argv[1:])
+    if bench_common.LARGE_KIND:
+        with open(bench_common.LARGE_PATH, "rb") as f:
+            LARGE_BODY = f.read()
+        LARGE_LEN = len(LARGE_BODY)
+        LARGE_HEADER = bench_common.large_header(LARGE_LEN)
+        if bench_common.LARGE_KIND == "sendfile":
+            LARGE_FD, LARGE_BODY = os.open(bench_common.LARGE_PATH, os.O_RDONLY | os.O_CLOEXEC), b""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     echo, http_keep_alive, http_close = make_handlers(quiet)

@@ -33,4 +33,56 @@ static inline size_t http_count_requests(const char *buf, size_t len, size_t *co
     *consumed = pos;
     return count;
 }
+/* Large-response mode (--body FILE / --sendfile FILE): every keep-alive response is a header
+ * and the file's bytes, held in memory (--body) or sent from the file each time (--sendfile). */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct http_large {
+    int on;        /* --body or --sendfile given */
+    int from_file; /* --sendfile: `fd` is open, `body` is NULL */
+    int fd;
+    char *body;
+    size_t len;
+    char header[128];
+    size_t header_len;
+};
+
+/* Recognises argv[*i] as --body/--sendfile FILE (advancing *i); 1 if it was one. Exits on error. */
+static inline int http_large_option(struct http_large *l, int argc, char **argv, int *i) {
+    int from_file = !strcmp(argv[*i], "--sendfile");
+    if (!from_file && strcmp(argv[*i], "--body"))
+        return 0;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "%s needs a FILE\n", argv[*i]);
+        exit(2);
+    }
+    const char *path = argv[++*i];
+    struct stat st;
+    l->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (l->fd < 0 || fstat(l->fd, &st) != 0) {
+        perror(path);
+        exit(1);
+    }
+    l->on = 1;
+    l->from_file = from_file;
+    l->len = (size_t)st.st_size;
+    if (!from_file) {
+        l->body = malloc(l->len ? l->len : 1);
+        if (!l->body || pread(l->fd, l->body, l->len, 0) != (ssize_t)l->len) {
+            perror(path);
+            exit(1);
+        }
+        close(l->fd);
+        l->fd = -1;
+    }
+    l->header_len = (size_t)snprintf(l->header, sizeof l->header,
+                                     "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                                     "Content-Length: %zu\r\n\r\n",
+                                     l->len);
+    return 1;
+}
 #endif

@@ -1,15 +1,22 @@
 """asyncio server on the Protocol API (the fast asyncio API, not streams).
 
-    py_asyncio.py PORT [--echo | --http] [--keep-alive] [-q]
+    py_asyncio.py PORT [--echo | --http] [--keep-alive] [--body FILE | --sendfile FILE] [-q]
+
+Large responses: --body writes the header and the body (held in memory) with one
+transport.writelines(); --sendfile writes the header, then awaits loop.sendfile() (asyncio uses
+os.sendfile; uvloop has no loop.sendfile, so there the file is read and written, as asyncio's own
+fallback does), one response after the other per connection.
 
 py_uvloop.py runs this same code on uvloop's event loop.
 """
 
 import asyncio
+import os
 import resource
 import signal
 import sys
 
+import bench_common
 from bench_common import HTTP_MAX_REQUEST, HTTP_RESPONSE_CLOSE, HTTP_RESPONSE_KEEPALIVE, parse_args
 
 EOL = b"\r\n\r\n"
@@ -66,6 +73,47 @@ def make_protocols(http_mode: bool, keep_alive: bool, quiet: bool, live: set):
                 self.transport.abort()
             self.partial = buf
 
+    class HttpLarge(Base):
+        __slots__ = ("partial", "owed", "task")
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.partial = b""
+            self.owed = 0
+            self.task = None
+
+        def data_received(self, data):
+            buf = self.partial + data if self.partial else data
+            count = buf.count(EOL)
+            if count:
+                if large.file is None:
+                    for _ in range(count):
+                        self.transport.writelines((large.header, large.body))
+                else:
+                    self.owed += count
+                    if self.task is None:
+                        self.task = asyncio.get_running_loop().create_task(self.send_files())
+                buf = buf[buf.rindex(EOL) + 4:]
+            if len(buf) > HTTP_MAX_REQUEST:
+                self.reason = "error"
+                self.transport.abort()
+            self.partial = buf
+
+        async def send_files(self):
+            loop = asyncio.get_running_loop()
+            try:
+                while self.owed and not self.transport.is_closing():
+                    self.transport.write(large.header)
+                    try:
+                        await loop.sendfile(self.transport, large.file, 0, large.length)
+                    except NotImplementedError:  # uvloop: read and write, as asyncio's fallback
+                        self.transport.write(os.pread(large.file.fileno(), large.length, 0))
+                    self.owed -= 1
+            except ConnectionError:
+                pass
+            finally:
+                self.task = None
+
     class HttpClose(Base):
         __slots__ = ("partial",)
 
@@ -86,7 +134,18 @@ def make_protocols(http_mode: bool, keep_alive: bool, quiet: bool, live: set):
 
     if not http_mode:
         return Echo
+    if keep_alive and bench_common.LARGE_KIND:
+        return HttpLarge
     return HttpKeepAlive if keep_alive else HttpClose
+
+
+class large:
+    """The large-response body (--body/--sendfile), set up by main()."""
+
+    header = b""
+    body = b""
+    file = None
+    length = 0
 
 
 async def serve(port: int, http_mode: bool, keep_alive: bool, quiet: bool) -> None:
@@ -109,6 +168,13 @@ async def serve(port: int, http_mode: bool, keep_alive: bool, quiet: bool) -> No
 
 def main(use_uvloop: bool = False) -> int:
     port, http_mode, keep_alive, quiet = parse_args(sys.argv[1:])
+    if bench_common.LARGE_KIND:
+        large.file = open(bench_common.LARGE_PATH, "rb")  # noqa: SIM115 - lives as long as the server
+        large.length = os.fstat(large.file.fileno()).st_size
+        large.header = bench_common.large_header(large.length)
+        if bench_common.LARGE_KIND == "body":
+            large.body = large.file.read()
+            large.file = None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if use_uvloop:

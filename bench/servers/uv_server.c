@@ -1,6 +1,12 @@
 /* libuv anchor server, written the way a careful libuv user would.
  *
- *   uv_server PORT [--echo | --http] [--keep-alive] [-q]
+ *   uv_server PORT [--echo | --http] [--keep-alive] [--body FILE] [-q]
+ *
+ * Large responses (--body): one uv_write of two buffers, the header and the body held in memory
+ * (no copy: libuv keeps the pointers until the write callback). --sendfile is refused: libuv's
+ * uv_fs_sendfile runs sendfile(2) on its thread pool and has no way to wait for a non-blocking
+ * socket to become writable (it reports EAGAIN), so a libuv server cannot stream a file into a
+ * TCP stream with it; it would read the file into memory instead, which is --body.
  *
  * One static read buffer (alloc_cb hands out the same block: libuv calls read_cb before the next
  * alloc_cb), uv_try_write first and uv_write (with a heap copy) only for what the kernel refused,
@@ -38,6 +44,18 @@ static uv_tcp_t server;
 static int quiet, http_mode, keep_alive;
 static char read_buf[READ_BUF_SIZE];
 static uv_signal_t sigint_watcher, sigterm_watcher;
+static struct http_large large;
+
+static void client_close(struct client *c, const char *reason, int err);
+
+static void on_large_written(uv_write_t *req, int status) {
+    struct client *c = (struct client *)req->handle;
+    free(req);
+    c->pending_writes--;
+    if (status < 0)
+        client_close(c, status == UV_ECONNRESET || status == UV_EPIPE ? "peer_reset" : "error",
+                     -status);
+}
 
 static void log_close(struct client *c, const char *reason, int err) {
     if (!quiet)
@@ -159,6 +177,14 @@ static void handle_http(struct client *c, const char *data, size_t len) {
             client_close(c, "local", 0);
         return;
     }
+    while (large.on && requests > 0) {
+        requests--;
+        uv_write_t *req = malloc(sizeof *req);
+        uv_buf_t two[2] = {uv_buf_init(large.header, (unsigned)large.header_len),
+                           uv_buf_init(large.body, (unsigned)large.len)};
+        c->pending_writes++;
+        uv_write(req, (uv_stream_t *)&c->tcp, two, 2, on_large_written);
+    }
     uv_buf_t bufs[64];
     while (requests > 0) {
         unsigned batch = requests < 64 ? (unsigned)requests : 64;
@@ -247,7 +273,12 @@ int main(int argc, char **argv) {
             http_mode = 0;
         else if (!strcmp(argv[i], "--keep-alive"))
             keep_alive = 1;
-        else {
+        else if (http_large_option(&large, argc, argv, &i)) {
+            if (large.from_file) {
+                fprintf(stderr, "--sendfile: not available with libuv (see the top of this file)\n");
+                return 2;
+            }
+        } else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
         }
