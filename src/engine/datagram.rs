@@ -372,7 +372,10 @@ impl<H: Handler> Loop<H> {
         let mut from = RawAddr::empty();
         for _ in 0..DATAGRAM_BUDGET {
             let (fd, max, handler) = match self.state.borrow().entries.get(id) {
-                Some(Entry::Datagram(d)) if !d.paused => (d.fd, d.max_size, d.handler.clone()),
+                // (a close under way delivers nothing more: only its on_close)
+                Some(Entry::Datagram(d)) if !d.paused && !d.closing() => {
+                    (d.fd, d.max_size, d.handler.clone())
+                }
                 _ => return,
             };
             let mut buf = self.read_buf.borrow_mut();
