@@ -52,35 +52,27 @@ def make_handlers(quiet: bool):
             buf = self.partial + data if self.partial else data
             count = buf.count(EOL)
             if count:
-                if not self.conn.send(HTTP_RESPONSE_KEEPALIVE * count):
+                if not self.respond(count):
                     self.conn.pause_reading()
                 buf = buf[buf.rindex(EOL) + 4:]
             if len(buf) > HTTP_MAX_REQUEST:
                 self.conn.abort()
             self.partial = buf
 
-    class HttpLarge(Base):
-        def __init__(self):
-            self.partial = b""
+        def respond(self, count):
+            return self.conn.send(HTTP_RESPONSE_KEEPALIVE * count)
 
-        def on_data(self, data):
-            buf = self.partial + data if self.partial else data
-            count = buf.count(EOL)
-            if count:
-                conn = self.conn
-                more = True
-                for _ in range(count):
-                    if LARGE_FD >= 0:
-                        conn.send(LARGE_HEADER)
-                        more = conn.send_file(LARGE_FD, 0, LARGE_LEN)
-                    else:
-                        more = conn.send_many((LARGE_HEADER, LARGE_BODY))
-                if not more:
-                    conn.pause_reading()
-                buf = buf[buf.rindex(EOL) + 4:]
-            if len(buf) > HTTP_MAX_REQUEST:
-                self.conn.abort()
-            self.partial = buf
+    class HttpLarge(HttpKeepAlive):
+        def respond(self, count):
+            conn = self.conn
+            more = True
+            for _ in range(count):
+                if LARGE_FD >= 0:
+                    conn.send(LARGE_HEADER)
+                    more = conn.send_file(LARGE_FD, 0, LARGE_LEN)
+                else:
+                    more = conn.send_many((LARGE_HEADER, LARGE_BODY))
+            return more
 
     class HttpClose(Base):
         def __init__(self):

@@ -35,16 +35,27 @@ pub unsafe extern "C" fn ep_send(
         if len > MAX_QUEUE {
             return -libc::ENOBUFS;
         }
-        let data: &[u8] = if len == 0 {
-            &[]
-        } else if buf.is_null() {
+        // SAFETY: `buf` is readable for `len` bytes (contract).
+        let Some(data) = (unsafe { byte_arg(buf, len) }) else {
             return EP_ENULL;
-        } else {
-            // SAFETY: `buf` is readable for `len` bytes (contract), len <= 1 GiB.
-            unsafe { std::slice::from_raw_parts(buf.cast(), len) }
         };
         boxed.engine.send(id, data).map_or_else(code, c_int::from)
     })
+}
+
+/// The bytes of a (`buf`, `len`) argument; None for a NULL `buf` with `len` > 0 (EP_ENULL).
+///
+/// # Safety
+/// `buf` NULL or readable for `len` bytes for as long as the slice is used.
+pub(super) unsafe fn byte_arg<'a>(buf: *const c_void, len: usize) -> Option<&'a [u8]> {
+    if len == 0 {
+        Some(&[])
+    } else if buf.is_null() {
+        None
+    } else {
+        // SAFETY: non-NULL and readable for `len` bytes (contract).
+        Some(unsafe { std::slice::from_raw_parts(buf.cast(), len) })
+    }
 }
 
 /// At most this many buffers in one ep_sendv() (IOV_MAX, as for writev).

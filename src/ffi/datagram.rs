@@ -5,6 +5,7 @@
 use std::ffi::{c_char, c_int, c_void};
 
 use super::boundary::Engine;
+use super::connection::byte_arg;
 use super::errors::{code, id_or_code, status, EP_ENULL};
 use super::handler::{ep_datagram_callbacks, Callbacks, FfiHandler};
 use super::registration::{host_str, options, text, EP_EDGE, EP_QUEUE, EP_REUSEPORT, EP_UNREF};
@@ -156,13 +157,9 @@ pub unsafe extern "C" fn ep_sendto(
         if len > EP_DATAGRAM_MAX {
             return -libc::EMSGSIZE;
         }
-        let data: &[u8] = if len == 0 {
-            &[]
-        } else if buf.is_null() {
+        // SAFETY: `buf` is readable for `len` bytes (contract).
+        let Some(data) = (unsafe { byte_arg(buf, len) }) else {
             return EP_ENULL;
-        } else {
-            // SAFETY: `buf` is readable for `len` bytes (contract), len <= 64 KiB.
-            unsafe { std::slice::from_raw_parts(buf.cast(), len) }
         };
         let to = if addr.is_null() {
             None

@@ -40,3 +40,21 @@ def server(bins):
 @pytest.fixture(params=["level", "edge"])
 def mode(request) -> str:
     return request.param
+
+
+@pytest.fixture
+def net():
+    """Two fresh hosts (network namespaces) for this test, deleted afterwards whatever happens;
+    the test is skipped, with the reason printed, where namespaces cannot be created."""
+    import netns
+
+    why = netns.unavailable()
+    if why:
+        print(f"SKIP network-namespace tests: {why}")
+        pytest.skip(f"network namespaces unavailable: {why}")
+    netns.sweep()
+    pair = netns.NetPair()
+    try:
+        yield pair
+    finally:
+        pair.close()

@@ -46,21 +46,6 @@ PEER = HERE / "deadpeer_peer.py"
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def net():
-    """A fresh pair of hosts (namespaces) for this test, deleted afterwards whatever happens."""
-    why = netns.unavailable()
-    if why:
-        print(f"SKIP dead-peer tests: {why}")
-        pytest.skip(f"network namespaces unavailable: {why}")
-    netns.sweep()
-    pair = netns.NetPair()
-    try:
-        yield pair
-    finally:
-        pair.close()
-
-
 @pytest.fixture(scope="session")
 def c_server() -> str:
     """deadpeer_server.c compiled against target/release (run `make lib` first)."""

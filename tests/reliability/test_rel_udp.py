@@ -14,14 +14,10 @@ Skips (with the reason printed) only where network namespaces cannot be created.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-import netns
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -39,20 +35,6 @@ except socket.timeout:
     pass
 print(len(seen), int(seen == sorted(seen) and len(set(seen)) == len(seen)), flush=True)
 """
-
-
-@pytest.fixture
-def net():
-    why = netns.unavailable()
-    if why:
-        print(f"SKIP UDP link tests: {why}")
-        pytest.skip(f"network namespaces unavailable: {why}")
-    netns.sweep()
-    pair = netns.NetPair()
-    try:
-        yield pair
-    finally:
-        pair.close()
 
 
 def test_a_sender_faster_than_the_link_is_queued_not_dropped(net) -> None:
