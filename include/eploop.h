@@ -576,8 +576,8 @@ typedef void (*ep_release_fn)(void *user);
 typedef struct ep_datagram_callbacks {
   /**
    * A datagram arrived from `from` (`fromlen` bytes: a struct sockaddr_in or sockaddr_in6;
-   * on an IPv6 endpoint an IPv4 sender appears as ::ffff:a.b.c.d). `data` and `from` are valid
-   * only during the call; pass `from` to ep_sendto() to answer. `flags` has
+   * on an IPv6 endpoint an IPv4 sender appears as an IPv4-mapped IPv6 address). `data` and
+   * `from` are valid only during the call; pass `from` to ep_sendto() to answer. `flags` has
    * EP_DGRAM_TRUNCATED when the datagram was longer than the endpoint's maximum
    * (EP_UDP_MAX_DATAGRAM) and `data` is only its beginning. A datagram may be empty (len 0).
    */
