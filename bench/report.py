@@ -265,8 +265,8 @@ def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
     if large:
         lines += ["", "## Large responses (1 MiB body)", "",
                   "HTTP/1.1 keep-alive, 10 connections, every response a 1 MiB body: from memory "
-                  "(`http-large-mem`: eploop `ep_send_nocopy`/`send_nocopy`, libuv one `uv_write` of two "
-                  "buffers, c-epoll `sendmsg` of header and body, asyncio/uvloop `writelines`) or from a "
+                  "(`http-large-mem`: eploop `ep_sendv`/`send_many` of header and body, libuv one `uv_write` "
+                  "of two buffers, c-epoll `sendmsg` of header and body, asyncio/uvloop `writelines`) or from a "
                   "file (`http-large-file`: eploop `ep_send_file`/`send_file`, c-epoll `sendfile`, "
                   "asyncio `loop.sendfile`; uvloop has no `loop.sendfile` and reads the file per "
                   "response; libuv has no non-blocking sendfile into a TCP stream: –). Server CPU per "
