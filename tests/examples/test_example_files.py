@@ -126,7 +126,11 @@ def test_kv_server_auto_pause_bounds_memory(run_example, run_program, monkeypatc
         results[auto] = (sent, grown, held)
     sent, grown, held = results[True]
     assert sent >= 256 * 1024, results
-    assert held <= 1 * MIB, results
+    # C holds about one read. The Python binding's handlers see a step's events after the step's
+    # reads: each time the kernel takes a reply and reading resumes at the low-water mark, up to
+    # one read budget (4 x 64 KiB) arrives before the next reply pauses it again, so the input
+    # held grows by at most that per reply the (never-reading) client's buffers absorb: a few.
+    assert held <= (1 if flavour == "c" else 4) * MIB, results
     assert grown <= 16 * 1024, f"RSS grew by {grown} KiB with auto-pause: {results}"
     sent, grown, held = results[False]
     assert held >= 16 * MIB, f"the control should pile up input: {results}"
