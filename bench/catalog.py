@@ -85,7 +85,7 @@ def all_servers() -> list[Server]:
         Server("eploop-c", "C", anchor_c("eploop_server", LARGE_MODES),
                "bench/servers/eploop_server.c: eploop, same application code as the anchors"),
         Server(REFERENCE, "C", anchor_c("c_epoll", LARGE_MODES), "bench/servers/c_epoll.c: hand-written epoll loop"),
-        Server("libuv", "C", anchor_c("uv_server", (HTTP_LARGE_MEM,)), "bench/servers/uv_server.c"),
+        Server("libuv", "C", anchor_c("uv_server", LARGE_MODES), "bench/servers/uv_server.c"),
         Server("libevent", "C", anchor_c("event_server"), "bench/servers/event_server.c (bufferevent)"),
         Server("eploop-c-example", "C", {
             ECHO: [ep_echo, "{port}", "-q"],

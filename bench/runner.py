@@ -233,6 +233,7 @@ def measure(server: Running, sc: Scenario, duration: float, warmup: float) -> di
     return {"ops": ops, "ops_per_s": ops / secs, "server_cpu_s": cpu, "server_user_s": user,
             "cpu_us_per_op": cpu / ops * 1e6 if ops else None,
             "user_us_per_op": user / ops * 1e6 if ops else None,
+            "mib_per_s": res["bytes"] / secs / (1 << 20),  # every byte wrk read, headers included
             "p50_us": res["p50_us"], "p99_us": res["p99_us"] or None}
 
 

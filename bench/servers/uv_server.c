@@ -1,12 +1,18 @@
 /* libuv anchor server, written the way a careful libuv user would.
  *
- *   uv_server PORT [--echo | --http] [--keep-alive] [--body FILE] [-q]
+ *   uv_server PORT [--echo | --http] [--keep-alive] [--body FILE | --sendfile FILE] [-q]
  *
  * Large responses (--body): one uv_write of two buffers, the header and the body held in memory
- * (no copy: libuv keeps the pointers until the write callback). --sendfile is refused: libuv's
- * uv_fs_sendfile runs sendfile(2) on its thread pool and has no way to wait for a non-blocking
- * socket to become writable (it reports EAGAIN), so a libuv server cannot stream a file into a
- * TCP stream with it; it would read the file into memory instead, which is --body.
+ * (no copy: libuv keeps the pointers until the write callback). --sendfile FILE: the header with
+ * uv_write, then the body with uv_fs_sendfile from the file, one response at a time per
+ * connection. uv_fs_sendfile runs on libuv's thread pool; on Linux it first tries
+ * copy_file_range, which refuses a socket (EINVAL), and then falls back to its emulation, a loop
+ * of 8 KiB pread + write that waits in poll() when the non-blocking socket is full. So libuv
+ * never calls sendfile(2) into a TCP stream: every byte is copied through user space, on a pool
+ * thread (the process's CPU time counts those threads too). While a sendfile is in flight the
+ * socket stays open (a pool thread is using its descriptor): a close waits for it, after a
+ * shutdown() that wakes a thread waiting in poll(). SIGPIPE is ignored (the pool's write() to a
+ * reset peer has no MSG_NOSIGNAL), as every libuv program that writes to sockets must.
  *
  * One static read buffer (alloc_cb hands out the same block: libuv calls read_cb before the next
  * alloc_cb), uv_try_write first and uv_write (with a heap copy) only for what the kernel refused,
@@ -19,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "http_common.h"
@@ -32,6 +40,13 @@ struct client {
     size_t in_len;
     size_t pending_writes;
     int closing;
+    /* --sendfile: responses go out one at a time (header, then the file) */
+    uv_fs_t fs;
+    size_t queued;      /* requests waiting for their response */
+    int responding;     /* a response's header write or sendfile is under way */
+    int fs_busy;        /* a uv_fs_sendfile is in flight: the socket must stay open */
+    int eof;            /* the peer sent EOF: close once the queued responses are out */
+    int64_t file_off;   /* how much of the file this response has sent */
 };
 
 struct write_req {
@@ -47,6 +62,7 @@ static uv_signal_t sigint_watcher, sigterm_watcher;
 static struct http_large large;
 
 static void client_close(struct client *c, const char *reason, int err);
+static void file_next(struct client *c);
 
 static void on_large_written(uv_write_t *req, int status) {
     struct client *c = (struct client *)req->handle;
@@ -73,7 +89,98 @@ static void client_close(struct client *c, const char *reason, int err) {
         return;
     c->closing = 1;
     log_close(c, reason, err);
+    if (c->fs_busy) {
+        /* A pool thread is writing into the socket: on_file_sent closes it. shutdown() makes a
+         * thread waiting in poll() for room return (its write fails with EPIPE). */
+        uv_os_fd_t fd;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            shutdown(fd, SHUT_RDWR);
+        return;
+    }
     uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static const char *reset_or_error(ssize_t status) {
+    return status == UV_ECONNRESET || status == UV_EPIPE ? "peer_reset" : "error";
+}
+
+/* --sendfile: the current response's body, from file_off on, on the thread pool. */
+static void file_send(struct client *c);
+
+static void on_file_sent(uv_fs_t *req) {
+    struct client *c = req->data;
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    c->fs_busy = 0;
+    if (c->closing) { /* a close waited for this sendfile */
+        uv_close((uv_handle_t *)&c->tcp, on_closed);
+        return;
+    }
+    if (n <= 0) { /* libuv's emulation reports a reset peer as EPIPE, ECONNRESET or EIO */
+        c->responding = 0;
+        client_close(c, n == UV_EIO ? "peer_reset" : reset_or_error(n), n ? (int)-n : EIO);
+        return;
+    }
+    c->file_off += n;
+    if ((size_t)c->file_off < large.len) {
+        file_send(c);
+        return;
+    }
+    c->responding = 0;
+    file_next(c);
+}
+
+static void file_send(struct client *c) {
+    uv_os_fd_t fd;
+    int rc = uv_fileno((uv_handle_t *)&c->tcp, &fd);
+    if (rc == 0) {
+        c->fs.data = c;
+        rc = uv_fs_sendfile(loop, &c->fs, fd, large.fd, c->file_off,
+                            large.len - (size_t)c->file_off, on_file_sent);
+    }
+    if (rc < 0) {
+        c->responding = 0;
+        client_close(c, "error", -rc);
+        return;
+    }
+    c->fs_busy = 1;
+}
+
+static void on_file_header_written(uv_write_t *req, int status) {
+    struct client *c = (struct client *)req->handle;
+    free(req);
+    c->pending_writes--;
+    if (status < 0 || c->closing) {
+        c->responding = 0;
+        client_close(c, reset_or_error(status), -status);
+        return;
+    }
+    c->file_off = 0;
+    file_send(c);
+}
+
+/* --sendfile: starts the next queued response unless one is under way. */
+static void file_next(struct client *c) {
+    if (c->responding || c->closing)
+        return;
+    if (c->queued == 0) {
+        if (c->eof)
+            client_close(c, "peer_eof", 0);
+        return;
+    }
+    c->queued--;
+    c->responding = 1;
+    uv_write_t *req = malloc(sizeof *req);
+    uv_buf_t header = uv_buf_init(large.header, (unsigned)large.header_len);
+    c->pending_writes++;
+    int rc = uv_write(req, (uv_stream_t *)&c->tcp, &header, 1, on_file_header_written);
+    if (rc < 0) {
+        free(req);
+        c->pending_writes--;
+        c->responding = 0;
+        client_close(c, reset_or_error(rc), -rc);
+    }
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -177,6 +284,11 @@ static void handle_http(struct client *c, const char *data, size_t len) {
             client_close(c, "local", 0);
         return;
     }
+    if (large.from_file) {
+        c->queued += requests;
+        file_next(c);
+        return;
+    }
     while (large.on && requests > 0) {
         requests--;
         uv_write_t *req = malloc(sizeof *req);
@@ -207,7 +319,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         }
         return;
     }
-    if (nread == UV_EOF) {
+    if (nread == UV_EOF && large.from_file) {
+        c->eof = 1; /* answer what was asked, then close (file_next) */
+        uv_read_stop(stream);
+        file_next(c);
+    } else if (nread == UV_EOF) {
         if (c->pending_writes) {
             uv_read_stop(stream);
             uv_shutdown_t *req = malloc(sizeof *req);
@@ -260,7 +376,9 @@ static void on_signal(uv_signal_t *s, int signum) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s PORT [--echo|--http] [--keep-alive] [-q]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s PORT [--echo|--http] [--keep-alive] [--body FILE | --sendfile FILE] [-q]\n",
+                argv[0]);
         return 2;
     }
     int port = atoi(argv[1]);
@@ -273,17 +391,13 @@ int main(int argc, char **argv) {
             http_mode = 0;
         else if (!strcmp(argv[i], "--keep-alive"))
             keep_alive = 1;
-        else if (http_large_option(&large, argc, argv, &i)) {
-            if (large.from_file) {
-                fprintf(stderr, "--sendfile: not available with libuv (see the top of this file)\n");
-                return 2;
-            }
-        } else {
+        else if (!http_large_option(&large, argc, argv, &i)) {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
         }
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
     rl.rlim_cur = rl.rlim_max;
