@@ -14,8 +14,7 @@ use std::time::Instant;
 
 use super::registry::parse_host;
 use super::{
-    insert, CloseReason, Entry, Error, FdFate, Flow, Handler, Id, Loop, Options, Role, Target,
-    MAX_QUEUE,
+    insert, CloseReason, Entry, Error, FdFate, Flow, Handler, Id, Loop, Options, MAX_QUEUE,
 };
 use crate::sys::{self, ev, Errno, Fd, RawAddr};
 
@@ -178,13 +177,7 @@ impl<H: Handler> Loop<H> {
 
     /// The live endpoint `id`, for a setting; None once its close was decided by the loop.
     fn endpoint_fd(&self, id: Id) -> Result<Option<Fd>, Error> {
-        match self.state.borrow_mut().target(id)? {
-            Target::Datagram(d) => Ok(Some(d.fd)),
-            Target::Gone {
-                role: Role::Datagram,
-            } => Ok(None),
-            _ => Err(Error::Kind),
-        }
+        Ok(self.state.borrow_mut().endpoint_mut(id)?.map(|d| d.fd))
     }
 
     /// Gives the endpoint a default destination (and receives only from it; ICMP errors are
@@ -239,12 +232,8 @@ impl<H: Handler> Loop<H> {
         if size == 0 || size > sys::MAX_DATAGRAM {
             return Err(Error::Os(sys::EINVAL));
         }
-        match self.state.borrow_mut().target(id)? {
-            Target::Datagram(d) => d.max_size = size,
-            Target::Gone {
-                role: Role::Datagram,
-            } => {}
-            _ => return Err(Error::Kind),
+        if let Some(d) = self.state.borrow_mut().endpoint_mut(id)? {
+            d.max_size = size;
         }
         Ok(())
     }
@@ -256,12 +245,8 @@ impl<H: Handler> Loop<H> {
             return Err(Error::Os(sys::EMSGSIZE));
         }
         let mut st = self.state.borrow_mut();
-        let d = match st.target(id)? {
-            Target::Datagram(d) => d,
-            Target::Gone {
-                role: Role::Datagram,
-            } => return Ok(true),
-            _ => return Err(Error::Kind),
+        let Some(d) = st.endpoint_mut(id)? else {
+            return Ok(true); // the loop decided its close: dropped, on_close follows
         };
         if d.out.is_empty() {
             match sys::send_to(d.fd, data, to) {

@@ -437,6 +437,17 @@ impl<H> State<H> {
         }
     }
 
+    /// A UDP endpoint for a call of the caller's; None once the loop decided its close.
+    fn endpoint_mut(&mut self, id: Id) -> Result<Option<&mut datagram::Datagram<H>>, Error> {
+        match self.target(id)? {
+            Target::Datagram(d) => Ok(Some(d)),
+            Target::Gone {
+                role: Role::Datagram,
+            } => Ok(None),
+            Target::Listener(_) | Target::Stream(_) | Target::Gone { .. } => Err(Error::Kind),
+        }
+    }
+
     /// Records that the caller's own ep_close/ep_abort ended an id whose close is decided.
     fn ended_by_caller(&mut self, id: Id, ender: Ender) {
         if let Some(Entry::Closed(closed)) = self.entries.get_mut(id) {
