@@ -10,7 +10,6 @@ from ctypes import byref, c_char, c_size_t
 from typing import TYPE_CHECKING, Any
 
 from . import _ffi, _send
-from ._errors import _error
 from ._ffi import hot, lib
 from ._registration import _id_arg, _ignore, _ms, _peer_address, _Registration, _with_socket
 
@@ -191,10 +190,7 @@ class Connection(_Registration):
     def _end(self, end: Callable[..., int], name: str) -> None:
         """``close``/``abort``: a connection already ending (by the caller or, in this step, by
         the library) is not an error; the handler is muted either way."""
-        if self._lp is not None:
-            code = end(self._lp, self._cid)
-            if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
-                raise _error(code, name)
+        if self._end_call(end, name):
             self._user_ended = True
             self._mute()
             self.loop._kick()

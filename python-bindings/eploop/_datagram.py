@@ -28,18 +28,15 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from . import _ffi
+from ._connection import _ep_abort
 from ._errors import _error
 from ._ffi import hot, lib
-from ._registration import _Registration
+from ._registration import _ep_close, _ep_pause, _ep_resume, _Registration
 
 if TYPE_CHECKING:
     from ._loop import Loop
 
 _ep_sendto = hot.ep_sendto
-_ep_close = hot.ep_close
-_ep_abort = hot.ep_abort
-_ep_pause = hot.ep_pause_reading
-_ep_resume = hot.ep_resume_reading
 
 _AF_INET, _AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)
 _NATIVE = sys.byteorder
@@ -238,10 +235,7 @@ class DatagramEndpoint(_Registration):
         self._end(_ep_abort, "ep_abort")
 
     def _end(self, end: Any, name: str) -> None:
-        if self._lp is not None:
-            code = end(self._lp, self._cid)
-            if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
-                raise _error(code, name)
+        if self._end_call(end, name):
             self._muted = True
             self.loop._kick()
 

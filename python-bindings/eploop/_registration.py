@@ -116,6 +116,16 @@ class _Registration:
         """
         return False
 
+    def _end_call(self, end: Callable[..., int], function: str) -> bool:
+        """``end`` (ep_close or ep_abort) on this registration, where one already ending (by the
+        caller, or in this step by the library) is not an error; False once on_close has run."""
+        if self._lp is None:
+            return False
+        code = end(self._lp, self._cid)
+        if code and code != _ffi.EP_ECLOSING and code != _ffi.EP_ESTALE:
+            raise _error(code, function)
+        return True
+
     def _lenient(self, code: int, function: str) -> int:
         """``_check`` for calls that must not fail because the peer is gone."""
         if code < 0 and self._ended_by_loop(code):
@@ -207,10 +217,7 @@ class Listener(_Registration):
 
     def close(self) -> None:
         """Stop listening; connections already accepted are not affected. Idempotent."""
-        if self._lp is not None:
-            code = _ep_close(self._lp, self._cid)
-            if code not in (0, _ffi.EP_ESTALE, _ffi.EP_ECLOSING):
-                raise _error(code, "ep_close")
+        self._end_call(_ep_close, "ep_close")
 
     def pause(self) -> None:
         """Stop accepting (connections wait in the kernel backlog)."""
