@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relharness import Server, build, first_mismatch, pattern, rst_close, start_cmd_server
+from relharness import Server, build, first_mismatch, pattern, rst_close, start_cmd_server, unsent
 
 MAX_CONNS = 4
 
@@ -51,6 +51,15 @@ class Peer:
     gone: bool = False          # socket closed on our side
     ended_by_server: bool = False  # CLOSE/ABORT/CLOSEOTHERS may discard what we send afterwards
     cid: int = 0
+
+
+def close_peer(p: Peer) -> None:
+    """Our close(). With server output still unread the kernel turns it into an RST, which drops
+    what we sent and the server's kernel has not acknowledged yet: count those bytes as an
+    RST's (they bound what was delivered from below, as for an explicit rst)."""
+    p.unacked_at_rst += unsent(p.sock)
+    p.sock.close()
+    p.gone = True
 
 
 def drain(p: Peer, wait: float) -> None:
@@ -115,8 +124,7 @@ def run_case(bins, edge: bool, faults, actions) -> None:
                 p.shut = True
             elif kind == "fin" and not p.gone:
                 drain(p, 0.01)
-                p.sock.close()
-                p.gone = True
+                close_peer(p)
             elif kind == "rst" and not p.gone:
                 p.unacked_at_rst += rst_close(p.sock, settle=1)
                 p.gone = True
@@ -140,8 +148,7 @@ def run_case(bins, edge: bool, faults, actions) -> None:
         for p in peers:
             drain(p, 0.05)
             if not p.gone:
-                p.sock.close()
-                p.gone = True
+                close_peer(p)
         for attempt in range(4):
             ctl = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
             ctl.sendall(b"RESUMEALL\n")
