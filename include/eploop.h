@@ -537,7 +537,10 @@ typedef struct ep_event {
 
 /**
  * What ep_poll() returns. The arrays belong to the loop and stay valid until the next ep_poll()
- * or ep_loop_free() on that loop.
+ * or ep_loop_free() on that loop. They are reused from step to step and move only when they
+ * grow: while `count` and `data_len` stay at most the largest values handed out since a
+ * pointer was last read, `events` and `data` are the same as then (a binding may keep views
+ * over them and read only the sizes).
  */
 typedef struct ep_poll_result {
   /**

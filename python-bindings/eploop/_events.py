@@ -45,6 +45,7 @@ _ep_poll = hot.ep_poll
 # library had to grow one.
 
 _RESULT = _ffi.POLL_RESULT_LAYOUT  # events, count, data, data_len, state
+_sizes = _ffi.POLL_SIZES_LAYOUT.unpack_from  # count, data_len, state
 _EVENT = _ffi.EVENT_LAYOUT  # kind, reason, err, id, listener, offset, len
 _EVENT_SIZE = _EVENT.size
 _iter_events = _EVENT.iter_unpack
@@ -66,6 +67,18 @@ _EMPTY = _ffi.EP_RUN_EMPTY
 def _view(address: int, size: int) -> memoryview:
     """A byte view of ``size`` bytes of C memory at ``address`` (no copy)."""
     return memoryview((c_char * size).from_address(address)).cast("B")
+
+
+def _map_result(self: Loop, size: int, data_len: int) -> None:
+    """New views of the step's arrays once one outgrew its view (it may have moved: ep_poll's
+    arrays keep their address from step to step until they grow)."""
+    events, _count, data, _data_len, _state = _RESULT.unpack_from(self._result_view)
+    if size > self._events_size:
+        self._events_view = _view(events, size)
+        self._events_size = size
+    if data_len > self._data_size:
+        self._data_view = _view(data, data_len)
+        self._data_size = data_len
 
 
 def _closed(registration: _Registration, reason: int, err: int) -> None:
@@ -147,7 +160,7 @@ def step(self: Loop, lp: Any, timeout_ms: int) -> int:
         self._deliver_resumed()
         timeout_ms = 0
     code = _ep_poll(lp, timeout_ms, None, self._result_ref)
-    events, count, data, data_len, state = _RESULT.unpack_from(self._result_view)
+    count, data_len, state = _sizes(self._result_view)
     if code:
         if code != _EINTR:
             raise _error(code, "ep_poll")
@@ -159,13 +172,9 @@ def step(self: Loop, lp: Any, timeout_ms: int) -> int:
         if state == _EMPTY:
             state = _MORE
         size = count * _EVENT_SIZE
-        if events != self._events_at or size > self._events_size:
-            self._events_view = _view(events, size)
-            self._events_at, self._events_size = events, size
+        if size > self._events_size or data_len > self._data_size:
+            _map_result(self, size, data_len)  # (the arrays move only when they grow)
         if data_len:
-            if data != self._data_at or data_len > self._data_size:
-                self._data_view = _view(data, data_len)
-                self._data_at, self._data_size = data, data_len
             # One copy of the step's data, each event's bytes sliced from it (cheaper per
             # event than a memoryview slice and its copy), unless it is large: then only
             # the events' own copies, so a flood does not hold the bytes twice.

@@ -93,6 +93,12 @@ EP_RUN_EMPTY = 0
 EP_RUN_MORE = 1
 EP_RUN_STOPPED = 2
 
+# "Wait until something happens" as the binding passes it to ep_poll: INT_MAX ms (24.8 days; a
+# wait that long ends as a step with no events) rather than -1, because ctypes converts an int
+# argument without argtypes as unsigned first and, for a negative one, raises and clears an
+# OverflowError on every call (~800 instructions per step under callgrind).
+WAIT_FOREVER_MS = 2**31 - 1
+
 EP_TRACE_EPOLL = 1
 EP_TRACE_READ = 2
 EP_TRACE_WRITE = 3
@@ -267,6 +273,9 @@ def struct_of(structure: Any, skip: tuple[str, ...] = ()) -> struct.Struct:
 EVENT_LAYOUT = struct_of(Event, skip=("queued", "user"))
 # ``ep_poll_result``: events, count, data, data_len, state.
 POLL_RESULT_LAYOUT = struct_of(PollResult)
+# ``ep_poll_result`` without its pointers: count, data_len, state (small ints, no allocation: the
+# pointers are read only when the arrays grow, the only time they can move, see ep_poll_result).
+POLL_SIZES_LAYOUT = struct_of(PollResult, skip=("events", "data"))
 
 # ---------------------------------------------------------------------------------------------
 # The one declarative table: every exported C function, its restype and argtypes.

@@ -123,9 +123,9 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         self._result = _ffi.PollResult()
         self._result_ref = byref(self._result)
         self._result_view = memoryview(self._result).cast("B")
-        self._events_at = self._events_size = 0
+        self._events_size = 0
         self._events_view = memoryview(b"")
-        self._data_at = self._data_size = 0
+        self._data_size = 0
         self._data_view = memoryview(b"")
         _loops[self._key] = weakref.ref(self)
         if linger is not None:
@@ -454,7 +454,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         self._enter()
         guard = self._guard = _SignalGuard(self, wake=False)
         try:
-            state = self._step(lp, -1 if timeout is None else _ms(timeout))
+            state = self._step(lp, _ffi.WAIT_FOREVER_MS if timeout is None else _ms(timeout))
             guard.deliver()
         finally:
             self._guard = None

@@ -166,7 +166,7 @@ class _SignalGuard:
         self.handlers: dict[int, Any] = {}
         self.pending: list[int] = []
         self.woken = False  # our pipe is Python's wakeup fd
-        self.timeout_ms = -1
+        self.timeout_ms = _ffi.WAIT_FOREVER_MS
         if threading.current_thread() is not threading.main_thread():
             return  # Python runs signal handlers in the main thread only
         for signum in _SIGNALS:

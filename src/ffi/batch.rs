@@ -91,7 +91,10 @@ pub const EP_CMD_PAUSE: u32 = 5;
 pub const EP_CMD_RESUME: u32 = 6;
 
 /// What ep_poll() returns. The arrays belong to the loop and stay valid until the next ep_poll()
-/// or ep_loop_free() on that loop.
+/// or ep_loop_free() on that loop. They are reused from step to step and move only when they
+/// grow: while `count` and `data_len` stay at most the largest values handed out since a
+/// pointer was last read, `events` and `data` are the same as then (a binding may keep views
+/// over them and read only the sizes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ep_poll_result {
