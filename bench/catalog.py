@@ -115,6 +115,7 @@ class Scenario:
     tool: str          # "loadgen" or "wrk"
     args: dict
     title: str
+    large: bool = False  # 1 MiB messages: their own table, outside the geometric means
 
 
 SCENARIOS = [
@@ -126,20 +127,23 @@ SCENARIOS = [
     Scenario("echo-1000x16K", ECHO, "loadgen", {"kind": "echo", "conns": 1000, "size": 16384}, "echo, 1000 conns, 16 KiB"),
     Scenario("echo-connreq", ECHO, "loadgen", {"kind": "connreq", "conns": 50, "size": 64},
              "echo, new connection per request, 50 concurrent"),
+    Scenario("echo-10x1M", ECHO, "loadgen", {"kind": "echo", "conns": 10, "size": 1 << 20},
+             "echo, 10 conns, 1 MiB messages", large=True),
     Scenario("http-keepalive", HTTP_KA, "wrk", {"conns": 50, "depth": 1}, "HTTP/1.1 keep-alive, 50 conns (wrk)"),
     Scenario("http-pipelined", HTTP_KA, "wrk", {"conns": 50, "depth": 16}, "HTTP/1.1 pipelined x16, 50 conns (wrk)"),
     Scenario("http-close", HTTP_CLOSE, "wrk", {"conns": 50, "depth": 1},
              "HTTP/1.0 answer-then-close, 50 concurrent (wrk)"),
     Scenario("http-large-mem", HTTP_LARGE_MEM, "wrk", {"conns": 10, "depth": 1},
-             "HTTP/1.1 keep-alive, 1 MiB body from memory, 10 conns (wrk)"),
+             "HTTP/1.1 keep-alive, 1 MiB body from memory, 10 conns (wrk)", large=True),
     Scenario("http-large-file", HTTP_LARGE_FILE, "wrk", {"conns": 10, "depth": 1},
-             "HTTP/1.1 keep-alive, 1 MiB body from a file, 10 conns (wrk)"),
+             "HTTP/1.1 keep-alive, 1 MiB body from a file, 10 conns (wrk)", large=True),
 ]
 
 # Deterministic figure beside the timings: user-space instructions per operation under callgrind,
 # one connection (so no batching differences), instrumentation on only while the load runs.
 CALLGRIND_SCENARIOS = [
     Scenario("echo-1x64", ECHO, "loadgen", {"kind": "echo", "conns": 1, "size": 64}, "echo, 1 conn, 64 B"),
+    Scenario("echo-50x64", ECHO, "loadgen", {"kind": "echo", "conns": 50, "size": 64}, "echo, 50 conns, 64 B"),
     Scenario("http-keepalive-1", HTTP_KA, "wrk", {"conns": 1, "depth": 1}, "HTTP/1.1 keep-alive, 1 conn"),
 ]
 

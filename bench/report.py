@@ -13,6 +13,12 @@ from pathlib import Path
 
 REFERENCE = "c-epoll"
 LARGE_RESPONSE_BYTES = (1 << 20) + 84  # the large scenarios' response: 1 MiB body, 84-byte header
+LARGE_MESSAGE_BYTES = 1 << 20  # echo-10x1M's message
+
+
+def is_large(sc: dict) -> bool:
+    """A 1 MiB scenario (results from before the flag was recorded: the HTTP ones by name)."""
+    return bool(sc.get("large")) or sc["name"].startswith("http-large")
 
 
 def medians(report: dict) -> dict:
@@ -210,8 +216,8 @@ def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
             logs.append(math.log(m["cpu_us_per_op"] / ref["cpu_us_per_op"]))
         return f"{math.exp(sum(logs) / len(logs)):.2f}×" if logs else "–"
 
-    # The large-response scenarios have their own table (not every server implements them).
-    sc_names = [sc["name"] for sc in scenarios if not sc["name"].startswith("http-large")]
+    # The 1 MiB scenarios have their own table (not every server implements the HTTP ones).
+    sc_names = [sc["name"] for sc in scenarios if not is_large(sc)]
     echo_names = [n for n in sc_names if n.startswith("echo")]
     http_names = [n for n in sc_names if n.startswith("http")]
     idle_all = report.get("idle", {})
@@ -262,9 +268,11 @@ def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
     table("Latency p99 (µs)", "p99_us", 0, "As seen by the load generator (wrk gives no p99 for "
           "pipelined batches: –).")
 
-    large = [sc["name"] for sc in scenarios if sc["name"].startswith("http-large")]
+    large = [sc["name"] for sc in scenarios if is_large(sc)]
     if large:
-        lines += ["", "## Large responses (1 MiB body)", "",
+        lines += ["", "## Large messages (1 MiB)", "",
+                  "`echo-10x1M`: 10 connections, each echoing 1 MiB messages (an operation is one "
+                  "message there and back; MiB/s counts one direction). "
                   "HTTP/1.1 keep-alive, 10 connections, every response a 1 MiB body: from memory "
                   "(`http-large-mem`: eploop `ep_sendv`/`send_many` of header and body, libuv one `uv_write` "
                   "of two buffers, c-epoll `sendmsg` of header and body, asyncio/uvloop `writelines`) or from a "
@@ -274,7 +282,7 @@ def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
                   "has no `loop.sendfile` and reads the file per response). Server CPU per request "
                   "(ratio to c-epoll) and throughput: requests/s and MiB/s (every byte wrk read, headers "
                   "included; a response is 1 MiB + 84 B).", "",
-                  "| server | " + " | ".join(f"{n}: CPU µs/request | {n}: req/s | {n}: MiB/s" for n in large) + " |",
+                  "| server | " + " | ".join(f"{n}: CPU µs/op | {n}: ops/s | {n}: MiB/s" for n in large) + " |",
                   "|---|" + "---|---|---|" * len(large)]
         for n in names:
             cells = []
@@ -284,8 +292,9 @@ def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
                     cells += ["error" if m else "–", "–", "–"]
                     continue
                 mib = m.get("mib_per_s")
-                if mib is None and m.get("ops_per_s"):  # results recorded before wrk's bytes were kept
-                    mib = m["ops_per_s"] * LARGE_RESPONSE_BYTES / (1 << 20)
+                if mib is None and m.get("ops_per_s"):  # loadgen's messages, or results recorded
+                    size = LARGE_MESSAGE_BYTES if sc.startswith("echo") else LARGE_RESPONSE_BYTES
+                    mib = m["ops_per_s"] * size / (1 << 20)  # before wrk's bytes were kept
                 cells += [cell(med, n, sc, "cpu_us_per_op", 0), fmt_num(m.get("ops_per_s"), 0), fmt_num(mib, 0)]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
 

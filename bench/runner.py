@@ -455,7 +455,7 @@ def main() -> int:
         "machine": machine,
         "servers": [{"name": s.name, "language": s.language, "note": s.note, "missing": s.missing,
                      "failures": s.failures} for s in servers],
-        "scenarios": [{"name": sc.name, "title": sc.title} for sc in scenarios],
+        "scenarios": [{"name": sc.name, "title": sc.title, "large": sc.large} for sc in scenarios],
         "runs": {f"{k[0]}|{k[1]}": v for k, v in runs.items()},
         "idle": idle, "idle_conns": args.idle_conns,
         "instructions": instructions,

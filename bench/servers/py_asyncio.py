@@ -37,6 +37,14 @@ def make_protocols(http_mode: bool, keep_alive: bool, quiet: bool, live: set):
             if not quiet:
                 print(f"accept {id(self)} {peer_name(transport)}", flush=True)
 
+        # Flow control, as the other servers do it: stop reading while the transport's buffer
+        # is above its high-water mark (asyncio's defaults, 64 KiB / 16 KiB, are eploop's).
+        def pause_writing(self):
+            self.transport.pause_reading()
+
+        def resume_writing(self):
+            self.transport.resume_reading()
+
         def eof_received(self):
             self.reason = "peer_eof"
             return False  # close once queued output has been written

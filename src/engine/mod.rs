@@ -170,7 +170,7 @@ pub(crate) const MAX_QUEUE: usize = 1 << 30;
 const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 /// Reads per connection per wakeup, so one flooding peer cannot starve the others.
 const READ_BUDGET: usize = 4;
-const READ_BUF_SIZE: usize = 64 * 1024;
+const READ_BUF_SIZE: usize = 256 * 1024;
 const WAKE_TOKEN: u64 = 0;
 /// The epoll token of the loop's signalfd (an id with tag 0 is never a registration's).
 const SIGNAL_TOKEN: u64 = 1;
