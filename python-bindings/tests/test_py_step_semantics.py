@@ -48,13 +48,19 @@ def deliver_in_one_step(action: str, edge: bool) -> list[Any]:
     """The whole payload is in the kernel before the loop's first step after the accept."""
     log: list[Any] = []
     contexts: list[dict[str, Any]] = []
+    # A receive buffer larger than one of the library's reads (256 KiB; the kernel caps what it
+    # grants at twice net.core.rmem_max), so that the first read is full and the step reads on.
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
     with eploop.Loop() as loop:
         loop.set_exception_handler(lambda _loop, context: contexts.append(context))
-        port = loop.listen(("127.0.0.1", 0), lambda: Counting(action, log), edge=edge).port
+        port = loop.listen(server, lambda: Counting(action, log), edge=edge).port
         with connect(port) as client:
             while not loop.connections:
                 loop.run_once(TIMEOUT)
-            sender = threading.Thread(target=client.sendall, args=(PAYLOAD[:400_000],))
+            sender = threading.Thread(target=client.sendall, args=(PAYLOAD[:600_000],))
             sender.start()
             sender.join(TIMEOUT)
             time.sleep(0.05)
@@ -62,8 +68,9 @@ def deliver_in_one_step(action: str, edge: bool) -> list[Any]:
             while not any(e[0] == "close" for e in log) and time.monotonic() < deadline:
                 STEP[0] += 1
                 loop.run_once(0.05)
-                if action == "none" and sum(e[2] for e in log if e[0] == "data") >= 400_000:
+                if action == "none" and sum(e[2] for e in log if e[0] == "data") >= 600_000:
                     break
+    server.close()
     if action == "raise":
         assert len(contexts) == 1 and isinstance(contexts[0]["exception"], ValueError)
     return log
