@@ -113,7 +113,24 @@ pub trait Handler: Clone {
     fn delivers_later(&self) -> bool {
         false
     }
+    /// For a handler that keeps the bytes it is given (a binding's event queue): lends storage
+    /// of its own for a stream's next read, so the bytes land there without the copy out of the
+    /// loop's read buffer. It calls `read` with a slice of [`READ_BUF_SIZE`] bytes, records a
+    /// non-empty result as `on_data` would, and returns `read`'s result with the slice's length.
+    /// None (the default, or no room without moving what it holds): the loop reads into its own
+    /// buffer and calls `on_data`.
+    fn read_in_place(
+        &self,
+        _lp: &Loop<Self>,
+        _conn: Id,
+        _read: &mut Reader<'_>,
+    ) -> Option<(sys::SysResult<usize>, usize)> {
+        None
+    }
 }
+
+/// A stream's read, as [`Handler::read_in_place`] is given it: fills the slice, returns the count.
+pub type Reader<'a> = dyn FnMut(&mut [u8]) -> sys::SysResult<usize> + 'a;
 
 /// Errors of the loop's operations, mapped to C codes by the FFI layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +187,8 @@ pub(crate) const MAX_QUEUE: usize = 1 << 30;
 const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 /// Reads per connection per wakeup, so one flooding peer cannot starve the others.
 const READ_BUDGET: usize = 4;
-const READ_BUF_SIZE: usize = 256 * 1024;
+/// The most one read takes (the loop's read buffer; a binding's in-place read gets as much room).
+pub(crate) const READ_BUF_SIZE: usize = 256 * 1024;
 const WAKE_TOKEN: u64 = 0;
 /// The epoll token of the loop's signalfd (an id with tag 0 is never a registration's).
 const SIGNAL_TOKEN: u64 = 1;

@@ -199,15 +199,29 @@ impl<H: Handler> Loop<H> {
         if !may_read {
             return ReadEnd::Drained { failed };
         }
-        for _ in 0..READ_BUDGET {
-            let mut buf = self.read_buf.borrow_mut();
-            let result = if is_socket {
-                sys::recv(fd, &mut buf)
+        let mut read = |buf: &mut [u8]| {
+            if is_socket {
+                sys::recv(fd, buf)
             } else {
-                sys::read(fd, &mut buf)
+                sys::read(fd, buf)
+            }
+        };
+        for _ in 0..READ_BUDGET {
+            // Into the handler's own storage when it lends some (the bytes are then delivered),
+            // else into the loop's buffer, for on_data.
+            let lent = if discard {
+                None
+            } else {
+                handler.read_in_place(self, id, &mut read)
             };
-            let full = result == Ok(buf.len());
-            drop(buf);
+            let (result, full, delivered) = match lent {
+                Some((result, room)) => (result, result == Ok(room), true),
+                None => {
+                    let mut buf = self.read_buf.borrow_mut();
+                    let result = read(&mut buf);
+                    (result, result == Ok(buf.len()), false)
+                }
+            };
             self.trace(id, || Trace::Read {
                 result: outcome(result),
             });
@@ -229,7 +243,7 @@ impl<H: Handler> Loop<H> {
                     return ReadEnd::Drained { failed: false };
                 }
                 Ok(n) => {
-                    if !discard {
+                    if !discard && !delivered {
                         let buf = self.read_buf.borrow();
                         self.call(|| handler.on_data(self, id, &buf[..n]));
                     }

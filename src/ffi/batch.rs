@@ -9,7 +9,8 @@ use super::errors::{code, EP_EBUSY, EP_ENULL};
 use super::handler::queued_of;
 use super::lifecycle::run_code;
 use super::{ep_id, ep_loop};
-use crate::engine::Error;
+use crate::engine::{Error, Reader};
+use crate::sys::SysResult;
 
 /// An event recorded for an EP_QUEUE registration; ep_poll() hands them out in callback order.
 #[repr(C)]
@@ -110,12 +111,51 @@ pub struct ep_poll_result {
     pub state: c_int,
 }
 
+/// The bytes of a step's events. The storage is kept initialized up to its capacity and `len` says
+/// how much of it the step used, so a read can land in it directly without zeroing it first, and
+/// it moves only when a step needs more than its capacity: only when `len` grows past every length
+/// handed out before (the guarantee ep_poll_result states).
+#[derive(Default)]
+struct StepData {
+    storage: Vec<u8>,
+    len: usize,
+}
+
+impl StepData {
+    /// Appends `parts`; returns where they start.
+    fn append(&mut self, parts: &[&[u8]]) -> u64 {
+        let offset = self.len;
+        let total: usize = parts.iter().map(|part| part.len()).sum();
+        if offset + total > self.storage.len() {
+            self.storage.truncate(offset);
+            self.storage.reserve(total);
+            for part in parts {
+                self.storage.extend_from_slice(part);
+            }
+            self.storage.resize(self.storage.capacity(), 0);
+        } else {
+            let mut at = offset;
+            for part in parts {
+                self.storage[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+        }
+        self.len = offset + total;
+        offset as u64
+    }
+
+    /// `size` bytes of room after what the step holds, if the storage has them without moving.
+    fn room(&mut self, size: usize) -> Option<&mut [u8]> {
+        self.storage.get_mut(self.len..self.len.checked_add(size)?)
+    }
+}
+
 /// The events of EP_QUEUE registrations not handed out yet, and those ep_poll() last handed out
 /// (kept valid until the next step).
 #[derive(Default)]
 pub(super) struct EventQueue {
     events: Vec<ep_event>,
-    data: Vec<u8>,
+    data: StepData,
     /// The events held were handed out by ep_poll(): the next step starts a new batch.
     handed_out: bool,
 }
@@ -127,7 +167,7 @@ impl LoopBox {
         let mut queue = self.queue.borrow_mut();
         if queue.handed_out {
             queue.events.clear();
-            queue.data.clear();
+            queue.data.len = 0;
             queue.handed_out = false;
         }
     }
@@ -150,12 +190,34 @@ impl EventQueue {
     }
 
     pub(super) fn push_data(&mut self, id: ep_id, data: &[u8], user: *mut c_void) -> &mut ep_event {
-        let offset = self.data.len() as u64;
-        self.data.extend_from_slice(data);
+        let offset = self.data.append(&[data]);
         let event = self.push(EP_EVENT_DATA, id, user);
         event.offset = offset;
         event.len = data.len() as u64;
         event
+    }
+
+    /// A stream's read straight into the step's data (see Handler::read_in_place): `read` gets
+    /// `size` bytes of room; what it returns is recorded as an EP_EVENT_DATA, whose `queued` is
+    /// `queued()`. None, without reading, when the room would move the data.
+    pub(super) fn read_data(
+        &mut self,
+        id: ep_id,
+        user: *mut c_void,
+        size: usize,
+        read: &mut Reader<'_>,
+        queued: impl FnOnce() -> u32,
+    ) -> Option<(SysResult<usize>, usize)> {
+        let offset = self.data.len;
+        let result = read(self.data.room(size)?);
+        if let Ok(n @ 1..) = result {
+            self.data.len += n;
+            let event = self.push(EP_EVENT_DATA, id, user);
+            event.offset = offset as u64;
+            event.len = n as u64;
+            event.queued = queued();
+        }
+        Some((result, size))
     }
 
     pub(super) fn push_datagram(
@@ -166,9 +228,7 @@ impl EventQueue {
         flags: u32,
         user: *mut c_void,
     ) {
-        let offset = self.data.len() as u64;
-        self.data.extend_from_slice(data);
-        self.data.extend_from_slice(from);
+        let offset = self.data.append(&[data, from]);
         let event = self.push(EP_EVENT_DATAGRAM, id, user);
         event.offset = offset;
         event.len = data.len() as u64;
@@ -320,12 +380,49 @@ pub unsafe extern "C" fn ep_poll(
         let result = ep_poll_result {
             events: queue.events.as_ptr(),
             count: queue.events.len(),
-            data: queue.data.as_ptr(),
-            data_len: queue.data.len(),
+            data: queue.data.storage.as_ptr(),
+            data_len: queue.data.len,
             state: state.max(0),
         };
         // SAFETY: `out` is writable (contract).
         unsafe { out.write(result) };
         state.min(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepData;
+
+    /// The guarantee ep_poll_result documents: the step's data moves only when a step holds more
+    /// than the storage ever had room for, never to lend room for a read.
+    #[test]
+    fn step_data_moves_only_when_a_step_outgrows_it() {
+        let mut data = StepData::default();
+        assert!(data.room(16).is_none(), "no room lent by moving");
+        data.append(&[&[1; 100], &[2; 28]]);
+        let (at, capacity) = (data.storage.as_ptr(), data.storage.len());
+        assert!(capacity >= 128);
+        assert_eq!(
+            &data.storage[..data.len],
+            [[1; 100].as_slice(), &[2; 28]].concat()
+        );
+        // A later step, smaller than the largest so far: no move, whatever is asked.
+        data.len = 0;
+        data.append(&[&[3; 64]]);
+        assert!(
+            data.room(capacity).is_none(),
+            "room beyond the storage would move it"
+        );
+        let room = data.room(capacity - 64).expect("room within the storage");
+        room.fill(4);
+        data.len = capacity;
+        assert_eq!(data.storage.as_ptr(), at);
+        assert_eq!(data.storage[63..65], [3, 4]);
+        // Outgrowing it moves it (it may), with every byte kept and the spare room initialized.
+        data.append(&[&[5; 10]]);
+        assert_eq!(data.len, capacity + 10);
+        assert_eq!(data.storage.len(), data.storage.capacity());
+        assert_eq!(data.storage[capacity - 1..capacity + 1], [4, 5]);
+    }
 }

@@ -10,8 +10,9 @@ use super::batch::{
 };
 use super::boundary::{Engine, LoopBox};
 use super::{ep_id, ep_loop};
-use crate::engine::{CloseReason, Handler, Trace};
+use crate::engine::{CloseReason, Handler, Reader, Trace, READ_BUF_SIZE};
 use crate::sys::RawAddr;
+use crate::sys::SysResult;
 
 /// Why a registration ended; passed to on_close exactly once per id.
 #[repr(C)]
@@ -313,6 +314,16 @@ impl Handler for FfiHandler {
             // SAFETY: as in on_accept; `data` outlives the call.
             unsafe { cb(LoopBox::as_ptr(lp), conn, ptr, data.len(), self.user) }
         }
+    }
+
+    fn read_in_place(
+        &self,
+        lp: &Engine,
+        conn: u64,
+        read: &mut Reader<'_>,
+    ) -> Option<(SysResult<usize>, usize)> {
+        let mut queue = self.record(lp)?;
+        queue.read_data(conn, self.user, READ_BUF_SIZE, read, || queued_of(lp, conn))
     }
 
     fn on_writable(&self, lp: &Engine, conn: u64) {
