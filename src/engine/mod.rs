@@ -118,7 +118,7 @@ pub trait Handler: Clone {
     /// loop's read buffer. It calls `read` with a slice of [`READ_BUF_SIZE`] bytes, records a
     /// non-empty result as `on_data` would, and returns `read`'s result with the slice's length.
     /// None (the default, or no room without moving what it holds): the loop reads into its own
-    /// buffer and calls `on_data`.
+    /// buffer and calls `on_data`. Asked only of handlers that deliver later.
     fn read_in_place(
         &self,
         _lp: &Loop<Self>,

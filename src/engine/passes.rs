@@ -206,13 +206,15 @@ impl<H: Handler> Loop<H> {
                 sys::read(fd, buf)
             }
         };
+        // (asked once per pass: a callback handler never lends storage)
+        let lends = handler.delivers_later();
         for _ in 0..READ_BUDGET {
             // Into the handler's own storage when it lends some (the bytes are then delivered),
             // else into the loop's buffer, for on_data.
-            let lent = if discard {
-                None
-            } else {
+            let lent = if lends && !discard {
                 handler.read_in_place(self, id, &mut read)
+            } else {
+                None
             };
             let (result, full, delivered) = match lent {
                 Some((result, room)) => (result, result == Ok(room), true),
