@@ -323,9 +323,10 @@ def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
         cg_scenarios = report.get("callgrind_scenarios", [])
         ref = instr.get(REFERENCE, {})
         lines += ["", "## User-space instructions per operation (callgrind)", "",
-                  "Counted by `valgrind --tool=callgrind` while the load runs, one connection (so every "
-                  "server handles one event at a time): repeatable whatever else the machine does, but "
-                  "blind to the kernel. Reproduce with `bench/profile_server.py SERVER SCENARIO`.", "",
+                  "Counted by `valgrind --tool=callgrind` while the load runs, on one connection (every "
+                  "server handles one event at a time) and on 50 (a wakeup brings several): repeatable "
+                  "whatever else the machine does, but blind to the kernel. Reproduce with "
+                  "`bench/profile_server.py SERVER SCENARIO`.", "",
                   "| server | " + " | ".join(f"{sc['name']} ({sc['title']})" for sc in cg_scenarios) + " |",
                   "|---|" + "---|" * len(cg_scenarios)]
         for n in names:
