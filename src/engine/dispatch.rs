@@ -6,7 +6,10 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::passes::ReadSetup;
-use super::{Closed, Entry, Error, Handler, Id, Loop, RunState, Trace, SIGNAL_TOKEN, WAKE_TOKEN};
+use super::timers::wait_timeout_of;
+use super::{
+    Closed, Entry, Error, Handler, Id, Loop, RunState, State, Trace, SIGNAL_TOKEN, WAKE_TOKEN,
+};
 use crate::sys::{self, ev};
 
 const MAX_EVENTS: usize = 4096;
@@ -48,6 +51,7 @@ impl<H: Handler> Loop<H> {
     }
 
     /// One wait (timeout in ms, -1 = until something happens) and the dispatch of what it returned.
+    /// The steady state reads the loop's state once before the wait and once after the dispatch.
     pub fn run_once(&self, timeout_ms: i32) -> Result<RunState, Error> {
         if self.in_callback() || self.freeing.get() {
             return Err(Error::Busy);
@@ -55,20 +59,20 @@ impl<H: Handler> Loop<H> {
         if self.remote.take_stop() {
             return Ok(RunState::Stopped);
         }
-        if !self.has_work() {
-            return Ok(RunState::Empty);
-        }
-        self.step.set(self.step.get() + 1);
-        {
-            // Peer EOFs held back last step (Handler::delivers_later) are read in this one.
+        let timeout = {
             let mut st = self.state.borrow_mut();
+            if !self.has_work_in(&st) {
+                return Ok(RunState::Empty);
+            }
+            // Peer EOFs held back last step (Handler::delivers_later) are read in this one.
             if !st.next_step.is_empty() {
                 for id in std::mem::take(&mut st.next_step) {
                     st.schedule(id);
                 }
             }
-        }
-        let timeout = self.wait_timeout(timeout_ms);
+            wait_timeout_of(&st, timeout_ms)
+        };
+        self.step.set(self.step.get() + 1);
         let mut events = self.events.borrow_mut();
         let n = sys::epoll_wait(self.epfd, &mut events, timeout).map_err(Error::Os)?;
         for i in 0..n {
@@ -89,8 +93,15 @@ impl<H: Handler> Loop<H> {
         drop(events);
         // What the step left to do, read with one borrow: most steps have none of it.
         let (service, timers) = {
-            let st = self.state.borrow();
-            (!st.service.is_empty(), !st.timers.is_empty())
+            let mut st = self.state.borrow_mut();
+            let (service, timers) = (!st.service.is_empty(), !st.timers.is_empty());
+            if !service && !timers && st.closes.is_empty() && st.released.is_empty() {
+                st.entries.compact();
+                let more = self.has_work_in(&st);
+                drop(st);
+                return Ok(self.step_end(more));
+            }
+            (service, timers)
         };
         if service {
             self.run_service();
@@ -99,19 +110,27 @@ impl<H: Handler> Loop<H> {
             self.run_timers(Instant::now());
         }
         self.deliver_closes();
-        self.state.borrow_mut().entries.compact();
+        let more = {
+            let mut st = self.state.borrow_mut();
+            st.entries.compact();
+            self.has_work_in(&st)
+        };
+        Ok(self.step_end(more))
+    }
+
+    fn step_end(&self, more: bool) -> RunState {
         if self.remote.take_stop() {
-            Ok(RunState::Stopped)
-        } else if self.has_work() {
-            Ok(RunState::More)
+            RunState::Stopped
+        } else if more {
+            RunState::More
         } else {
-            Ok(RunState::Empty)
+            RunState::Empty
         }
     }
 
+    /// Something keeps the loop running: a registration, a pending close, a post, a signal.
     #[inline(always)]
-    fn has_work(&self) -> bool {
-        let st = self.state.borrow();
+    fn has_work_in(&self, st: &State<H>) -> bool {
         st.live - st.unref_count + st.lingering > 0
             || !st.closes.is_empty()
             || !st.released.is_empty()

@@ -88,23 +88,7 @@ impl<H: Handler> Loop<H> {
     /// How long the next wait may last: until the nearest deadline (rounded up), at most
     /// `timeout_ms` (-1: no bound), 0 when work is already pending.
     pub(super) fn wait_timeout(&self, timeout_ms: i32) -> i32 {
-        let st = self.state.borrow();
-        if !st.service.is_empty() || !st.closes.is_empty() || !st.released.is_empty() {
-            return 0;
-        }
-        match st.timers.peek() {
-            Some(Reverse((deadline, _, _))) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // Round up, so a deadline 0.5 ms away never turns into a busy spin.
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                if timeout_ms < 0 {
-                    ms
-                } else {
-                    ms.min(timeout_ms)
-                }
-            }
-            None => timeout_ms,
-        }
+        wait_timeout_of(&self.state.borrow(), timeout_ms)
     }
 
     /// For a host loop driving this one (see ep_next_timeout): 0 when a step has work without a
@@ -212,5 +196,25 @@ impl<H: Handler> Loop<H> {
             }
             _ => {}
         }
+    }
+}
+
+/// [`Loop::wait_timeout`] under a borrow the caller holds.
+pub(super) fn wait_timeout_of<H>(st: &State<H>, timeout_ms: i32) -> i32 {
+    if !st.service.is_empty() || !st.closes.is_empty() || !st.released.is_empty() {
+        return 0;
+    }
+    match st.timers.peek() {
+        Some(Reverse((deadline, _, _))) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Round up, so a deadline 0.5 ms away never turns into a busy spin.
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            if timeout_ms < 0 {
+                ms
+            } else {
+                ms.min(timeout_ms)
+            }
+        }
+        None => timeout_ms,
     }
 }
