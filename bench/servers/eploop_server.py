@@ -88,6 +88,17 @@ def make_handlers(quiet: bool):
                 self.conn.abort()
             self.partial = buf
 
+    class Resp(Base):
+        def __init__(self):
+            self.session = bench_common.RespSession()
+
+        def on_data(self, data):
+            replies = self.session.feed(data)
+            if replies and not self.conn.send_many(replies):
+                self.conn.pause_reading()
+
+    if bench_common.RESP:
+        return Resp, None, None
     return Echo, (HttpLarge if bench_common.LARGE_KIND else HttpKeepAlive), HttpClose
 
 

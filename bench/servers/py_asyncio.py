@@ -140,6 +140,20 @@ def make_protocols(http_mode: bool, keep_alive: bool, quiet: bool, live: set):
                 self.transport.abort()
             self.partial = buf
 
+    class Resp(Base):
+        __slots__ = ("session",)
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.session = bench_common.RespSession()
+
+        def data_received(self, data):
+            replies = self.session.feed(data)
+            if replies:
+                self.transport.writelines(replies)
+
+    if bench_common.RESP:
+        return Resp
     if not http_mode:
         return Echo
     if keep_alive and bench_common.LARGE_KIND:
