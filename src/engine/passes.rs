@@ -113,6 +113,7 @@ impl<H: Handler> Loop<H> {
         self.carry_out(id, decision);
     }
 
+    #[inline(always)]
     pub(super) fn stream_pass(&self, id: Id, bits: u32, setup: ReadSetup<H>) {
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
         let read_end = if bits & (ev::IN | ev::RDHUP) != 0 || hangup {
@@ -184,6 +185,7 @@ impl<H: Handler> Loop<H> {
     /// kernel reports EOF or the error itself: those bits mean "read now", never "close now".
     /// The state is looked up once before the first read and once after each handler call (which
     /// also prepares the next read): the steady state costs two lookups per message.
+    #[inline(always)]
     fn read_pass(&self, id: Id, bits: u32, setup: ReadSetup<H>) -> ReadEnd {
         // A short read proves nothing once the peer may have closed: read to EOF or EAGAIN.
         let must_drain = bits & (ev::RDHUP | ev::HUP | ev::ERR) != 0;

@@ -121,11 +121,16 @@ impl<T> Slab<T> {
 
     /// Gives memory back after a crowd has left: when at most a quarter of a large table is in
     /// use, free slots at its end are cut off (their generations raise the floor for new slots).
-    #[inline]
+    #[inline(always)]
     pub fn compact(&mut self) {
-        if !std::mem::take(&mut self.shrunk) {
-            return;
+        // (the check inline: most steps removed nothing)
+        if std::mem::take(&mut self.shrunk) {
+            self.compact_now();
         }
+    }
+
+    #[inline(never)]
+    fn compact_now(&mut self) {
         if self.slots.len() < 1024 || self.live * 4 > self.slots.len() {
             return;
         }
