@@ -61,13 +61,7 @@ impl Batch {
         buf: &[u8],
     ) -> (i32, Vec<i32>, Vec<Ev>, i32) {
         let mut results = vec![i32::MIN; cmds.len()];
-        let mut out = ep_poll_result {
-            events: ptr::null(),
-            count: 0,
-            data: ptr::null(),
-            data_len: 0,
-            state: -1,
-        };
+        let mut out = ep_poll_result::default();
         // SAFETY: the slices are valid for their lengths; `out` is writable.
         let rc = unsafe {
             ep_poll(
@@ -527,13 +521,7 @@ fn queued_bytes_and_the_promised_writable() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let queued = loop {
         assert!(Instant::now() < deadline, "no data event");
-        let mut out = ep_poll_result {
-            events: ptr::null(),
-            count: 0,
-            data: ptr::null(),
-            data_len: 0,
-            state: -1,
-        };
+        let mut out = ep_poll_result::default();
         // SAFETY: live loop, no commands, writable out.
         let rc = unsafe { ep_poll(b.lp, 100, ptr::null(), &mut out) };
         assert_eq!(rc, 0);

@@ -38,23 +38,22 @@ struct Mapped {
 
 impl Mapped {
     fn check(&mut self, out: &ep_poll_result) {
-        if out.count > 0 {
-            if out.count <= self.events.1 {
-                assert_eq!(out.events, self.events.0, "events moved without growing");
-            } else {
-                self.events = (out.events, out.count);
-                self.remaps += 1;
-            }
-        }
-        if out.data_len > 0 {
-            if out.data_len <= self.data.1 {
-                assert_eq!(out.data, self.data.0, "data moved without growing");
-            } else {
-                self.data = (out.data, out.data_len);
-                self.remaps += 1;
-            }
-        }
+        self.remaps += usize::from(remap(&mut self.events, out.events, out.count, "events"));
+        self.remaps += usize::from(remap(&mut self.data, out.data, out.data_len, "data"));
     }
+}
+
+/// Checks one array against the view kept over it; true when the view had to be rebuilt.
+fn remap<T>(view: &mut (*const T, usize), at: *const T, len: usize, what: &str) -> bool {
+    if len == 0 {
+        return false;
+    }
+    if len <= view.1 {
+        assert_eq!(at, view.0, "{what} moved without growing");
+        return false;
+    }
+    *view = (at, len);
+    true
 }
 
 #[test]
@@ -117,13 +116,7 @@ fn floods_arrive_whole_and_in_order_and_the_arrays_move_only_when_they_grow() {
                 c.done = true;
             }
         }
-        let mut out = ep_poll_result {
-            events: ptr::null(),
-            count: 0,
-            data: ptr::null(),
-            data_len: 0,
-            state: -1,
-        };
+        let mut out = ep_poll_result::default();
         // SAFETY: live loop; no commands; `out` is writable.
         let rc = unsafe { ep_poll(lp, 10, ptr::null(), &mut out) };
         assert!(rc == 0 || rc == -libc::EINTR, "ep_poll: {rc}");

@@ -150,6 +150,19 @@ impl StepData {
     }
 }
 
+impl Default for ep_poll_result {
+    /// No events, no data, state EP_RUN_EMPTY: what a caller passes for ep_poll() to fill.
+    fn default() -> Self {
+        ep_poll_result {
+            events: std::ptr::null(),
+            count: 0,
+            data: std::ptr::null(),
+            data_len: 0,
+            state: 0,
+        }
+    }
+}
+
 /// The events of EP_QUEUE registrations not handed out yet, and those ep_poll() last handed out
 /// (kept valid until the next step).
 #[derive(Default)]
