@@ -127,20 +127,15 @@ impl StepData {
         let offset = self.len;
         let total: usize = parts.iter().map(|part| part.len()).sum();
         if offset + total > self.storage.len() {
+            // Grow (the only move), keeping only what the step holds, initialized to capacity.
             self.storage.truncate(offset);
             self.storage.reserve(total);
-            for part in parts {
-                self.storage.extend_from_slice(part);
-            }
             self.storage.resize(self.storage.capacity(), 0);
-        } else {
-            let mut at = offset;
-            for part in parts {
-                self.storage[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
-            }
         }
-        self.len = offset + total;
+        for part in parts {
+            self.storage[self.len..self.len + part.len()].copy_from_slice(part);
+            self.len += part.len();
+        }
         offset as u64
     }
 
