@@ -96,10 +96,7 @@ impl<H: Handler> Loop<H> {
             let mut st = self.state.borrow_mut();
             let (service, timers) = (!st.service.is_empty(), !st.timers.is_empty());
             if !service && !timers && st.closes.is_empty() && st.released.is_empty() {
-                st.entries.compact();
-                let more = self.has_work_in(&st);
-                drop(st);
-                return Ok(self.step_end(more));
+                return Ok(self.step_end(&mut st));
             }
             (service, timers)
         };
@@ -110,18 +107,16 @@ impl<H: Handler> Loop<H> {
             self.run_timers(Instant::now());
         }
         self.deliver_closes();
-        let more = {
-            let mut st = self.state.borrow_mut();
-            st.entries.compact();
-            self.has_work_in(&st)
-        };
-        Ok(self.step_end(more))
+        Ok(self.step_end(&mut self.state.borrow_mut()))
     }
 
-    fn step_end(&self, more: bool) -> RunState {
+    /// The end of a step, under the state borrow: memory back after a crowd left, and what next.
+    #[inline(always)]
+    fn step_end(&self, st: &mut State<H>) -> RunState {
+        st.entries.compact();
         if self.remote.take_stop() {
             RunState::Stopped
-        } else if more {
+        } else if self.has_work_in(st) {
             RunState::More
         } else {
             RunState::Empty
