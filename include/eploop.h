@@ -501,7 +501,8 @@ typedef struct ep_event {
    */
   uint32_t reason;
   /**
-   * EP_EVENT_CLOSE and EP_EVENT_DATAGRAM_ERROR: the errno; otherwise 0.
+   * EP_EVENT_CLOSE and EP_EVENT_DATAGRAM_ERROR: the errno; EP_EVENT_ACCEPT: the
+   * connection's fd (what ep_fd() returns, and it never changes); otherwise 0.
    */
   int err;
   /**
@@ -564,6 +565,29 @@ typedef struct ep_poll_result {
    */
   int state;
 } ep_poll_result;
+
+/**
+ * ep_poll()'s arguments and result in one block the binding keeps from step to step, for
+ * ep_poll_with().
+ */
+typedef struct ep_poll_args {
+  /**
+   * The loop, as for ep_poll().
+   */
+  struct ep_loop *lp;
+  /**
+   * As for ep_poll().
+   */
+  int timeout_ms;
+  /**
+   * As for ep_poll() (NULL: none).
+   */
+  const struct ep_commands *commands;
+  /**
+   * Written as ep_poll() writes `*out`.
+   */
+  struct ep_poll_result result;
+} ep_poll_args;
 
 /**
  * Called exactly once per accepted ep_send_nocopy() buffer, with the `user` given there.
@@ -786,6 +810,17 @@ int ep_poll(struct ep_loop *lp,
             int timeout_ms,
             const struct ep_commands *commands,
             struct ep_poll_result *out);
+
+/**
+ * ep_poll(args->lp, args->timeout_ms, args->commands, &args->result): the same step with a single
+ * argument, for a binding whose FFI converts every argument on every call (Python's ctypes: about
+ * 500 instructions each); it sets the fields that change (the timeout, rarely) and passes the
+ * same pointer each step. Returns what ep_poll() returns, or EP_ENULL for a NULL `args`.
+ *
+ * # Safety
+ * `args` NULL or readable and writable, its fields as ep_poll()'s arguments.
+ */
+int ep_poll_with(struct ep_poll_args *args);
 
 /**
  * Sends `len` bytes from `buf` on connection (or pipe/tty) `id`. The bytes are copied: `buf` may

@@ -21,7 +21,7 @@ impl Drop for Batch {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Ev {
-    Accept { id: u64, listener: u64 },
+    Accept { id: u64, listener: u64, fd: i32 },
     Data { id: u64, bytes: Vec<u8> },
     Writable(u64),
     Close { id: u64, reason: u32, err: i32 },
@@ -95,6 +95,7 @@ impl Batch {
                 EP_EVENT_ACCEPT => Ev::Accept {
                     id: e.id,
                     listener: e.listener,
+                    fd: e.err,
                 },
                 EP_EVENT_DATA => Ev::Data {
                     id: e.id,
@@ -164,11 +165,16 @@ fn echo_through_commands_and_events_then_one_close() {
     let Ev::Accept {
         id: conn,
         listener: l,
+        fd,
     } = evs[0].clone()
     else {
         panic!("{evs:?}")
     };
     assert_eq!(l, listener);
+    // SAFETY: live loop.
+    let by_call = unsafe { ep_fd(b.lp, conn) };
+    assert_eq!(fd, by_call, "the accept event carries the fd");
+    assert!(fd > 2);
     let received: Vec<u8> = evs
         .iter()
         .filter_map(|e| {

@@ -236,6 +236,18 @@ class PollResult(Structure):
     ]
 
 
+class PollArgs(Structure):
+    """``struct ep_poll_args``: ``ep_poll``'s arguments and result in one block, for
+    ``ep_poll_with`` (one argument to convert per step instead of four)."""
+
+    _fields_ = [
+        ("lp", c_void_p),
+        ("timeout_ms", c_int),
+        ("commands", POINTER(Commands)),
+        ("result", PollResult),
+    ]
+
+
 
 # The struct module's codes for the ctypes field types above (the step decoder reads ep_event
 # and ep_poll_result with one struct unpack rather than attribute by attribute).
@@ -358,6 +370,7 @@ _SIGNATURES: dict[str, tuple[Any, ...]] = {
     "ep_set_trace": (c_int, (LOOP, TRACE_CB, c_void_p)),
     "ep_trace_format": (c_int, (POINTER(TraceRecord), c_char_p, c_size_t)),
     "ep_poll": (c_int, (LOOP, c_int, POINTER(Commands), POINTER(PollResult)), HOT),
+    "ep_poll_with": (c_int, (POINTER(PollArgs),), HOT),
     "ep_strerror": (c_char_p, (c_int,)),
     "ep_close_reason_name": (c_char_p, (c_int,)),
     "ep_version": (c_char_p, ()),
@@ -367,7 +380,7 @@ _SIGNATURES: dict[str, tuple[Any, ...]] = {
 SIGNATURES: dict[str, Signature] = {name: Signature(*row) for name, row in _SIGNATURES.items()}
 
 # Calls that wait in epoll_wait: made through the GIL-releasing handle.
-BLOCKING = frozenset({"ep_run", "ep_run_once", "ep_poll"})
+BLOCKING = frozenset({"ep_run", "ep_run_once", "ep_poll", "ep_poll_with"})
 
 # ---------------------------------------------------------------------------------------------
 # Finding and loading the library

@@ -52,6 +52,7 @@ C_TYPES = {
     "const uint8_t *": ctypes.c_void_p,
     "int *": ctypes.POINTER(ctypes.c_int),
     "struct ep_poll_result *": ctypes.POINTER(_ffi.PollResult),
+    "struct ep_poll_args *": ctypes.POINTER(_ffi.PollArgs),
     "ep_trace_cb": _ffi.TRACE_CB,
     "const struct ep_trace_record *": ctypes.POINTER(_ffi.TraceRecord),
     "char *": ctypes.c_char_p,
@@ -111,6 +112,9 @@ FIELD_TYPES = {
     "int64_t": ctypes.c_int64,
     "const struct ep_command *": ctypes.POINTER(_ffi.Command),
     "int *": ctypes.POINTER(ctypes.c_int),
+    "struct ep_loop *": ctypes.c_void_p,
+    "const struct ep_commands *": ctypes.POINTER(_ffi.Commands),
+    "struct ep_poll_result": _ffi.PollResult,
 }
 STRUCTS = {
     "ep_callbacks": _ffi.Callbacks,
@@ -120,6 +124,7 @@ STRUCTS = {
     "ep_commands": _ffi.Commands,
     "ep_event": _ffi.Event,
     "ep_poll_result": _ffi.PollResult,
+    "ep_poll_args": _ffi.PollArgs,
     "ep_trace_record": _ffi.TraceRecord,
 }
 
@@ -168,7 +173,7 @@ def test_every_struct_matches_its_ctypes_mirror() -> None:
 
 
 def test_blocking_calls_release_the_gil_and_the_rest_keep_it() -> None:
-    assert {"ep_run", "ep_run_once", "ep_poll"} == _ffi.BLOCKING
+    assert {"ep_run", "ep_run_once", "ep_poll", "ep_poll_with"} == _ffi.BLOCKING
     for name in _ffi.SIGNATURES:
         keeps_gil = bool(getattr(_ffi.lib, name)._flags_ & ctypes._FUNCFLAG_PYTHONAPI)
         assert keeps_gil == (name not in _ffi.BLOCKING), name

@@ -22,7 +22,8 @@ pub struct ep_event {
     /// EP_EVENT_CLOSE: the ep_close_reason; EP_EVENT_DATAGRAM: the flags (EP_DGRAM_TRUNCATED);
     /// otherwise 0.
     pub reason: u32,
-    /// EP_EVENT_CLOSE and EP_EVENT_DATAGRAM_ERROR: the errno; otherwise 0.
+    /// EP_EVENT_CLOSE and EP_EVENT_DATAGRAM_ERROR: the errno; EP_EVENT_ACCEPT: the
+    /// connection's fd (what ep_fd() returns, and it never changes); otherwise 0.
     pub err: c_int,
     /// The bytes queued for output on the connection when the event was recorded (0 for other
     /// registrations; saturates at 4 GiB - 1, above the 1 GiB queue cap). With it a binding that
@@ -396,6 +397,38 @@ pub unsafe extern "C" fn ep_poll(
         unsafe { out.write(result) };
         state.min(0)
     })
+}
+
+/// ep_poll()'s arguments and result in one block the binding keeps from step to step, for
+/// ep_poll_with().
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ep_poll_args {
+    /// The loop, as for ep_poll().
+    pub lp: *mut ep_loop,
+    /// As for ep_poll().
+    pub timeout_ms: c_int,
+    /// As for ep_poll() (NULL: none).
+    pub commands: *const ep_commands,
+    /// Written as ep_poll() writes `*out`.
+    pub result: ep_poll_result,
+}
+
+/// ep_poll(args->lp, args->timeout_ms, args->commands, &args->result): the same step with a single
+/// argument, for a binding whose FFI converts every argument on every call (Python's ctypes: about
+/// 500 instructions each); it sets the fields that change (the timeout, rarely) and passes the
+/// same pointer each step. Returns what ep_poll() returns, or EP_ENULL for a NULL `args`.
+///
+/// # Safety
+/// `args` NULL or readable and writable, its fields as ep_poll()'s arguments.
+#[no_mangle]
+pub unsafe extern "C" fn ep_poll_with(args: *mut ep_poll_args) -> c_int {
+    // SAFETY: `args` is NULL or readable and writable (contract).
+    match unsafe { args.as_mut() } {
+        // SAFETY: the fields are ep_poll()'s arguments (contract); `result` is writable.
+        Some(a) => unsafe { ep_poll(a.lp, a.timeout_ms, a.commands, &mut a.result) },
+        None => EP_ENULL,
+    }
 }
 
 #[cfg(test)]

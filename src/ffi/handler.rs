@@ -294,7 +294,12 @@ impl Handler for FfiHandler {
 
     fn on_accept(&self, lp: &Engine, listener: u64, conn: u64) {
         if let Some(mut queue) = self.record(lp) {
-            queue.push(EP_EVENT_ACCEPT, conn, self.user).listener = listener;
+            // The fd rides along (a binding writing to it directly need not ask ep_fd), and the
+            // queue (an ep_connect's early sends).
+            let fd = lp.fd(conn).unwrap_or(-1);
+            let queued = queued_of(lp, conn);
+            let event = queue.push(EP_EVENT_ACCEPT, conn, self.user);
+            (event.listener, event.err, event.queued) = (listener, fd, queued);
         } else if let Some(cb) = self.stream().and_then(|c| c.on_accept) {
             // SAFETY: the caller registered this function pointer with this signature; the loop
             // pointer is live for the duration of the call.
