@@ -26,7 +26,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import RunResult, _error
-from ._events import _MORE
+from ._events import _MORE, direct_owner
 from ._ffi import lib
 
 if TYPE_CHECKING:
@@ -80,17 +80,18 @@ class _Driver:
         if loop._lp is None or loop._running:
             return  # closed (close() detaches), or inside run_once() called by a coroutine
         loop._running = True
+        loop._owner = direct_owner()
         try:
             state = loop._step(loop._lp, 0)
         except Exception as exc:  # the eploop exception handler raised: serve() raises it
-            loop._running = False
+            loop._stopped_running()
             self.failed(exc)
             state = _MORE
         except BaseException:  # KeyboardInterrupt, SystemExit: the asyncio loop stops
-            loop._running = False
+            loop._stopped_running()
             self.schedule()
             raise
-        loop._running = False
+        loop._stopped_running()
         if state != _MORE and self.done is not None and not self.done.done():
             self.done.set_result(RunResult(state))
         if loop._driver is self:  # (a handler may have detached or closed the loop)

@@ -4,12 +4,15 @@ while paused, nothing but ``on_close`` once muted; see the ``_loop`` module docs
 from __future__ import annotations
 
 import ctypes
+from _thread import get_ident as _get_ident
 from collections import deque
 from collections.abc import Callable
+from os import write as _write
 from ctypes import byref, c_char, c_size_t
 from typing import TYPE_CHECKING, Any
 
 from . import _ffi, _send
+from ._errors import _error
 from ._ffi import hot, lib
 from ._registration import _id_arg, _ignore, _ms, _peer_address, _Registration, _with_socket
 
@@ -42,6 +45,7 @@ class Connection(_Registration):
         "_paused",
         "_peername",
         "_user_ended",
+        "_wfd",
         "handler",
         "user",
     )
@@ -54,6 +58,10 @@ class Connection(_Registration):
         self._lp = loop._lp
         self._borrowed = borrowed
         self._fd = -1
+        # Direct writes (see send): the fd while the library's queue is known to be empty; -1
+        # while it may not be (a send went through the library); -2 never again (a registered
+        # fd, an idle timeout, after close/abort/shutdown or a handler's raise, once ended).
+        self._wfd = -1
         self.handler: Any = None
         self.user: Any = None
         self._peername: Any = None
@@ -90,6 +98,7 @@ class Connection(_Registration):
 
     def _mute(self) -> None:
         """Nothing more but on_close: what the step still holds for it is skipped."""
+        self._wfd = -2
         self._muted = True
         self._paused = False
         self._held = None
@@ -130,16 +139,53 @@ class Connection(_Registration):
         after your ``close()``/``abort()``, ``EploopError`` otherwise (e.g. ENOBUFS beyond the
         1 GiB queue cap, ESHUTDOWN after your ``shutdown()``).
         """
+        # The fast path, as uvloop writes: while the library's queue is empty (so order holds),
+        # from the handlers of a step that allows it (see _events.step), one write(2) of our
+        # own, and the library is not called at all. What the kernel did not take goes the
+        # library's way, and so does a failed write: the library's own send then meets the same
+        # peer (its departure is on_close, as ever) or a kernel that takes the bytes after all.
+        if self._wfd >= 0 and type(data) is bytes:
+            loop = self.loop
+            if loop._direct == _get_ident():
+                try:
+                    written = _write(self._wfd, data)
+                except OSError:
+                    written = 0
+                loop._direct_out += written
+                if written == len(data):
+                    return True
+                data = data[written:]
+            elif loop._direct:  # another thread, while the loop's handlers run (see _wrong_thread)
+                self._wrong_thread()
         if type(data) is bytes:
             size = len(data)
             code = _ep_send(self._lp, self._cid, data, size if size <= _INT_MAX else c_size_t(size))
         else:
             code = self._send_buffer(data)
+        # (after the call: until the rest of a partial write is queued, another thread's send
+        # to this connection finds it direct, and is refused, instead of overtaking the rest)
+        self._went_slow()
         if code == 0:
             return True
         if code == 1 or self._ended_by_loop(code):
             return False
         return bool(self._check(code, "ep_send"))
+
+    def _went_slow(self) -> None:
+        """A send through the library: its queue may hold bytes now, so no direct write until
+        an event says it is empty again."""
+        if self._wfd >= 0:
+            self._wfd = -1
+        self.loop._slow_sent = True
+
+    def _only_library_writes(self) -> None:
+        self._wfd = -2
+
+    def _wrong_thread(self) -> None:
+        """A send from a thread other than the one running the loop's handlers (a mistake the
+        library itself catches only while that thread is inside a call): refused, so that it
+        cannot land in the middle of a write of the loop's thread."""
+        raise _error(_ffi.EP_ETHREAD, "ep_send")
 
     def _send_buffer(self, data: Any) -> int:
         view = memoryview(data)
@@ -172,6 +218,7 @@ class Connection(_Registration):
 
     def shutdown(self) -> None:
         """Send FIN once the queue is flushed; keep reading until the peer closes too."""
+        self._wfd = -2  # (a send after it is an error, which the library reports)
         self._lenient(lib.ep_shutdown(self._lp, self.id), "ep_shutdown")
         self.loop._kick()
 
@@ -250,6 +297,7 @@ class Connection(_Registration):
 
     def _ended(self) -> None:
         super()._ended()
+        self._wfd = -2
         # Break the connection <-> handler cycle (as asyncio's transports drop their protocol):
         # both are freed as soon as nobody else holds them, not by the garbage collector.
         self.handler = None

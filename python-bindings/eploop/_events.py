@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import errno
 import itertools
+import signal
+import sys
 import weakref
+from _thread import get_ident as _get_ident
 from collections.abc import Callable
 from ctypes import c_char
 from typing import TYPE_CHECKING, Any
@@ -31,7 +34,7 @@ from ._registration import _Registration
 if TYPE_CHECKING:
     from ._loop import Loop
 
-_ep_poll = hot.ep_poll
+_ep_poll_with = hot.ep_poll_with
 
 # ---------------------------------------------------------------------------------------------
 # Events: how C reaches the handlers.
@@ -46,8 +49,9 @@ _ep_poll = hot.ep_poll
 
 _RESULT = _ffi.POLL_RESULT_LAYOUT  # events, count, data, data_len, state
 _sizes = _ffi.POLL_SIZES_LAYOUT.unpack_from  # count, data_len, state
-_EVENT = _ffi.EVENT_LAYOUT  # kind, reason, err, id, listener, offset, len
+_EVENT = _ffi.EVENT_LAYOUT  # kind, reason, err, queued, id, listener, offset, len
 _EVENT_SIZE = _EVENT.size
+_KIND_BYTE = 0 if sys.byteorder == "little" else 3  # (kinds are small: one byte says which)
 _iter_events = _EVENT.iter_unpack
 _unpack_event = _EVENT.unpack_from
 _ACCEPT, _DATA, _WRITABLE, _CLOSE, _DATAGRAM, _DATAGRAM_ERROR = (
@@ -79,6 +83,13 @@ def _map_result(self: Loop, size: int, data_len: int) -> None:
     if data_len > self._data_size:
         self._data_view = _view(data, data_len)
         self._data_size = data_len
+
+
+def direct_owner() -> int:
+    """The thread whose handlers may write to sockets directly (Connection.send) while it runs
+    the loop: the caller's, unless SIGPIPE would kill the process (a write(2) is not a
+    send(MSG_NOSIGNAL); Python ignores SIGPIPE unless told otherwise). 0: none."""
+    return 0 if signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL else _get_ident()
 
 
 def _closed(registration: _Registration, reason: int, err: int) -> None:
@@ -149,7 +160,7 @@ _TIMER_TRAMPOLINE = _ffi.TIMER_CB(_on_timer)
 _POST_TRAMPOLINE = _ffi.POST_CB(_on_post)
 
 
-def step(self: Loop, lp: Any, timeout_ms: int) -> int:
+def step(self: Loop, _lp: Any, timeout_ms: int) -> int:
     """One ep_poll() step and its handlers.
 
     Returns EP_RUN_MORE, _EMPTY or _STOPPED (MORE after a signal interrupted the wait, and
@@ -159,7 +170,14 @@ def step(self: Loop, lp: Any, timeout_ms: int) -> int:
     if self._resumed:  # (resume_reading() called outside a step)
         self._deliver_resumed()
         timeout_ms = 0
-    code = _ep_poll(lp, timeout_ms, None, self._result_ref)
+    # No direct write while C runs (a timer's send goes through the library); and whether a
+    # send went through the library meanwhile: then this step's ``queued`` figures may be old,
+    # and no connection goes back to direct writes on their word.
+    self._direct = 0
+    self._slow_sent = False
+    if timeout_ms != self._call_timeout:
+        self._call.timeout_ms = self._call_timeout = timeout_ms
+    code = _ep_poll_with(self._call_ref)  # (one argument: ctypes converts each on each call)
     count, data_len, state = _sizes(self._result_view)
     if code:
         if code != _EINTR:
@@ -186,18 +204,31 @@ def step(self: Loop, lp: Any, timeout_ms: int) -> int:
                     step_data = step_data[:data_len]
                 step_data = step_data.tobytes()
         registrations = self._registrations
+        # Direct writes (Connection.send) are allowed in this step's handlers, on the thread
+        # running them (``_owner``), unless the library closed a descriptor in this step: its
+        # number may already be another connection's. Every close is in this batch, so a
+        # batch without one is safe.
         if count == 1:
-            records: Any = (_unpack_event(self._events_view),)
+            record = _unpack_event(self._events_view)
+            records: Any = (record,)
+            if record[0] != _CLOSE:
+                self._direct = self._owner
         else:
-            records = _iter_events(self._events_view[:size])
-        # (``listener_id`` is, for a datagram, the length of its sender's address)
-        for kind, reason, err, reg_id, listener_id, offset, length in records:
+            events = self._events_view[:size]
+            records = _iter_events(events)
+            if _CLOSE not in events[_KIND_BYTE::_EVENT_SIZE]:
+                self._direct = self._owner
+        # (``listener_id`` is, for a datagram, the length of its sender's address; ``err``, for
+        # an accept, the connection's fd)
+        for kind, reason, err, queued, reg_id, listener_id, offset, length in records:
             conn: Any = registrations.get(reg_id)
             try:
                 if kind == _DATA:
                     # (a muted or paused connection's _on_data/_on_eof skip or hold it)
                     if conn is None:
                         continue  # the loop's own wakeup pipe
+                    if conn._wfd == -1 and not queued and self._direct and not self._slow_sent:
+                        conn._wfd = conn._fd  # its queue is empty (again): write directly
                     if not length:
                         conn._on_eof()
                     elif length == data_len and data_len <= _STEP_COPY_MAX:
@@ -215,7 +246,12 @@ def step(self: Loop, lp: Any, timeout_ms: int) -> int:
                         conn = Connection(self, reg_id)
                         registrations[reg_id] = conn
                         listener: Any = registrations[listener_id]
+                        if listener._idle_timeout:  # (only the library sees sends then)
+                            conn._wfd = -2
                         conn._attach(listener.factory(), listener.half_close)
+                    conn._fd = err
+                    if conn._wfd == -1 and not queued and self._direct and not self._slow_sent:
+                        conn._wfd = err
                     if not conn._muted:  # (a connect() closed before it was up)
                         on_accept = getattr(conn.handler, "on_accept", None)
                         if on_accept is not None:

@@ -280,9 +280,8 @@ def struct_of(structure: Any, skip: tuple[str, ...] = ()) -> struct.Struct:
     return layout
 
 
-# ``ep_event`` without its ``queued`` and ``user`` fields: kind, reason, err, id, listener,
-# offset, len.
-EVENT_LAYOUT = struct_of(Event, skip=("queued", "user"))
+# ``ep_event`` without its ``user`` field: kind, reason, err, queued, id, listener, offset, len.
+EVENT_LAYOUT = struct_of(Event, skip=("user",))
 # ``ep_poll_result``: events, count, data, data_len, state.
 POLL_RESULT_LAYOUT = struct_of(PollResult)
 # ``ep_poll_result`` without its pointers: count, data_len, state (small ints, no allocation: the

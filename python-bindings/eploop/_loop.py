@@ -119,10 +119,19 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         self._signal_handlers: dict[int, Any] = {}  # add_signal_handler's, see _signals.py
         self._guard: _SignalGuard | None = None  # run()'s, while it runs
         self._driver: _aio._Driver | None = None  # the asyncio loop driving it (attach())
-        # ep_poll's output, read with one unpack per step
-        self._result = _ffi.PollResult()
-        self._result_ref = byref(self._result)
-        self._result_view = memoryview(self._result).cast("B")
+        # Direct writes (see Connection.send): the thread whose handlers may write to sockets
+        # directly in this step (0: none may); whether a send went through the library since
+        # the step's ep_poll began; bytes written directly (for stats()).
+        self._owner = 0  # the thread running it (see _events.direct_owner)
+        self._direct = 0
+        self._slow_sent = False
+        self._direct_out = 0
+        # ep_poll_with's arguments and result, kept from step to step (the timeout is written
+        # only when it changes); the result read with one unpack per step
+        self._call = _ffi.PollArgs(lp=address)
+        self._call_ref = byref(self._call)
+        self._call_timeout = 0
+        self._result_view = memoryview(self._call).cast("B")[_ffi.PollArgs.result.offset :]
         self._events_size = 0
         self._events_view = memoryview(b"")
         self._data_size = 0
@@ -179,6 +188,8 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
                 self._running = False
                 lib.ep_loop_free(lp)  # EP_QUEUE registrations: nothing is called back
                 self._lp = None
+                self._call.lp = None
+                self._direct = 0  # (the library closed every fd: no direct write in on_close)
                 _loops.pop(self._key, None)
                 still_open = list(self._registrations.values())
                 self._registrations.clear()
@@ -329,6 +340,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
             registration = Listener(self, code, cast(HandlerFactory, handler), half_close, borrowed)
         else:
             registration = Connection(self, code, borrowed)
+            registration._wfd = -2  # (any fd: a pipe's write(2) is not a send(MSG_NOSIGNAL))
             registration._attach(handler, half_close)
         self._registrations[code] = registration
         return registration
@@ -409,7 +421,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
 
     def stats(self) -> Stats:
         """The loop's counters."""
-        return read_stats(self._open_lp())
+        return read_stats(self._open_lp(), self._direct_out)
 
     # -- running
 
@@ -440,7 +452,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         finally:
             self._guard = None
             guard.restore()
-            self._running = False
+            self._stopped_running()
         return RunResult(state)
 
     def run_once(self, timeout: float | None = None) -> RunResult:
@@ -459,7 +471,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         finally:
             self._guard = None
             guard.restore()
-            self._running = False
+            self._stopped_running()
         return RunResult(state)
 
     # The step (one ep_poll() and its handlers) and its helpers live in _events.
@@ -484,6 +496,11 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         if self._driver is not None:
             raise RuntimeError("the loop is attached to asyncio: await loop.serve(), or detach()")
         self._running = True
+        self._owner = _events.direct_owner()
+
+    def _stopped_running(self) -> None:
+        self._running = False
+        self._direct = 0  # (no direct write outside the handlers of a step)
 
     def _raise_pending(self) -> None:
         error, self._error = self._error, None

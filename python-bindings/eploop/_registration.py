@@ -167,6 +167,11 @@ class _Registration:
         self._lenient(
             lib.ep_set_idle_timeout(self._lp, self.id, _ms(seconds or 0)), "ep_set_idle_timeout"
         )
+        if seconds:
+            self._only_library_writes()
+
+    def _only_library_writes(self) -> None:
+        """Every send goes through the library from now on (its idle timer must see writes)."""
 
     def set_watermarks(self, low: int, high: int) -> None:
         """Flow-control thresholds in bytes (default 16 KiB / 64 KiB): ``send()`` returns False
@@ -190,7 +195,7 @@ def _is_listening(fd: int) -> bool:
 class Listener(_Registration):
     """A listening socket; every connection it accepts gets a handler from ``factory()``."""
 
-    __slots__ = ("_port", "factory", "half_close")
+    __slots__ = ("_idle_timeout", "_port", "factory", "half_close")
 
     def __init__(
         self,
@@ -203,6 +208,7 @@ class Listener(_Registration):
         super().__init__(loop, reg_id, borrowed)
         self.factory = factory
         self.half_close = half_close
+        self._idle_timeout = False  # its connections have one: they never write directly
         # Read once, here, on the thread setting the loop up: reading it later (say from a test's
         # main thread while another thread runs the loop) must not be a call into the loop.
         self._port: int = lib.ep_local_port(self._lp, self.id)
@@ -214,6 +220,9 @@ class Listener(_Registration):
         if self._port < 0:
             raise _error(self._port, "ep_local_port")
         return self._port
+
+    def _only_library_writes(self) -> None:
+        self._idle_timeout = True
 
     def close(self) -> None:
         """Stop listening; connections already accepted are not affected. Idempotent."""

@@ -63,6 +63,7 @@ def pinned_count() -> int:
 def _result(conn: Connection, code: int, function: str) -> bool:
     """send()'s rule for every variant: True, False ("stop producing", or the peer is gone and
     the bytes were discarded), or an exception for the caller's own mistake only."""
+    conn._went_slow()
     if code == 0:
         return True
     if code == 1 or conn._ended_by_loop(code):

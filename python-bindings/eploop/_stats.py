@@ -28,8 +28,9 @@ class Stats:
 
 
 
-def read_stats(lp: Any) -> Stats:
-    """``ep_get_stats`` on the loop pointer ``lp``, as a ``Stats``."""
+def read_stats(lp: Any, direct_out: int) -> Stats:
+    """``ep_get_stats`` on the loop pointer ``lp``, as a ``Stats`` (``direct_out``: the bytes
+    the binding wrote to sockets itself, see ``Connection.send``)."""
     raw = _ffi.Stats()
     code = lib.ep_get_stats(lp, byref(raw), ctypes.sizeof(raw))
     if code < 0:
@@ -42,6 +43,6 @@ def read_stats(lp: Any) -> Stats:
         accept_overloads=raw.accept_overloads,
         stale_events=raw.stale_events,
         bytes_in=raw.bytes_in,
-        bytes_out=raw.bytes_out,
+        bytes_out=raw.bytes_out + direct_out,
         closes={reason: raw.closes[reason.value] for reason in CloseReason},
     )
