@@ -26,7 +26,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import RunResult, _error
-from ._events import _MORE, direct_owner
+from ._events import _MORE
 from ._ffi import lib
 
 if TYPE_CHECKING:
@@ -79,8 +79,7 @@ class _Driver:
         self.wakeup = self.wakeup_at = None
         if loop._lp is None or loop._running:
             return  # closed (close() detaches), or inside run_once() called by a coroutine
-        loop._running = True
-        loop._owner = direct_owner()
+        loop._start_running()
         try:
             state = loop._step(loop._lp, 0)
         except Exception as exc:  # the eploop exception handler raised: serve() raises it

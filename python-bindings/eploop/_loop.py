@@ -177,7 +177,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
                 return
             _signals.remove_all(self)
             self.detach()
-            self._running = True
+            self._start_running()
             try:
                 self._settle(lp)
             except ForkedLoopError:
@@ -185,11 +185,10 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
             except BaseException as exc:
                 self._fatal(exc)
             finally:
-                self._running = False
+                self._stopped_running()
                 lib.ep_loop_free(lp)  # EP_QUEUE registrations: nothing is called back
                 self._lp = None
                 self._call.lp = None
-                self._direct = 0  # (the library closed every fd: no direct write in on_close)
                 _loops.pop(self._key, None)
                 still_open = list(self._registrations.values())
                 self._registrations.clear()
@@ -495,6 +494,10 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
             raise _error(_ffi.EP_EBUSY, "run")
         if self._driver is not None:
             raise RuntimeError("the loop is attached to asyncio: await loop.serve(), or detach()")
+        self._start_running()
+
+    def _start_running(self) -> None:
+        """This thread runs the loop's steps now (and writes directly from their handlers)."""
         self._running = True
         self._owner = _events.direct_owner()
 

@@ -312,3 +312,21 @@ def test_sigpipe_at_its_default_never_kills() -> None:
     closes, direct = map(int, proc.stdout.split())
     assert closes == 100
     assert direct == 0, "with SIGPIPE at its default, only the library writes"
+
+
+@MODES
+def test_close_from_another_thread_still_delivers_and_answers(edge: bool) -> None:
+    """close() settles what is already decided with a few steps of its own, on the calling
+    thread: their handlers write as well as run()'s did, whichever thread ran the loop."""
+    loop = eploop.Loop()
+    port = loop.listen(("127.0.0.1", 0), Echo, edge=edge).port
+    with connect(port) as client:
+        runner = threading.Thread(
+            target=lambda: step_until(loop, lambda: loop.connections, "the accept")
+        )
+        runner.start()
+        runner.join(TIMEOUT)
+        client.sendall(b"last words")
+        time.sleep(0.05)
+        loop.close()  # (this thread never ran the loop)
+        assert read_exactly(client, 10) == b"last words"
