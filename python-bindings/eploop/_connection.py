@@ -162,9 +162,12 @@ class Connection(_Registration):
             code = _ep_send(self._lp, self._cid, data, size if size <= _INT_MAX else c_size_t(size))
         else:
             code = self._send_buffer(data)
-        # (after the call: until the rest of a partial write is queued, another thread's send
-        # to this connection finds it direct, and is refused, instead of overtaking the rest)
-        self._went_slow()
+        # Its queue may hold bytes now (_went_slow, inline). After the call: until the rest of a
+        # partial write is queued, another thread's send to this connection finds it direct,
+        # and is refused, instead of overtaking the rest.
+        if self._wfd >= 0:
+            self._wfd = -1
+        self.loop._slow_sent = True
         if code == 0:
             return True
         if code == 1 or self._ended_by_loop(code):

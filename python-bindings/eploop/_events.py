@@ -92,6 +92,18 @@ def direct_owner() -> int:
     return 0 if signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL else _get_ident()
 
 
+def _closing(registrations: dict[int, Any], records: Any) -> None:
+    """No direct write, from any handler of this step, to a connection this batch closes: the
+    library closed its descriptor during the step, and the number may already belong to a
+    connection accepted in the same step. Every descriptor the library closes has its close
+    in the batch of the step that closed it, so the others are safe."""
+    for record in records:
+        if record[0] == _CLOSE:
+            conn = registrations.get(record[4])
+            if type(conn) is Connection:
+                conn._wfd = -2
+
+
 def _closed(registration: _Registration, reason: int, err: int) -> None:
     """A registration's one on_close (its exception goes to the exception handler)."""
     handler = getattr(registration, "handler", None)  # (a listener has none)
@@ -205,19 +217,20 @@ def step(self: Loop, _lp: Any, timeout_ms: int) -> int:
                 step_data = step_data.tobytes()
         registrations = self._registrations
         # Direct writes (Connection.send) are allowed in this step's handlers, on the thread
-        # running them (``_owner``), unless the library closed a descriptor in this step: its
-        # number may already be another connection's. Every close is in this batch, so a
-        # batch without one is safe.
+        # running them (``_owner``), except to the connections this batch closes (see _closing).
         if count == 1:
             record = _unpack_event(self._events_view)
             records: Any = (record,)
-            if record[0] != _CLOSE:
-                self._direct = self._owner
+            if record[0] == _CLOSE:
+                _closing(registrations, records)
         else:
             events = self._events_view[:size]
-            records = _iter_events(events)
-            if _CLOSE not in events[_KIND_BYTE::_EVENT_SIZE]:
-                self._direct = self._owner
+            if _CLOSE in events[_KIND_BYTE::_EVENT_SIZE]:
+                records = list(_iter_events(events))
+                _closing(registrations, records)
+            else:
+                records = _iter_events(events)
+        self._direct = self._owner
         # (``listener_id`` is, for a datagram, the length of its sender's address; ``err``, for
         # an accept, the connection's fd)
         for kind, reason, err, queued, reg_id, listener_id, offset, length in records:
