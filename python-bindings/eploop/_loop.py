@@ -123,6 +123,8 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         # directly in this step (0: none may); whether a send went through the library since
         # the step's ep_poll began; bytes written directly (for stats()).
         self._owner = 0  # the thread running it (see _events.direct_owner)
+        # EPLOOP_TRACE (read by the library as the loop is made): every write in the trace
+        self._traced = os.environ.get("EPLOOP_TRACE", "") not in ("", "0")
         self._direct = 0
         self._slow_sent = False
         self._direct_out = 0
@@ -499,7 +501,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
     def _start_running(self) -> None:
         """This thread runs the loop's steps now (and writes directly from their handlers)."""
         self._running = True
-        self._owner = _events.direct_owner()
+        self._owner = 0 if self._traced else _events.direct_owner()
 
     def _stopped_running(self) -> None:
         self._running = False

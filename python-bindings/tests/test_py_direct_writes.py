@@ -330,3 +330,42 @@ def test_close_from_another_thread_still_delivers_and_answers(edge: bool) -> Non
         time.sleep(0.05)
         loop.close()  # (this thread never ran the loop)
         assert read_exactly(client, 10) == b"last words"
+
+
+def test_a_traced_loop_writes_only_through_the_library() -> None:
+    """EPLOOP_TRACE=1 traces every read and write of the library: the binding then leaves
+    every write to it, so the trace misses none."""
+    child = textwrap.dedent(
+        """
+        import socket, threading
+        import eploop
+
+        class Echo(eploop.Handler):
+            def on_data(self, data):
+                self.conn.send(data)
+                self.conn.close()
+
+        loop = eploop.Loop()
+        port = loop.listen(("127.0.0.1", 0), Echo).port
+
+        def client():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"traced")
+                assert s.recv(100) == b"traced"
+            loop.stop()
+
+        threading.Thread(target=client).start()
+        loop.run()
+        print(loop._direct_out, loop.stats().bytes_out)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child],
+        env={**CHILD_ENV, "EPLOOP_TRACE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["0", "6"]
+    assert "write 6" in proc.stderr, proc.stderr[-2000:]
