@@ -372,6 +372,8 @@
 
 
 
+
+
 /**
  * At most this many buffers go to one vectored write (no allocation per write); the rest wait
  * for the next one.

@@ -116,7 +116,7 @@ impl<H: Handler> Loop<H> {
     #[inline(always)]
     pub(super) fn stream_pass(&self, id: Id, bits: u32, setup: ReadSetup<H>) {
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
-        let read_end = if bits & (ev::IN | ev::RDHUP) != 0 || hangup {
+        let read_end = if bits & (ev::IN | ev::RDHUP | ev::PRI) != 0 || hangup {
             self.read_pass(id, bits, setup)
         } else {
             ReadEnd::Drained { failed: false }
@@ -187,8 +187,9 @@ impl<H: Handler> Loop<H> {
     /// also prepares the next read): the steady state costs two lookups per message.
     #[inline(always)]
     fn read_pass(&self, id: Id, bits: u32, setup: ReadSetup<H>) -> ReadEnd {
-        // A short read proves nothing once the peer may have closed: read to EOF or EAGAIN.
-        let must_drain = bits & (ev::RDHUP | ev::HUP | ev::ERR) != 0;
+        // A short read proves nothing once the peer may have closed, nor at an urgent mark (the
+        // read stops there, bytes after it): read to EOF or EAGAIN.
+        let must_drain = bits & (ev::RDHUP | ev::HUP | ev::ERR | ev::PRI) != 0;
         let hangup = bits & (ev::HUP | ev::ERR) != 0;
         let ReadSetup {
             fd,

@@ -189,16 +189,23 @@ impl<H> Stream<H> {
             && (!(self.paused || self.throttled) || self.discard_input || forced)
     }
 
-    /// The epoll interest this stream's state calls for.
+    /// The epoll interest this stream's state calls for. Edge-triggered reading also watches
+    /// urgent data: a read stops short at the urgent mark with bytes after it, so that short
+    /// read does not prove the socket drained, and the event that says so (EPOLLPRI) makes the
+    /// read pass go on to EAGAIN. (Level-triggered reading needs no such event: the bytes after
+    /// the mark keep EPOLLIN up; and EPOLLPRI would be reported for as long as the urgent byte
+    /// is unread, a busy loop.)
     pub fn wanted_interest(&self) -> u32 {
         let edge = if self.opts.edge { ev::ET } else { 0 };
         if self.connecting() {
             return ev::OUT | edge;
         }
-        let mut interest = if self.may_read(false) {
-            ev::IN | ev::RDHUP
-        } else {
+        let mut interest = if !self.may_read(false) {
             0
+        } else if self.opts.edge {
+            ev::IN | ev::RDHUP | ev::PRI
+        } else {
+            ev::IN | ev::RDHUP
         };
         if !self.out.is_empty() {
             interest |= ev::OUT;

@@ -182,6 +182,11 @@ fn interest_follows_the_state() {
         edge: true,
         ..Options::default()
     });
+    assert_eq!(
+        edge.wanted_interest(),
+        ev::IN | ev::RDHUP | ev::PRI | ev::ET,
+        "edge: urgent data too (a read stops short at its mark)"
+    );
     edge.input_eof = true;
     assert_eq!(edge.wanted_interest(), ev::ET, "at EOF: nothing to read");
 }

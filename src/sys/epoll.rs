@@ -14,6 +14,8 @@ pub mod ev {
     pub const HUP: u32 = libc::EPOLLHUP as u32;
     pub const ERR: u32 = libc::EPOLLERR as u32;
     pub const ET: u32 = libc::EPOLLET as u32;
+    /// Urgent (TCP out-of-band) data: watched in edge mode only (see Stream::wanted_interest).
+    pub const PRI: u32 = libc::EPOLLPRI as u32;
 }
 
 const NO_EVENT: libc::epoll_event = libc::epoll_event { events: 0, u64: 0 };
