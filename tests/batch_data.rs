@@ -9,7 +9,8 @@ use std::net::{Shutdown, TcpStream};
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use eploop::*;
+mod common;
+use common::*;
 
 /// A client's bytes: its index first (so the server side can tell the streams apart), then a
 /// pattern that a lost, repeated or misplaced chunk breaks.
@@ -60,21 +61,7 @@ fn remap<T>(view: &mut (*const T, usize), at: *const T, len: usize, what: &str) 
 fn floods_arrive_whole_and_in_order_and_the_arrays_move_only_when_they_grow() {
     let lp = ep_loop_new();
     assert!(!lp.is_null());
-    // SAFETY: live loop; NULL callbacks are allowed with EP_QUEUE.
-    let listener = unsafe {
-        ep_listen(
-            lp,
-            c"127.0.0.1".as_ptr(),
-            0,
-            16,
-            EP_QUEUE,
-            ptr::null(),
-            ptr::null_mut(),
-        )
-    };
-    assert!(listener > 0, "ep_listen: {listener}");
-    // SAFETY: live loop.
-    let port = unsafe { ep_local_port(lp, listener as u64) } as u16;
+    let (_listener, port) = listen_queued(lp, 0);
 
     // Two floods of several MiB in large writes, and one stream of 100-byte writes.
     let plan = [

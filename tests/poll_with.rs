@@ -7,7 +7,8 @@ use std::net::TcpStream;
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use eploop::*;
+mod common;
+use common::*;
 
 fn args_for(lp: *mut ep_loop, timeout_ms: i32) -> ep_poll_args {
     ep_poll_args {
@@ -40,22 +41,8 @@ fn null_arguments_are_refused() {
 fn a_step_through_the_block_serves_a_connection() {
     let lp = ep_loop_new();
     assert!(!lp.is_null());
-    // SAFETY: live loop; NULL callbacks are allowed with EP_QUEUE.
-    let listener = unsafe {
-        ep_listen(
-            lp,
-            c"127.0.0.1".as_ptr(),
-            0,
-            16,
-            EP_QUEUE,
-            ptr::null(),
-            ptr::null_mut(),
-        )
-    };
-    assert!(listener > 0, "ep_listen: {listener}");
-    // SAFETY: live loop.
-    let port = unsafe { ep_local_port(lp, listener as u64) };
-    let mut client = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    let (listener, port) = listen_queued(lp, 0);
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -73,7 +60,7 @@ fn a_step_through_the_block_serves_a_connection() {
         for e in events_of(&args) {
             match e.kind {
                 EP_EVENT_ACCEPT => {
-                    assert_eq!(e.listener, listener as u64);
+                    assert_eq!(e.listener, listener);
                     (conn, fd) = (e.id, e.err);
                     // SAFETY: live loop.
                     let by_call = unsafe { ep_fd(lp, conn) };

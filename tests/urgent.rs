@@ -10,7 +10,8 @@ use std::os::fd::AsRawFd;
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use eploop::*;
+mod common;
+use common::*;
 
 fn send_urgent(client: &TcpStream, byte: u8) {
     // SAFETY: a connected socket and a one-byte buffer that outlives the call.
@@ -59,22 +60,8 @@ fn collect(lp: *mut ep_loop, wait: Duration, got: &mut Vec<u8>) -> usize {
 fn bytes_after_the_mark_arrive(flags: u32) {
     let lp = ep_loop_new();
     assert!(!lp.is_null());
-    // SAFETY: live loop; NULL callbacks are allowed with EP_QUEUE.
-    let listener = unsafe {
-        ep_listen(
-            lp,
-            c"127.0.0.1".as_ptr(),
-            0,
-            16,
-            EP_QUEUE | flags,
-            ptr::null(),
-            ptr::null_mut(),
-        )
-    };
-    assert!(listener > 0, "ep_listen: {listener}");
-    // SAFETY: live loop.
-    let port = unsafe { ep_local_port(lp, listener as u64) };
-    let mut client = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    let (_listener, port) = listen_queued(lp, flags);
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     client.set_nodelay(true).unwrap();
     let mut got = Vec::new();
     collect(lp, Duration::from_millis(100), &mut got); // (the accept)

@@ -1242,3 +1242,24 @@ pub fn run_bounded(lp: *mut ep_loop, limit: Duration) -> i32 {
     );
     r
 }
+
+/// A listener on 127.0.0.1 (a port the kernel picks) whose events come back from ep_poll
+/// (EP_QUEUE, plus `flags`): its id and port.
+pub fn listen_queued(lp: *mut ep_loop, flags: u32) -> (u64, u16) {
+    // SAFETY: a live loop (the caller's); NULL callbacks are allowed with EP_QUEUE.
+    let id = unsafe {
+        ep_listen(
+            lp,
+            c"127.0.0.1".as_ptr(),
+            0,
+            16,
+            EP_QUEUE | flags,
+            std::ptr::null(),
+            std::ptr::null_mut(),
+        )
+    };
+    assert!(id > 0, "ep_listen: {id}");
+    // SAFETY: a live loop.
+    let port = unsafe { ep_local_port(lp, id as u64) };
+    (id as u64, port as u16)
+}
