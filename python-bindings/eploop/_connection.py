@@ -7,11 +7,11 @@ import ctypes
 from _thread import get_ident as _get_ident
 from collections import deque
 from collections.abc import Callable
-from os import write as _write
 from ctypes import byref, c_char, c_size_t
+from os import write as _write
 from typing import TYPE_CHECKING, Any
 
-from . import _ffi, _send
+from . import _ffi, _pybuffer, _send
 from ._errors import _error
 from ._ffi import hot, lib
 from ._registration import _id_arg, _ignore, _ms, _peer_address, _Registration, _with_socket
@@ -200,12 +200,12 @@ class Connection(_Registration):
             raise BufferError("send() needs a C-contiguous buffer")
         if not view.readonly:
             return _ep_send(self._lp, self._cid, byref(c_char.from_buffer(view)), length)  # type: ignore[no-any-return]
-        buffer = _ffi.PyBuffer()
-        _ffi.get_buffer(view, byref(buffer), 0)
+        buffer = _pybuffer.PyBuffer()
+        _pybuffer.get_buffer(view, byref(buffer), 0)
         try:
             return _ep_send(self._lp, self._cid, ctypes.c_void_p(buffer.buf), length)  # type: ignore[no-any-return]
         finally:
-            _ffi.release_buffer(byref(buffer))
+            _pybuffer.release_buffer(byref(buffer))
 
     def send_many(self, buffers: Any) -> bool:
         """Send several bytes-like objects as one unit, like ``writelines`` (see _send)."""

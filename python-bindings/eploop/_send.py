@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from ctypes import byref
 from typing import TYPE_CHECKING, Any
 
-from . import _ffi
+from . import _ffi, _pybuffer
 from ._ffi import lib
 
 if TYPE_CHECKING:
@@ -28,14 +28,14 @@ if TYPE_CHECKING:
 
 
 # Buffers the library holds without a copy, by release key.
-_pinned: dict[int, _ffi.PyBuffer] = {}
+_pinned: dict[int, _pybuffer.PyBuffer] = {}
 _keys = itertools.count(1)
 
 
-def _export(data: Any) -> _ffi.PyBuffer:
+def _export(data: Any) -> _pybuffer.PyBuffer:
     """A held export of ``data``'s contiguous bytes (a bytearray cannot be resized meanwhile)."""
-    buffer = _ffi.PyBuffer()
-    _ffi.get_buffer(data, byref(buffer), _ffi.PyBUF_SIMPLE)
+    buffer = _pybuffer.PyBuffer()
+    _pybuffer.get_buffer(data, byref(buffer), _pybuffer.PyBUF_SIMPLE)
     return buffer
 
 
@@ -48,7 +48,7 @@ def _release(user: int | None) -> None:
     release_calls += 1
     buffer = _pinned.pop(user or 0, None)
     if buffer is not None:
-        _ffi.release_buffer(byref(buffer))
+        _pybuffer.release_buffer(byref(buffer))
 
 
 # Created once, at import, and kept at module level: C may call it until the loop is freed.
@@ -75,7 +75,7 @@ def _result(conn: Connection, code: int, function: str) -> bool:
 def send_many(conn: Connection, buffers: Iterable[Any]) -> bool:
     """Send ``buffers`` (bytes-like objects) in order as one unit, like ``writelines``: one
     ``sendmsg`` when nothing is queued; only what the kernel did not take is copied."""
-    exports: list[_ffi.PyBuffer] = []
+    exports: list[_pybuffer.PyBuffer] = []
     try:
         for b in buffers:
             exports.append(_export(b))
@@ -93,7 +93,7 @@ def send_many(conn: Connection, buffers: Iterable[Any]) -> bool:
         return keep_going
     finally:
         for e in exports:
-            _ffi.release_buffer(byref(e))
+            _pybuffer.release_buffer(byref(e))
 
 
 def send_nocopy(conn: Connection, data: Any) -> bool:
@@ -105,7 +105,7 @@ def send_nocopy(conn: Connection, data: Any) -> bool:
     code = lib.ep_send_nocopy(conn._lp, conn.id, buffer.buf, buffer.len, _on_release, key)
     if code < 0:
         # Refused: the library will not call back; the export is ours to drop.
-        _ffi.release_buffer(byref(_pinned.pop(key)))
+        _pybuffer.release_buffer(byref(_pinned.pop(key)))
     return _result(conn, code, "ep_send_nocopy")
 
 
