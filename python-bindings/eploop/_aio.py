@@ -81,7 +81,7 @@ class _Driver:
             return  # closed (close() detaches), or inside run_once() called by a coroutine
         loop._start_running()
         try:
-            state = loop._step(loop._lp, 0)
+            state = loop._step(0)
         except Exception as exc:  # the eploop exception handler raised: serve() raises it
             loop._stopped_running()
             self.failed(exc)

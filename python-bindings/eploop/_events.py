@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import signal
 import sys
 import weakref
 from _thread import get_ident as _get_ident
 from collections.abc import Callable
-from ctypes import c_char
+from ctypes import byref, c_char
 from typing import TYPE_CHECKING, Any
 
 from . import _ffi, _signals
@@ -90,6 +91,44 @@ def direct_owner() -> int:
     the loop: the caller's, unless SIGPIPE would kill the process (a write(2) is not a
     send(MSG_NOSIGNAL); Python ignores SIGPIPE unless told otherwise). 0: none."""
     return 0 if signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL else _get_ident()
+
+
+class _Stepping:
+    """The step's state on a ``Loop`` (a mixin, as ``_ExceptionHandling`` is): ep_poll_with's
+    block and the views over its result, and the bookkeeping of direct writes."""
+
+    _running: bool
+
+    def _init_stepping(self, address: int) -> None:
+        # ep_poll_with's arguments and result, kept from step to step (the timeout is written
+        # only when it changes); the result read with one unpack per step
+        self._call = _ffi.PollArgs(lp=address)
+        self._call_ref = byref(self._call)
+        self._call_timeout = 0
+        self._result_view = memoryview(self._call).cast("B")[_ffi.PollArgs.result.offset :]
+        self._events_size = 0
+        self._events_view = memoryview(b"")
+        self._data_size = 0
+        self._data_view = memoryview(b"")
+        # Direct writes (see Connection.send): the thread running the loop (direct_owner), the
+        # one whose handlers may write to sockets directly in this step (0: none may), whether
+        # a send went through the library since the step's ep_poll began, and the bytes written
+        # directly (for stats()). With EPLOOP_TRACE (read by the library as the loop is made)
+        # only the library writes, so that the trace shows every write.
+        self._owner = 0
+        self._direct = 0
+        self._slow_sent = False
+        self._direct_out = 0
+        self._traced = os.environ.get("EPLOOP_TRACE", "") not in ("", "0")
+
+    def _start_running(self) -> None:
+        """This thread runs the loop's steps now (and writes directly from their handlers)."""
+        self._running = True
+        self._owner = 0 if self._traced else direct_owner()
+
+    def _stopped_running(self) -> None:
+        self._running = False
+        self._direct = 0  # (no direct write outside the handlers of a step)
 
 
 def _closing(registrations: dict[int, Any], records: Any) -> None:
@@ -172,7 +211,7 @@ _TIMER_TRAMPOLINE = _ffi.TIMER_CB(_on_timer)
 _POST_TRAMPOLINE = _ffi.POST_CB(_on_post)
 
 
-def step(self: Loop, _lp: Any, timeout_ms: int) -> int:
+def step(self: Loop, timeout_ms: int) -> int:
     """One ep_poll() step and its handlers.
 
     Returns EP_RUN_MORE, _EMPTY or _STOPPED (MORE after a signal interrupted the wait, and

@@ -58,6 +58,7 @@ from ._events import (
     _TIMER_TRAMPOLINE,
     _closed,
     _loop_keys,
+    _Stepping,
     _loops,
     _post_keys,
     _posts,
@@ -87,7 +88,7 @@ __all__ = [
 ]
 
 
-class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
+class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting, _Stepping):
     """An epoll event loop; a context manager that closes every connection on exit.
 
     A loop is used by one thread at a time, normally the one that runs it. Only ``stop()`` and
@@ -119,25 +120,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         self._signal_handlers: dict[int, Any] = {}  # add_signal_handler's, see _signals.py
         self._guard: _SignalGuard | None = None  # run()'s, while it runs
         self._driver: _aio._Driver | None = None  # the asyncio loop driving it (attach())
-        # Direct writes (see Connection.send): the thread whose handlers may write to sockets
-        # directly in this step (0: none may); whether a send went through the library since
-        # the step's ep_poll began; bytes written directly (for stats()).
-        self._owner = 0  # the thread running it (see _events.direct_owner)
-        # EPLOOP_TRACE (read by the library as the loop is made): every write in the trace
-        self._traced = os.environ.get("EPLOOP_TRACE", "") not in ("", "0")
-        self._direct = 0
-        self._slow_sent = False
-        self._direct_out = 0
-        # ep_poll_with's arguments and result, kept from step to step (the timeout is written
-        # only when it changes); the result read with one unpack per step
-        self._call = _ffi.PollArgs(lp=address)
-        self._call_ref = byref(self._call)
-        self._call_timeout = 0
-        self._result_view = memoryview(self._call).cast("B")[_ffi.PollArgs.result.offset :]
-        self._events_size = 0
-        self._events_view = memoryview(b"")
-        self._data_size = 0
-        self._data_view = memoryview(b"")
+        self._init_stepping(address)
         _loops[self._key] = weakref.ref(self)
         if linger is not None:
             self.set_linger(linger)
@@ -181,7 +164,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
             self.detach()
             self._start_running()
             try:
-                self._settle(lp)
+                self._settle()
             except ForkedLoopError:
                 pass  # a child's copy of the loop: ep_loop_free alone is allowed, and enough
             except BaseException as exc:
@@ -204,11 +187,11 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
                     self._wake_pipe = None
         self._raise_pending()
 
-    def _settle(self, lp: Any) -> None:
+    def _settle(self) -> None:
         """Deliver what is already decided (a close() with nothing left to flush, data that
         arrived) before the loop is freed: a few steps without waiting, until one is quiet."""
         for _ in range(3):
-            self._step(lp, 0)
+            self._step(0)
             if not _RESULT.unpack_from(self._result_view)[1]:
                 return
 
@@ -436,7 +419,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         whatever that raises is raised here. Ctrl-C raises ``KeyboardInterrupt`` from here,
         never from inside a handler; a ``with Loop()`` block then closes every connection.
         """
-        lp = self._open_lp()
+        self._open_lp()
         self._enter()
         guard = self._guard = _SignalGuard(self, wake=True)
         timeout_ms = guard.timeout_ms
@@ -445,7 +428,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
             while True:
                 if guard.pending:  # (also one that came before the wakeup fd was set)
                     guard.deliver()
-                state = step(lp, timeout_ms)
+                state = step(timeout_ms)
                 if state != _MORE:
                     break
             if guard.pending:
@@ -463,11 +446,11 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         handlers ran returns ``MORE``: they may have made work). Raises like ``run()``. A signal
         that interrupts the wait returns ``RunResult.MORE`` after Python has run its handler.
         """
-        lp = self._open_lp()
+        self._open_lp()
         self._enter()
         guard = self._guard = _SignalGuard(self, wake=False)
         try:
-            state = self._step(lp, _ffi.WAIT_FOREVER_MS if timeout is None else _ms(timeout))
+            state = self._step(_ffi.WAIT_FOREVER_MS if timeout is None else _ms(timeout))
             guard.deliver()
         finally:
             self._guard = None
@@ -497,15 +480,6 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting):
         if self._driver is not None:
             raise RuntimeError("the loop is attached to asyncio: await loop.serve(), or detach()")
         self._start_running()
-
-    def _start_running(self) -> None:
-        """This thread runs the loop's steps now (and writes directly from their handlers)."""
-        self._running = True
-        self._owner = 0 if self._traced else _events.direct_owner()
-
-    def _stopped_running(self) -> None:
-        self._running = False
-        self._direct = 0  # (no direct write outside the handlers of a step)
 
     def _raise_pending(self) -> None:
         error, self._error = self._error, None
