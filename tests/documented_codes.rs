@@ -326,10 +326,16 @@ fn every_returned_code_is_documented_at_its_function() {
         let shared = shared;
         thread::sleep(Duration::from_millis(100));
         let mut observed = id_calls(shared.0, listener);
+        // (ep_poll here, not loop_calls' own: that one comes after its ep_stop, which may have
+        // ended the loop's run by then)
+        let mut out = std::mem::MaybeUninit::<ep_poll_result>::uninit();
+        // SAFETY: a live loop; `out` is writable.
+        let poll = unsafe { ep_poll(shared.0, 0, null(), out.as_mut_ptr()) };
+        observed.push(("ep_poll", poll.into()));
         observed.extend(
             loop_calls(shared.0)
                 .into_iter()
-                .filter(|(n, _)| *n != "ep_stop" && *n != "ep_post"),
+                .filter(|(n, _)| !matches!(*n, "ep_stop" | "ep_post" | "ep_poll")),
         );
         tx.send(observed).unwrap();
         // SAFETY: ep_stop may be called from any thread.

@@ -74,15 +74,13 @@ pub unsafe extern "C" fn ep_udp_bind(
         }
         let queued = flags & EP_QUEUE != 0;
         // SAFETY: a non-NULL `cbs` points at a valid ep_datagram_callbacks (contract); copied.
+        // (EP_QUEUE: events are recorded, `cbs` is not used and may be NULL)
         let cbs = match unsafe { cbs.as_ref() } {
-            Some(cbs) => *cbs,
-            None if queued => NO_DATAGRAM_CALLBACKS,
+            _ if queued => Callbacks::Queued,
+            Some(cbs) => Callbacks::datagram(*cbs),
             None => return i64::from(EP_ENULL),
         };
-        let handler = FfiHandler {
-            queued,
-            ..FfiHandler::new(Callbacks::Datagram(cbs), user)
-        };
+        let handler = FfiHandler::new(cbs, user);
         let bound = host.and_then(|host| {
             let opts = options(flags)?;
             boxed.engine.udp_bind(host_str(host)?, port, opts, handler)
@@ -90,13 +88,6 @@ pub unsafe extern "C" fn ep_udp_bind(
         id_or_code(bound)
     })
 }
-
-const NO_DATAGRAM_CALLBACKS: ep_datagram_callbacks = ep_datagram_callbacks {
-    on_datagram: None,
-    on_writable: None,
-    on_error: None,
-    on_close: None,
-};
 
 /// Gives endpoint `id` a default destination, `host`:`port` (numeric; an IPv4 address works on
 /// an endpoint bound to ""): ep_sendto() with a NULL address then sends there, only datagrams

@@ -4,6 +4,7 @@
 
 use std::cell::RefMut;
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::{Mutex, PoisonError};
 
 use super::batch::{
     EventQueue, EP_EVENT_ACCEPT, EP_EVENT_CLOSE, EP_EVENT_DATAGRAM_ERROR, EP_EVENT_WRITABLE,
@@ -183,13 +184,6 @@ pub struct ep_datagram_callbacks {
 /// maximum and was cut to it.
 pub const EP_DGRAM_TRUNCATED: u32 = 1;
 
-pub(super) const NO_CALLBACKS: ep_callbacks = ep_callbacks {
-    on_accept: None,
-    on_data: None,
-    on_writable: None,
-    on_close: None,
-};
-
 /// A timer's callback: `timer` is the id ep_timer_start() returned, `user` its user pointer.
 pub type ep_timer_cb =
     Option<unsafe extern "C" fn(lp: *mut ep_loop, timer: ep_id, user: *mut c_void)>;
@@ -202,36 +196,92 @@ pub type ep_signal_cb =
 /// A function posted to a loop with ep_post(); runs on the loop's thread.
 pub type ep_post_cb = Option<unsafe extern "C" fn(lp: *mut ep_loop, user: *mut c_void)>;
 
-/// The callbacks of one registration, by kind: one of them, so that a connection's handler
-/// stays as small as one callback set (its size is part of the memory per idle connection).
+/// The callbacks of one registration, by kind. A connection's handler is part of the memory
+/// per idle connection, so the sets of four are shared (see `interned`): two words in all.
 #[derive(Clone, Copy)]
 pub(super) enum Callbacks {
-    Stream(ep_callbacks),
-    Datagram(ep_datagram_callbacks),
+    /// EP_QUEUE: events are recorded for ep_poll(), never called back.
+    Queued,
+    Stream(&'static ep_callbacks),
+    Datagram(&'static ep_datagram_callbacks),
     Timer(ep_timer_cb),
     Signal(ep_signal_cb),
+}
+
+impl Callbacks {
+    pub(super) fn stream(cbs: ep_callbacks) -> Self {
+        static SETS: Mutex<Vec<&'static ep_callbacks>> = Mutex::new(Vec::new());
+        Callbacks::Stream(interned(&SETS, cbs))
+    }
+
+    pub(super) fn datagram(cbs: ep_datagram_callbacks) -> Self {
+        static SETS: Mutex<Vec<&'static ep_datagram_callbacks>> = Mutex::new(Vec::new());
+        Callbacks::Datagram(interned(&SETS, cbs))
+    }
+}
+
+/// A callback set as the addresses of its four functions (0: none), to recognise a set seen
+/// before. (Two sets whose functions share addresses run the same code either way.)
+trait Addresses {
+    fn addresses(&self) -> [usize; 4];
+}
+
+impl Addresses for ep_callbacks {
+    fn addresses(&self) -> [usize; 4] {
+        [
+            self.on_accept.map_or(0, |f| f as usize),
+            self.on_data.map_or(0, |f| f as usize),
+            self.on_writable.map_or(0, |f| f as usize),
+            self.on_close.map_or(0, |f| f as usize),
+        ]
+    }
+}
+
+impl Addresses for ep_datagram_callbacks {
+    fn addresses(&self) -> [usize; 4] {
+        [
+            self.on_datagram.map_or(0, |f| f as usize),
+            self.on_writable.map_or(0, |f| f as usize),
+            self.on_error.map_or(0, |f| f as usize),
+            self.on_close.map_or(0, |f| f as usize),
+        ]
+    }
+}
+
+/// The process's one copy of a callback set. A program has a handful of distinct sets (they are
+/// made of its functions' addresses), however many registrations use them, so the copies made
+/// here are few and kept for the life of the process.
+fn interned<T: Addresses>(sets: &Mutex<Vec<&'static T>>, cbs: T) -> &'static T {
+    // (a poisoned lock still holds a consistent list: pushing is its only change)
+    let mut sets = sets.lock().unwrap_or_else(PoisonError::into_inner);
+    let key = cbs.addresses();
+    if let Some(&found) = sets.iter().find(|known| known.addresses() == key) {
+        return found;
+    }
+    let copy: &'static T = Box::leak(Box::new(cbs));
+    sets.push(copy);
+    copy
 }
 
 #[derive(Clone, Copy)]
 pub(super) struct FfiHandler {
     pub(super) cbs: Callbacks,
     pub(super) user: *mut c_void,
-    /// EP_QUEUE: record events for ep_poll() instead of calling `cbs`.
-    pub(super) queued: bool,
 }
 
 impl FfiHandler {
     pub(super) fn new(cbs: Callbacks, user: *mut c_void) -> Self {
-        FfiHandler {
-            cbs,
-            user,
-            queued: false,
-        }
+        FfiHandler { cbs, user }
+    }
+
+    /// EP_QUEUE: events are recorded for ep_poll() instead of calling back.
+    pub(super) fn queued(&self) -> bool {
+        matches!(self.cbs, Callbacks::Queued)
     }
 
     fn record<'a>(&self, lp: &'a Engine) -> Option<RefMut<'a, EventQueue>> {
         // The queue is only borrowed for the push: ep_poll reads it after the step.
-        self.queued.then(|| LoopBox::of(lp).queue.borrow_mut())
+        self.queued().then(|| LoopBox::of(lp).queue.borrow_mut())
     }
 
     fn stream(&self) -> Option<&ep_callbacks> {
@@ -284,7 +334,7 @@ impl Handler for FfiHandler {
     }
 
     fn delivers_later(&self) -> bool {
-        self.queued
+        self.queued()
     }
 
     fn run_posted(lp: &Engine, posted: FfiPost) {

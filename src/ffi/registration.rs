@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::boundary::Engine;
 use super::errors::{code, id_or_code, status, EP_EKIND, EP_ENULL};
-use super::handler::{ep_callbacks, Callbacks, FfiHandler, NO_CALLBACKS};
+use super::handler::{ep_callbacks, Callbacks, FfiHandler};
 use super::{ep_id, ep_loop};
 use crate::engine::{self, Error, Options};
 
@@ -81,15 +81,13 @@ unsafe fn create(
     with_loop!(lp, |boxed| {
         let queued = flags & EP_QUEUE != 0;
         // SAFETY: a non-NULL `cbs` points at a valid ep_callbacks (contract); it is copied.
+        // (EP_QUEUE: events are recorded, `cbs` is not used and may be NULL)
         let cbs = match unsafe { cbs.as_ref() } {
-            Some(cbs) => *cbs,
-            None if queued => NO_CALLBACKS,
+            _ if queued => Callbacks::Queued,
+            Some(cbs) => Callbacks::stream(*cbs),
             None => return i64::from(EP_ENULL),
         };
-        let handler = FfiHandler {
-            queued,
-            ..FfiHandler::new(Callbacks::Stream(cbs), user)
-        };
+        let handler = FfiHandler::new(cbs, user);
         id_or_code(options(flags).and_then(|opts| make(&boxed.engine, opts, handler)))
     })
 }
@@ -310,10 +308,10 @@ pub unsafe extern "C" fn ep_set_callbacks(
     };
     with_loop!(lp, |boxed| {
         let set = boxed.engine.with_handler(id, |h| {
-            if h.queued || !matches!(h.cbs, Callbacks::Stream(_)) {
+            if !matches!(h.cbs, Callbacks::Stream(_)) {
                 return false;
             }
-            h.cbs = Callbacks::Stream(cbs);
+            h.cbs = Callbacks::stream(cbs);
             h.user = user;
             true
         });
