@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from . import _ffi, _pybuffer, _send
 from ._errors import _error
 from ._ffi import hot, lib
-from ._registration import _id_arg, _ignore, _ms, _peer_address, _Registration, _with_socket
+from ._registration import _ignore, _ms, _peer_address, _Registration, _with_socket
 
 if TYPE_CHECKING:
     from ._loop import Loop
@@ -29,6 +29,25 @@ _ep_resume = hot.ep_resume_reading
 _INT_MAX = 2**31 - 1  # a larger length must be passed as a c_size_t
 
 
+class _Ignore:
+    """The data sink of a muted connection: what the step still holds for it is skipped."""
+
+    __slots__ = ()
+
+    def on_data(self, data: bytes) -> None:
+        pass
+
+
+_IGNORE = _Ignore()
+
+
+class _Held(deque[bytes]):
+    """Data held while reading is paused (b"" is the peer's EOF); the data sink meanwhile."""
+
+    __slots__ = ()
+    on_data = deque.append
+
+
 class Connection(_Registration):
     """One connected stream (or pipe/tty) in a loop.
 
@@ -40,10 +59,9 @@ class Connection(_Registration):
         "_half_close",
         "_held",
         "_muted",
-        "_on_data",
-        "_on_eof",
         "_paused",
         "_peername",
+        "_sink",
         "_user_ended",
         "_wfd",
         "handler",
@@ -54,7 +72,7 @@ class Connection(_Registration):
         # (_Registration's fields set here directly: one connection is made per accept)
         self.loop = loop
         self.id = reg_id
-        self._cid = _id_arg(reg_id)
+        self._id_ref = None
         self._lp = loop._lp
         self._borrowed = borrowed
         self._fd = -1
@@ -65,18 +83,18 @@ class Connection(_Registration):
         self.handler: Any = None
         self.user: Any = None
         self._peername: Any = None
-        # Bound once: on_data is the hot call. (The rarer methods are looked up when needed,
-        # which keeps an idle connection smaller.)
-        self._on_data: Callable[[bytes], object] = _ignore
-        self._on_eof: Callable[[], object] = _ignore  # (the peer's EOF: with half_close only)
+        # Where the step delivers data: ``_sink.on_data(data)``. The handler itself (no bound
+        # method is kept: an idle connection is smaller, and the call costs the same), _held
+        # while data is held, _IGNORE once muted or without an on_data.
+        self._sink: Any = _IGNORE
         self._half_close = False
         # Step semantics (see the module docstring): muted once close()/abort() was called or
-        # a handler raised; while paused (or until the held data is delivered), _on_data and
-        # _on_eof append to _held instead of calling the handler.
+        # a handler raised; while paused (or until the held data is delivered), data and the
+        # peer's EOF are appended to _held instead of reaching the handler.
         self._muted = False
         self._user_ended = False  # close() or abort() was called (not: a handler raised)
         self._paused = False
-        self._held: deque[bytes] | None = None  # data held; b"" is the peer's EOF
+        self._held: _Held | None = None  # data held; b"" is the peer's EOF
 
     def _attach(self, handler: Any, half_close: bool) -> None:
         handler.conn = self
@@ -86,15 +104,15 @@ class Connection(_Registration):
 
     def _deliver_to_handler(self) -> None:
         handler = self.handler
-        self._on_data = getattr(handler, "on_data", _ignore)
-        if self._half_close:
-            self._on_eof = getattr(handler, "on_eof", self.close)
+        self._sink = handler if hasattr(handler, "on_data") else _IGNORE
 
-    def _hold(self, data: bytes) -> None:
-        self._held.append(data)  # type: ignore[union-attr]
-
-    def _hold_eof(self) -> None:
-        self._held.append(b"")  # type: ignore[union-attr]
+    def _eof(self) -> None:
+        """The peer's EOF (reported with half_close only): like data, held or skipped."""
+        if self._half_close and not self._muted:
+            if self._held is not None:
+                self._held.append(b"")
+            else:
+                getattr(self.handler, "on_eof", self.close)()
 
     def _mute(self) -> None:
         """Nothing more but on_close: what the step still holds for it is skipped."""
@@ -102,7 +120,7 @@ class Connection(_Registration):
         self._muted = True
         self._paused = False
         self._held = None
-        self._on_data = self._on_eof = _ignore
+        self._sink = _IGNORE
 
     def _deliver_held(self, forced: bool) -> None:
         """Deliver the held data, in order, while reading is not paused (``forced``: the
@@ -254,10 +272,8 @@ class Connection(_Registration):
         if not self._paused and not self._muted:
             self._paused = True
             if self._held is None:
-                self._held = deque()
-            self._on_data = self._hold
-            if self._half_close:
-                self._on_eof = self._hold_eof
+                self._held = _Held()
+            self._sink = self._held
 
     def resume_reading(self) -> None:
         """Deliver ``on_data`` again after ``pause_reading()``: first what was held, in order
@@ -304,7 +320,7 @@ class Connection(_Registration):
         # Break the connection <-> handler cycle (as asyncio's transports drop their protocol):
         # both are freed as soon as nobody else holds them, not by the garbage collector.
         self.handler = None
-        self._on_data = self._on_eof = _ignore
+        self._sink = _IGNORE
         self._held = None
 
     def __repr__(self) -> str:

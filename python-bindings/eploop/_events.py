@@ -276,18 +276,18 @@ def step(self: Loop, timeout_ms: int) -> int:
             conn: Any = registrations.get(reg_id)
             try:
                 if kind == _DATA:
-                    # (a muted or paused connection's _on_data/_on_eof skip or hold it)
+                    # (a muted or paused connection's sink skips or holds it)
                     if conn is None:
                         continue  # the loop's own wakeup pipe
                     if conn._wfd == -1 and not queued and self._direct and not self._slow_sent:
                         conn._wfd = conn._fd  # its queue is empty (again): write directly
                     if not length:
-                        conn._on_eof()
+                        conn._eof()
                     elif length == data_len and data_len <= _STEP_COPY_MAX:
-                        conn._on_data(step_data)  # (the step's only data: no slicing)
+                        conn._sink.on_data(step_data)  # (the step's only data: no slicing)
                     else:
                         chunk = step_data[offset : offset + length]
-                        conn._on_data(chunk if type(chunk) is bytes else chunk.tobytes())
+                        conn._sink.on_data(chunk if type(chunk) is bytes else chunk.tobytes())
                 elif kind == _WRITABLE:
                     if conn is not None and not conn._muted:
                         on_writable = getattr(conn.handler, "on_writable", None)
