@@ -30,7 +30,7 @@ _INT_MAX = 2**31 - 1  # a larger length must be passed as a c_size_t
 
 
 class _Ignore:
-    """The data sink of a muted connection: what the step still holds for it is skipped."""
+    """A data sink that drops the data."""
 
     __slots__ = ()
 
@@ -38,7 +38,8 @@ class _Ignore:
         pass
 
 
-_IGNORE = _Ignore()
+_IGNORE = _Ignore()  # (a handler without on_data)
+_MUTED = _Ignore()  # a muted connection's: what the step still holds for it is skipped
 
 
 class _Held(deque[bytes]):
@@ -48,6 +49,20 @@ class _Held(deque[bytes]):
     on_data = deque.append
 
 
+class _Rare:
+    """A connection's seldom-needed state, made on first need: most connections never pause,
+    never half-close, never ask for their peer's address (an idle one is smaller without it)."""
+
+    __slots__ = ("half_close", "held", "paused", "peername", "user_ended")
+
+    def __init__(self) -> None:
+        self.half_close = False
+        self.paused = False
+        self.user_ended = False  # close() or abort() was called (not: a handler raised)
+        self.held: _Held | None = None  # data held; b"" is the peer's EOF
+        self.peername: Any = None
+
+
 class Connection(_Registration):
     """One connected stream (or pipe/tty) in a loop.
 
@@ -55,24 +70,12 @@ class Connection(_Registration):
     application state.
     """
 
-    __slots__ = (
-        "_half_close",
-        "_held",
-        "_muted",
-        "_paused",
-        "_peername",
-        "_sink",
-        "_user_ended",
-        "_wfd",
-        "handler",
-        "user",
-    )
+    __slots__ = ("_rare", "_sink", "_wfd", "handler", "user")
 
     def __init__(self, loop: Loop, reg_id: int, borrowed: object = None) -> None:
         # (_Registration's fields set here directly: one connection is made per accept)
         self.loop = loop
         self.id = reg_id
-        self._id_ref = None
         self._lp = loop._lp
         self._borrowed = borrowed
         self._fd = -1
@@ -82,24 +85,29 @@ class Connection(_Registration):
         self._wfd = -1
         self.handler: Any = None
         self.user: Any = None
-        self._peername: Any = None
-        # Where the step delivers data: ``_sink.on_data(data)``. The handler itself (no bound
-        # method is kept: an idle connection is smaller, and the call costs the same), _held
-        # while data is held, _IGNORE once muted or without an on_data.
+        # Where the step delivers data: ``_sink.on_data(data)``. Step semantics (see the module
+        # docstring): the handler itself (no bound method is kept: an idle connection is
+        # smaller, and the call costs the same); while paused, or until the held data is
+        # delivered, the _Held deque, which keeps data and the peer's EOF; _MUTED once
+        # close()/abort() was called or a handler raised; _IGNORE for a handler without on_data.
         self._sink: Any = _IGNORE
-        self._half_close = False
-        # Step semantics (see the module docstring): muted once close()/abort() was called or
-        # a handler raised; while paused (or until the held data is delivered), data and the
-        # peer's EOF are appended to _held instead of reaching the handler.
-        self._muted = False
-        self._user_ended = False  # close() or abort() was called (not: a handler raised)
-        self._paused = False
-        self._held: _Held | None = None  # data held; b"" is the peer's EOF
+        self._rare: _Rare | None = None
+
+    @property
+    def _muted(self) -> bool:
+        return self._sink is _MUTED
+
+    def _rare_state(self) -> _Rare:
+        rare = self._rare
+        if rare is None:
+            rare = self._rare = _Rare()
+        return rare
 
     def _attach(self, handler: Any, half_close: bool) -> None:
         handler.conn = self
         self.handler = handler
-        self._half_close = half_close
+        if half_close:
+            self._rare_state().half_close = True
         self._deliver_to_handler()
 
     def _deliver_to_handler(self) -> None:
@@ -108,43 +116,50 @@ class Connection(_Registration):
 
     def _eof(self) -> None:
         """The peer's EOF (reported with half_close only): like data, held or skipped."""
-        if self._half_close and not self._muted:
-            if self._held is not None:
-                self._held.append(b"")
+        rare = self._rare
+        if rare is not None and rare.half_close and self._sink is not _MUTED:
+            if rare.held is not None:
+                rare.held.append(b"")
             else:
                 getattr(self.handler, "on_eof", self.close)()
 
     def _mute(self) -> None:
         """Nothing more but on_close: what the step still holds for it is skipped."""
         self._wfd = -2
-        self._muted = True
-        self._paused = False
-        self._held = None
-        self._sink = _IGNORE
+        self._sink = _MUTED
+        rare = self._rare
+        if rare is not None:
+            rare.paused = False
+            rare.held = None
+
+    def _holds_data(self) -> bool:
+        rare = self._rare
+        return rare is not None and bool(rare.held)
 
     def _deliver_held(self, forced: bool) -> None:
         """Deliver the held data, in order, while reading is not paused (``forced``: the
         connection is ending, so it all goes now, pause or not, before its on_close)."""
-        held = self._held
-        while held and not self._muted and (forced or not self._paused):
+        rare = self._rare_state()
+        held = rare.held
+        while held and self._sink is not _MUTED and (forced or not rare.paused):
             data = held.popleft()
             try:
                 if data:
                     getattr(self.handler, "on_data", _ignore)(data)
-                elif self._half_close:
+                elif rare.half_close:
                     getattr(self.handler, "on_eof", self.close)()
             except BaseException as exc:
                 self.loop._handler_failed(self, exc, "on_data" if data else "on_eof")
-            held = self._held
-        if not self._muted and not self._held and not self._paused:
-            self._held = None
+            held = rare.held
+        if self._sink is not _MUTED and not rare.held and not rare.paused:
+            rare.held = None
             self._deliver_to_handler()
 
     def _ended_by_loop(self, code: int) -> bool:
         return (
             (code == _ffi.EP_ESTALE or code == _ffi.EP_ECLOSING)
             and self._lp is not None
-            and not self._user_ended
+            and not (self._rare is not None and self._rare.user_ended)
         )
 
     def send(self, data: bytes | bytearray | memoryview) -> bool:
@@ -259,7 +274,7 @@ class Connection(_Registration):
         """``close``/``abort``: a connection already ending (by the caller or, in this step, by
         the library) is not an error; the handler is muted either way."""
         if self._end_call(end, name):
-            self._user_ended = True
+            self._rare_state().user_ended = True
             self._mute()
             self.loop._kick()
 
@@ -269,11 +284,12 @@ class Connection(_Registration):
         code = _ep_pause(self._lp, self._cid)
         if code:
             self._lenient(code, "ep_pause_reading")
-        if not self._paused and not self._muted:
-            self._paused = True
-            if self._held is None:
-                self._held = _Held()
-            self._sink = self._held
+        rare = self._rare_state()
+        if not rare.paused and self._sink is not _MUTED:
+            rare.paused = True
+            if rare.held is None:
+                rare.held = _Held()
+            self._sink = rare.held
 
     def resume_reading(self) -> None:
         """Deliver ``on_data`` again after ``pause_reading()``: first what was held, in order
@@ -281,13 +297,14 @@ class Connection(_Registration):
         code = _ep_resume(self._lp, self._cid)
         if code:
             self._lenient(code, "ep_resume_reading")
-        if self._paused:
-            self._paused = False
-            if self._held:
+        rare = self._rare
+        if rare is not None and rare.paused:
+            rare.paused = False
+            if rare.held:
                 self.loop._resumed.append(self)
                 self.loop._kick()
             else:
-                self._held = None
+                rare.held = None
                 self._deliver_to_handler()
 
     def set_keepalive(self, idle: int, interval: int, count: int) -> None:
@@ -310,9 +327,10 @@ class Connection(_Registration):
         A peer that already reset cannot be asked any more (ENOTCONN): that is its departure,
         reported by ``on_close``, so this gives the family's unspecified address instead of
         raising (``("0.0.0.0", 0)``, ``("::", 0, 0, 0)``, or ``""`` for a Unix socket)."""
-        if self._peername is None:
-            self._peername = _with_socket(self.fileno(), _peer_address)
-        return self._peername
+        rare = self._rare_state()
+        if rare.peername is None:
+            rare.peername = _with_socket(self.fileno(), _peer_address)
+        return rare.peername
 
     def _ended(self) -> None:
         super()._ended()
@@ -320,8 +338,9 @@ class Connection(_Registration):
         # Break the connection <-> handler cycle (as asyncio's transports drop their protocol):
         # both are freed as soon as nobody else holds them, not by the garbage collector.
         self.handler = None
-        self._sink = _IGNORE
-        self._held = None
+        self._sink = _MUTED
+        if self._rare is not None:
+            self._rare.held = None
 
     def __repr__(self) -> str:
         return f"<eploop.Connection id={self.id}{' closed' if self.closed else ''}>"

@@ -31,7 +31,7 @@ from . import _ffi
 from ._connection import _ep_abort
 from ._errors import _error
 from ._ffi import hot, lib
-from ._registration import _ep_close, _ep_pause, _ep_resume, _Registration
+from ._registration import _ep_close, _ep_pause, _ep_resume, _id_arg, _Registration
 
 if TYPE_CHECKING:
     from ._loop import Loop
@@ -141,10 +141,11 @@ def encode_address(addr: Any) -> bytes:
 class DatagramEndpoint(_Registration):
     """A UDP socket in the loop (see the module docstring)."""
 
-    __slots__ = ("_muted", "_port", "handler")
+    __slots__ = ("_id_ref", "_muted", "_port", "handler")
 
     def __init__(self, loop: Loop, reg_id: int, handler: Any) -> None:
         super().__init__(loop, reg_id)
+        self._id_ref = _id_arg(reg_id)  # (_cid, kept: every sendto takes it)
         self.handler = handler
         self._muted = False  # after close()/abort(): nothing but on_close
         self._port: int = lib.ep_local_port(self._lp, self.id)
@@ -162,10 +163,10 @@ class DatagramEndpoint(_Registration):
         if type(data) is not bytes:
             data = bytes(data)
         if addr is None:
-            code = _ep_sendto(self._lp, self._cid, data, len(data), None, 0)
+            code = _ep_sendto(self._lp, self._id_ref, data, len(data), None, 0)
         else:
             raw = encode_address(addr)
-            code = _ep_sendto(self._lp, self._cid, data, len(data), raw, len(raw))
+            code = _ep_sendto(self._lp, self._id_ref, data, len(data), raw, len(raw))
         if code == 0:
             return True
         if code == 1:
@@ -218,10 +219,10 @@ class DatagramEndpoint(_Registration):
 
     def pause_reading(self) -> None:
         """Stop delivering datagrams (they wait in the kernel's buffer, or are dropped there)."""
-        self._check(_ep_pause(self._lp, self._cid), "ep_pause_reading")
+        self._check(_ep_pause(self._lp, self._id_ref), "ep_pause_reading")
 
     def resume_reading(self) -> None:
-        self._check(_ep_resume(self._lp, self._cid), "ep_resume_reading")
+        self._check(_ep_resume(self._lp, self._id_ref), "ep_resume_reading")
         self.loop._kick()
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from ctypes import byref, c_char
 from typing import TYPE_CHECKING, Any
 
 from . import _ffi, _signals
-from ._connection import Connection
+from ._connection import _MUTED, Connection
 from ._errors import _REASONS, _error
 from ._ffi import hot
 from ._registration import _Registration
@@ -304,7 +304,7 @@ def step(self: Loop, timeout_ms: int) -> int:
                     conn._fd = err
                     if conn._wfd == -1 and not queued and self._direct and not self._slow_sent:
                         conn._wfd = err
-                    if not conn._muted:  # (a connect() closed before it was up)
+                    if conn._sink is not _MUTED:  # (a connect() closed before it was up)
                         on_accept = getattr(conn.handler, "on_accept", None)
                         if on_accept is not None:
                             on_accept()
@@ -318,7 +318,7 @@ def step(self: Loop, timeout_ms: int) -> int:
                     conn._on_error(err)
                 elif kind == _CLOSE:  # (_closed hands on_close's exception on itself)
                     if conn is not None:
-                        if type(conn) is Connection and conn._held:
+                        if type(conn) is Connection and conn._holds_data():
                             conn._deliver_held(forced=True)  # its data comes before its end
                         del registrations[reg_id]
                         _closed(conn, reason, err)

@@ -84,25 +84,22 @@ def _option_socket(fd: int) -> socket.socket:
 class _Registration:
     """What listeners and connections share: an id in a loop, and its fd."""
 
-    __slots__ = ("__weakref__", "_borrowed", "_fd", "_id_ref", "_lp", "id", "loop")
+    __slots__ = ("__weakref__", "_borrowed", "_fd", "_lp", "id", "loop")
 
     def __init__(self, loop: Loop, reg_id: int, borrowed: object = None) -> None:
         self.loop = loop
         self.id = reg_id
-        self._id_ref: Any = None  # see _cid
         self._lp: Any = loop._lp  # the loop pointer (see Loop); None once on_close ran
         self._borrowed = borrowed  # the caller's socket/file object, kept alive while registered
         self._fd = -1  # cached by fileno(): a registration's fd never changes
 
     @property
     def _cid(self) -> Any:
-        """The id as the C functions without argtypes take it, made on first use: most
+        """The id as the C functions without argtypes take it, made for each call: most
         connections never need it (a handler's sends are written directly), and an idle
-        connection is 64 bytes smaller without it."""
-        cid = self._id_ref
-        if cid is None:
-            cid = self._id_ref = _id_arg(self.id)
-        return cid
+        connection is 64 bytes smaller without it kept. (A datagram endpoint, whose every send
+        takes it, keeps it.)"""
+        return _id_arg(self.id)
 
     @property
     def closed(self) -> bool:
