@@ -158,7 +158,7 @@ impl<H: Handler> Loop<H> {
             closed_by_caller: false,
         };
         let interest = endpoint.interest;
-        let id = match insert(&mut st.entries, Entry::Datagram(endpoint)) {
+        let id = match insert(&mut st.entries, Entry::Datagram(Box::new(endpoint))) {
             Ok(id) => id,
             Err(e) => {
                 sys::close(fd);
@@ -277,7 +277,7 @@ impl<H: Handler> Loop<H> {
         });
         d.queued += data.len();
         d.update_interest(self.epfd, id);
-        d.above_high = d.queued > d.flow.high;
+        d.above_high = d.queued > d.flow.high();
         Ok(d.above_high)
     }
 
@@ -340,7 +340,7 @@ impl<H: Handler> Loop<H> {
                 return self.terminate(id, CloseReason::Local, 0, FdFate::Close);
             }
             d.update_interest(self.epfd, id);
-            let writable = d.above_high && d.queued <= d.flow.low;
+            let writable = d.above_high && d.queued <= d.flow.low();
             if writable {
                 d.above_high = false;
             }

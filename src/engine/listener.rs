@@ -19,7 +19,8 @@ pub(super) struct Listener<H> {
     pub opts: Options,
     pub adopted_status: Option<i32>,
     pub flow: Flow,
-    pub idle: Option<Duration>,
+    /// Its connections' idle timeout in ms (0: none).
+    pub idle_ms: u32,
     pub paused: bool,
     /// Accepting stopped until this instant (out of descriptors and of the reserve).
     pub backoff_until: Option<Instant>,
@@ -41,12 +42,17 @@ impl<H> Listener<H> {
 impl<H: Handler> Loop<H> {
     pub(super) fn accept_pass(&self, id: Id) {
         for _ in 0..ACCEPT_BUDGET {
-            let (fd, handler, opts, flow, idle, nodelay) = {
+            let (fd, handler, opts, flow, idle_ms, nodelay) = {
                 let st = self.state.borrow();
                 match st.entries.get(id) {
-                    Some(Entry::Listener(l)) if !l.paused && l.backoff_until.is_none() => {
-                        (l.fd, l.handler.clone(), l.opts, l.flow, l.idle, l.nodelay)
-                    }
+                    Some(Entry::Listener(l)) if !l.paused && l.backoff_until.is_none() => (
+                        l.fd,
+                        l.handler.clone(),
+                        l.opts,
+                        l.flow,
+                        l.idle_ms,
+                        l.nodelay,
+                    ),
                     _ => return,
                 }
             };
@@ -63,7 +69,7 @@ impl<H: Handler> Loop<H> {
                     };
                     let mut stream =
                         Stream::new(conn_fd, handler.clone(), opts, Access::socket(), flow);
-                    stream.idle = idle;
+                    stream.idle_ms = idle_ms;
                     match self.add_stream(stream) {
                         Ok(conn) => {
                             self.state.borrow_mut().stats.accepted += 1;

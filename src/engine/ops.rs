@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use super::stream::{Decision, Output, Stream};
 use super::trace::{self, Trace};
 use super::{
-    CloseReason, Ender, Entry, Error, FdFate, Flow, Handler, Id, Loop, Role, State, Target,
-    MAX_QUEUE,
+    idle_ms, CloseReason, Ender, Entry, Error, FdFate, Flow, Handler, Id, Loop, Role, State,
+    Target, MAX_QUEUE,
 };
 use crate::sys::{self, Fd};
 
@@ -75,7 +75,7 @@ impl<H: Handler> Loop<H> {
         if written > 0 {
             s.touch();
         }
-        let above_high = s.out.len() > s.flow.high;
+        let above_high = s.out.len() > s.flow.high();
         st.stats.bytes_out += written as u64;
         Ok(above_high)
     }
@@ -198,9 +198,9 @@ impl<H: Handler> Loop<H> {
         }
         let mut st = self.state.borrow_mut();
         match st.target(id)? {
-            Target::Listener(l) => l.flow = Flow { low, high },
+            Target::Listener(l) => l.flow = Flow::new(low, high),
             Target::Stream(s) => {
-                s.flow = Flow { low, high };
+                s.flow = Flow::new(low, high);
                 s.above_high = s.out.len() > high;
                 if s.throttled && !s.above_high {
                     s.throttled = false;
@@ -208,7 +208,7 @@ impl<H: Handler> Loop<H> {
                     st.schedule(id);
                 }
             }
-            Target::Datagram(d) => d.set_flow(Flow { low, high }),
+            Target::Datagram(d) => d.set_flow(Flow::new(low, high)),
             Target::Gone { .. } => {}
         }
         Ok(())
@@ -219,9 +219,9 @@ impl<H: Handler> Loop<H> {
     pub fn set_idle_timeout(&self, id: Id, idle: Option<Duration>) -> Result<(), Error> {
         let mut st = self.state.borrow_mut();
         match st.target(id)? {
-            Target::Listener(l) => l.idle = idle,
+            Target::Listener(l) => l.idle_ms = idle_ms(idle),
             Target::Stream(s) => {
-                s.idle = idle;
+                s.idle_ms = idle_ms(idle);
                 s.last_active = Instant::now();
                 if let Some(idle) = idle {
                     st.arm_idle(id, Instant::now() + idle);

@@ -234,7 +234,7 @@ impl<H: Handler> Loop<H> {
                 Ok(0) => {
                     let mut st = self.state.borrow_mut();
                     let held = matches!(st.entries.get(id), Some(Entry::Stream(s))
-                        if s.data_step == self.step.get() && s.handler.delivers_later());
+                        if s.data_step == self.step.get() as u32 && s.handler.delivers_later());
                     if held {
                         // The handler has not seen this step's data yet: let its reaction (the
                         // reply to the last request) be applied before the EOF ends the stream.
@@ -259,7 +259,7 @@ impl<H: Handler> Loop<H> {
                         return ReadEnd::Gone;
                     };
                     s.touch();
-                    s.data_step = self.step.get();
+                    s.data_step = self.step.get() as u32;
                     failed = s.failure().is_some();
                     if (!full && !must_drain) || !s.may_read(hangup) {
                         return ReadEnd::Drained { failed };
@@ -318,7 +318,7 @@ impl<H: Handler> Loop<H> {
             _ if written == 0 => -i64::from(sys::EAGAIN),
             _ => written as i64,
         };
-        let writable_due = s.above_high && s.out.len() <= s.flow.low;
+        let writable_due = s.above_high && s.out.len() <= s.flow.low();
         if writable_due {
             s.above_high = false;
             if s.throttled {

@@ -157,7 +157,7 @@ impl<H: Handler> Loop<H> {
                 opts,
                 adopted_status,
                 flow: Flow::default(),
-                idle: None,
+                idle_ms: 0,
                 paused: false,
                 backoff_until: None,
                 interest,
@@ -176,7 +176,7 @@ impl<H: Handler> Loop<H> {
     pub(super) fn add_stream(&self, stream: Stream<H>) -> Result<Id, Error> {
         let mut st = self.state.borrow_mut();
         let fd = stream.fd;
-        let idle = stream.idle;
+        let idle = stream.idle();
         let unref = stream.opts.unref;
         let id = insert(&mut st.entries, Entry::Stream(stream))?;
         let Some(Entry::Stream(s)) = st.entries.get_mut(id) else {

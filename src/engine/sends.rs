@@ -59,7 +59,7 @@ impl<H: Handler> Loop<H> {
         if written > 0 {
             s.touch();
         }
-        let above_high = s.out.len() > s.flow.high;
+        let above_high = s.out.len() > s.flow.high();
         st.stats.bytes_out += written as u64;
         Ok(above_high)
     }
@@ -104,7 +104,7 @@ impl<H: Handler> Loop<H> {
         if start > 0 {
             s.touch();
         }
-        let above_high = s.out.len() > s.flow.high;
+        let above_high = s.out.len() > s.flow.high();
         let mut finished = Vec::new();
         s.out.take_finished(&mut finished);
         st.released.append(&mut finished);
@@ -143,7 +143,7 @@ impl<H: Handler> Loop<H> {
             })
             .ok_or(Error::Os(sys::EINVAL))?;
         if count == 0 {
-            return Ok(s.out.len() > s.flow.high);
+            return Ok(s.out.len() > s.flow.high());
         }
         let fd = sys::dup_cloexec(file)?;
         let write_now = s.out.is_empty() && !s.connecting();
@@ -162,7 +162,7 @@ impl<H: Handler> Loop<H> {
             s.queued_more();
             s.update_interest(self.epfd, id);
         }
-        let above_high = s.out.len() > s.flow.high;
+        let above_high = s.out.len() > s.flow.high();
         st.stats.bytes_out += written as u64;
         Ok(above_high)
     }

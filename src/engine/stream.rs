@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use super::outq::{Head, OutQueue};
-use super::{CloseReason, FdFate, Flow, Options};
+use super::{idle_of, CloseReason, FdFate, Flow, Options};
 use crate::sys::{self, ev, Errno, Fd};
 
 /// Where a stream is in its life.
@@ -122,13 +122,15 @@ pub(super) struct Stream<H> {
     pub flushed_since_deadline: bool,
     /// Queued for a pass without a kernel event (see State::schedule).
     pub in_service: bool,
-    /// Inactivity timeout, measured from the last byte read or written.
-    pub idle: Option<std::time::Duration>,
+    /// Inactivity timeout in ms (0: none), measured from the last byte read or written.
+    pub idle_ms: u32,
     pub last_active: Instant,
     /// Arming order of the one idle check that counts (older ones are ignored when they fire).
-    pub idle_seq: u64,
-    /// The loop step in which data was last delivered (see Handler::delivers_later).
-    pub data_step: u64,
+    /// (its low 32 bits: a false match only re-checks the timeout, which is harmless)
+    pub idle_seq: u32,
+    /// The loop step in which data was last delivered (see Handler::delivers_later); its low 32
+    /// bits (a false match, 2^32 steps later, holds an EOF back one step).
+    pub data_step: u32,
 }
 
 impl<H> Stream<H> {
@@ -153,7 +155,7 @@ impl<H> Stream<H> {
             deadline: None,
             flushed_since_deadline: false,
             in_service: false,
-            idle: None,
+            idle_ms: 0,
             last_active: Instant::now(),
             idle_seq: 0,
             data_step: 0,
@@ -407,9 +409,14 @@ impl<H> Stream<H> {
         }
     }
 
+    /// The inactivity timeout.
+    pub fn idle(&self) -> Option<std::time::Duration> {
+        idle_of(self.idle_ms)
+    }
+
     /// Records progress for the idle timeout (a clock read only when one is set).
     pub fn touch(&mut self) {
-        if self.idle.is_some() {
+        if self.idle_ms != 0 {
             self.last_active = Instant::now();
         }
     }
@@ -463,7 +470,7 @@ impl<H> Stream<H> {
     /// queue is above the high-water mark.
     #[inline]
     pub fn queued_more(&mut self) -> bool {
-        let above = self.out.len() > self.flow.high;
+        let above = self.out.len() > self.flow.high();
         if above {
             self.above_high = true;
             self.throttled |= self.opts.auto_pause;

@@ -27,7 +27,7 @@ impl<H> State<H> {
     pub(super) fn arm_idle(&mut self, id: Id, due: Instant) {
         let seq = self.arm(due, id);
         if let Some(Entry::Stream(s)) = self.entries.get_mut(id) {
-            s.idle_seq = seq;
+            s.idle_seq = seq as u32;
         }
     }
 
@@ -171,8 +171,8 @@ impl<H: Handler> Loop<H> {
                 drop(st);
                 self.terminate(id, CloseReason::Timeout, sys::ETIMEDOUT, FdFate::Reset);
             }
-            Some(Entry::Stream(s)) if s.idle_seq == seq && !s.ending() => {
-                let Some(idle) = s.idle else { return };
+            Some(Entry::Stream(s)) if s.idle_seq == seq as u32 && !s.ending() => {
+                let Some(idle) = s.idle() else { return };
                 let due = s.last_active + idle;
                 if due <= now {
                     drop(st);

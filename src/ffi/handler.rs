@@ -269,6 +269,9 @@ pub(super) struct FfiHandler {
     pub(super) user: *mut c_void,
 }
 
+// Three words: the engine's slot size assertion (engine/mod.rs) assumes it.
+const _: () = assert!(std::mem::size_of::<FfiHandler>() == 3 * std::mem::size_of::<usize>());
+
 impl FfiHandler {
     pub(super) fn new(cbs: Callbacks, user: *mut c_void) -> Self {
         FfiHandler { cbs, user }
