@@ -70,8 +70,10 @@ impl<P> Remote<P> {
         }
     }
 
-    /// Takes a pending stop request.
+    /// Takes a pending stop request. (Read first: twice a step, a plain load instead of a
+    /// locked exchange while no stop is asked for.)
+    #[inline(always)]
     pub(super) fn take_stop(&self) -> bool {
-        self.stop.swap(false, Ordering::SeqCst)
+        self.stop.load(Ordering::Relaxed) && self.stop.swap(false, Ordering::SeqCst)
     }
 }
