@@ -63,10 +63,11 @@ _LP64 = ctypes.sizeof(ctypes.c_void_p) == ctypes.sizeof(c_uint64)
 
 
 def _id_arg(reg_id: int) -> Any:
-    """An ep_id as the hot calls (no argtypes) take it, built once per registration.
+    """An ep_id as the hot calls (no argtypes) take it (``_Registration._cid`` makes one per
+    call; a datagram endpoint keeps its own).
 
-    A ``byref()`` whose pointer value is the id: ctypes passes it as it is, where a
-    ``c_uint64`` costs an allocation per call; on LP64 (x86-64, aarch64) a pointer and a
+    A ``byref()`` whose pointer value is the id: ctypes passes it as it is, where a Python int
+    above 32 bits is refused without argtypes; on LP64 (x86-64, aarch64) a pointer and a
     ``uint64_t`` argument are passed alike, in one integer register. Elsewhere: a c_uint64.
     """
     if _LP64:

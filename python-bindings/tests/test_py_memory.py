@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import tracemalloc
+from collections.abc import Callable
 
 import eploop
 
@@ -25,9 +26,9 @@ class Echo(eploop.Handler):
         self.conn.send(data)
 
 
-def serve_until(loop: eploop.Loop, done: object, steps: int = 2000) -> None:
+def serve_until(loop: eploop.Loop, done: Callable[[], bool], steps: int = 2000) -> None:
     for _ in range(steps):
-        if done():  # type: ignore[operator]
+        if done():
             return
         loop.run_once(0.01)
     raise AssertionError("the loop did not get there in time")

@@ -34,6 +34,12 @@ impl Flow {
     }
 }
 
+impl Default for Flow {
+    fn default() -> Self {
+        Flow::new(DEFAULT_LOW_WATER, DEFAULT_HIGH_WATER)
+    }
+}
+
 const _: () = assert!(MAX_QUEUE < u32::MAX as usize);
 
 /// An idle timeout as kept per connection: whole ms (at least 1), 0 for none.
@@ -45,10 +51,4 @@ pub(super) fn idle_ms(idle: Option<Duration>) -> u32 {
 
 pub(super) fn idle_of(ms: u32) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
-}
-
-impl Default for Flow {
-    fn default() -> Self {
-        Flow::new(DEFAULT_LOW_WATER, DEFAULT_HIGH_WATER)
-    }
 }

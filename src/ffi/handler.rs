@@ -278,7 +278,7 @@ impl FfiHandler {
     }
 
     /// EP_QUEUE: events are recorded for ep_poll() instead of calling back.
-    pub(super) fn queued(&self) -> bool {
+    fn queued(&self) -> bool {
         matches!(self.cbs, Callbacks::Queued)
     }
 
