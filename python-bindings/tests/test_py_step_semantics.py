@@ -44,16 +44,22 @@ class Counting(eploop.Handler):
 STEP = [0]
 
 
-def deliver_in_one_step(action: str, edge: bool) -> list[Any]:
-    """The whole payload is in the kernel before the loop's first step after the accept."""
-    log: list[Any] = []
-    contexts: list[dict[str, Any]] = []
-    # A receive buffer larger than one of the library's reads (256 KiB; the kernel caps what it
-    # grants at twice net.core.rmem_max), so that the first read is full and the step reads on.
+def big_buffer_listener() -> socket.socket:
+    """A listener whose connections have a receive buffer larger than one of the library's reads
+    (256 KiB; the kernel caps what it grants at twice net.core.rmem_max), so that a first read
+    can be full and the step reads on."""
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     server.bind(("127.0.0.1", 0))
     server.listen()
+    return server
+
+
+def deliver_in_one_step(action: str, edge: bool) -> list[Any]:
+    """The whole payload is in the kernel before the loop's first step after the accept."""
+    log: list[Any] = []
+    contexts: list[dict[str, Any]] = []
+    server = big_buffer_listener()
     with eploop.Loop() as loop:
         loop.set_exception_handler(lambda _loop, context: contexts.append(context))
         port = loop.listen(server, lambda: Counting(action, log), edge=edge).port
@@ -204,3 +210,58 @@ def test_resume_between_steps_delivers_before_new_data() -> None:
             assert recv_all(client) == b""
     assert bytes(received) == PAYLOAD[:600_000]
     assert log[-1] == "close peer_eof"
+
+
+STEP_BOUND = 512 * 1024  # what one step reads at most from level-triggered connections...
+ONE_READ = 256 * 1024  # ...before the read that reaches it, which is at most this
+
+
+class PerStep(eploop.Handler):
+    """Counts the bytes each step (STEP) hands over and keeps them per connection."""
+
+    def __init__(self, per_step: dict[int, int], received: list[bytearray]) -> None:
+        self.per_step = per_step
+        self.mine = bytearray()
+        received.append(self.mine)
+
+    def on_data(self, data: bytes) -> None:
+        self.mine += data
+        self.per_step[STEP[0]] = self.per_step.get(STEP[0], 0) + len(data)
+
+
+@pytest.mark.parametrize("edge", [False, True], ids=["level", "edge"])
+def test_a_step_takes_a_bounded_share_of_large_input(edge: bool) -> None:
+    """Three peers have megabytes waiting at once. Level-triggered, one step reads no more than
+    the bound (so its bytes are still in the CPU's cache when Python copies them): the rest comes
+    in the next steps, no connection starves, every byte arrives in order. Edge-triggered
+    connections are read as before (no event would come again for what a step leaves)."""
+    size = 3 << 20
+    payloads = [bytes([i]) * 1000 + (PAYLOAD * 3)[: size - 1000] for i in range(3)]
+    per_step: dict[int, int] = {}
+    received: list[bytearray] = []
+    with eploop.Loop() as loop:
+        loop.set_exception_handler(eploop.reraise)
+        server = big_buffer_listener()
+        port = loop.listen(server, lambda: PerStep(per_step, received), edge=edge).port
+        clients = [connect(port) for _ in payloads]
+        deadline = time.monotonic() + TIMEOUT
+        while len(loop.connections) < len(clients):
+            assert time.monotonic() < deadline
+            loop.run_once(0.05)
+        senders = [threading.Thread(target=c.sendall, args=(p,)) for c, p in zip(clients, payloads)]
+        for sender in senders:
+            sender.start()
+        time.sleep(0.2)  # (the kernel's buffers fill: every connection has megabytes waiting)
+        while sum(map(len, received)) < len(payloads) * size:
+            assert time.monotonic() < deadline, [len(r) for r in received]
+            STEP[0] += 1
+            loop.run_once(0.05)
+        for sender in senders:
+            sender.join(TIMEOUT)
+        for client in clients:
+            client.close()
+    server.close()
+    assert sorted(bytes(r) for r in received) == sorted(payloads)
+    if not edge:
+        assert max(per_step.values()) <= STEP_BOUND + ONE_READ - 1, per_step
+        assert max(per_step.values()) >= STEP_BOUND, "the bound was never reached"

@@ -73,6 +73,7 @@ impl<H: Handler> Loop<H> {
             wait_timeout_of(&st, timeout_ms)
         };
         self.step.set(self.step.get() + 1);
+        self.step_read.set(0);
         let mut events = self.events.borrow_mut();
         let n = sys::epoll_wait(self.epfd, &mut events, timeout).map_err(Error::Os)?;
         for i in 0..n {
@@ -87,7 +88,11 @@ impl<H: Handler> Loop<H> {
                 self.dispatch(token, bits);
             }
         }
-        if n == events.capacity() && n < MAX_EVENTS {
+        if self.capped.replace(false) {
+            // Reads were left to the next step: take fewer events in it, rather than dispatch
+            // events only to leave their reads again (epoll keeps the rest, in turn).
+            events.limit_to(n / 2);
+        } else if n == events.capacity() && n < MAX_EVENTS {
             events.grow(n * 2);
         }
         drop(events);

@@ -191,6 +191,10 @@ const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 const READ_BUDGET: usize = 4;
 /// The most one read takes (the loop's read buffer; a binding's in-place read gets as much room).
 pub(crate) const READ_BUF_SIZE: usize = 256 * 1024;
+/// The bytes a step reads for handlers that deliver later (a binding's event queue) from
+/// level-triggered streams before it leaves the rest to the next step, which epoll reports again:
+/// a step's bytes then stay in the CPU's cache until the binding has copied them out.
+const STEP_READ_CAP: usize = 2 * READ_BUF_SIZE;
 const WAKE_TOKEN: u64 = 0;
 /// The epoll token of the loop's signalfd (an id with tag 0 is never a registration's).
 const SIGNAL_TOKEN: u64 = 1;
@@ -334,6 +338,10 @@ pub struct Loop<H: Handler> {
     freeing: Cell<bool>,
     /// Counts loop steps (run_once calls that waited).
     step: Cell<u64>,
+    /// This step's bytes read for handlers that deliver later; a read was left to the next step
+    /// (STEP_READ_CAP).
+    step_read: Cell<usize>,
+    capped: Cell<bool>,
     /// This is a copy of the loop in a child process after fork(): letting go of it must not
     /// touch what the parent still uses (the epoll set, socket options, queued output).
     forked: Cell<bool>,
@@ -373,6 +381,8 @@ impl<H: Handler> Loop<H> {
             depth: Cell::new(0),
             freeing: Cell::new(false),
             step: Cell::new(0),
+            step_read: Cell::new(0),
+            capped: Cell::new(false),
             forked: Cell::new(false),
             tracing: Cell::new(false),
         })

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::stream::{Decision, Stream};
 use super::trace::outcome;
-use super::{CloseReason, Entry, FdFate, Handler, Id, Loop, Trace, READ_BUDGET};
+use super::{CloseReason, Entry, FdFate, Handler, Id, Loop, Trace, READ_BUDGET, STEP_READ_CAP};
 use crate::sys::{self, ev, Fd};
 
 /// What a read pass needs from its stream, taken in the lookup that dispatched the event.
@@ -16,6 +16,7 @@ pub(super) struct ReadSetup<H> {
     handler: H,
     failed: bool,
     may_read: bool,
+    edge: bool,
 }
 
 impl<H: Clone> ReadSetup<H> {
@@ -28,6 +29,7 @@ impl<H: Clone> ReadSetup<H> {
             handler: s.handler.clone(),
             failed: s.failure().is_some(),
             may_read: s.may_read(bits & (ev::HUP | ev::ERR) != 0),
+            edge: s.opts.edge,
         }
     }
 }
@@ -198,6 +200,7 @@ impl<H: Handler> Loop<H> {
             mut handler,
             mut failed,
             may_read,
+            edge,
         } = setup;
         if !may_read {
             return ReadEnd::Drained { failed };
@@ -215,6 +218,12 @@ impl<H: Handler> Loop<H> {
             // Into the handler's own storage when it lends some (the bytes are then delivered),
             // else into the loop's buffer, for on_data.
             let lent = if lends && !discard {
+                // A level-triggered stream leaves what a full step cannot take to the next one
+                // (epoll reports it again; an edge-triggered or failed stream might get no event).
+                if !edge && !failed && self.step_read.get() >= STEP_READ_CAP {
+                    self.capped.set(true);
+                    return ReadEnd::MayRemain;
+                }
                 handler.read_in_place(self, id, &mut read)
             } else {
                 None
@@ -248,6 +257,9 @@ impl<H: Handler> Loop<H> {
                     return ReadEnd::Drained { failed: false };
                 }
                 Ok(n) => {
+                    if lends {
+                        self.step_read.set(self.step_read.get() + n);
+                    }
                     if !discard && !delivered {
                         let buf = self.read_buf.borrow();
                         self.call(|| handler.on_data(self, id, &buf[..n]));

@@ -319,8 +319,12 @@ pub struct ep_commands {
 /// the order callbacks would have run; the previous call's arrays become invalid. Because an
 /// EP_QUEUE registration only reacts to its events in the next call, a peer EOF read in the same
 /// step as data is processed one step later: the commands answering that data (the reply to a last
-/// request) are applied before EOF ends the connection. Four arguments, so that a binding calling
-/// it through a generic FFI (ctypes converts every argument on every call) pays little per step.
+/// request) are applied before EOF ends the connection. A step reads about 512 KiB at most from
+/// level-triggered EP_QUEUE connections (the read that reaches it is the step's last; the rest
+/// comes in the next steps), so that the step's bytes are still in the CPU's cache when the
+/// binding copies them out; edge-triggered ones are read as callback registrations are. Four
+/// arguments, so that a binding calling it through a generic FFI (ctypes converts every argument
+/// on every call) pays little per step.
 /// Returns 0, -EINTR (a signal interrupted the wait; the commands were applied and `*out` holds what
 /// was recorded), EP_EBUSY (from inside a callback: nothing applied), EP_ENULL (NULL out, or NULL
 /// cmds/buf with a non-zero count), -errno of epoll_wait(), or a loop error (EP_ENULL,

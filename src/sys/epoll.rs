@@ -20,25 +20,35 @@ pub mod ev {
 
 const NO_EVENT: libc::epoll_event = libc::epoll_event { events: 0, u64: 0 };
 
-/// The kernel's event buffer for `epoll_wait`, readable as (events, token) pairs.
+/// The kernel's event buffer for `epoll_wait`, readable as (events, token) pairs. A wait asks
+/// for at most `limit` events (the buffer's length or fewer).
 pub struct EventBuf {
     raw: Vec<libc::epoll_event>,
+    limit: usize,
 }
 
 impl EventBuf {
     pub fn with_capacity(capacity: usize) -> Self {
         EventBuf {
             raw: vec![NO_EVENT; capacity.max(1)],
+            limit: capacity.max(1),
         }
     }
+    /// The most events a wait returns.
     pub fn capacity(&self) -> usize {
-        self.raw.len()
+        self.limit
     }
-    /// Grows the buffer (used when a wait filled it completely: load is high).
+    /// Lets a wait return up to `capacity` events (used when a wait filled the buffer: load is
+    /// high); the buffer grows if needed.
     pub fn grow(&mut self, capacity: usize) {
         if capacity > self.raw.len() {
             self.raw.resize(capacity, NO_EVENT);
         }
+        self.limit = capacity.max(1);
+    }
+    /// Lets a wait return at most `capacity` events (at least one); the buffer keeps its size.
+    pub fn limit_to(&mut self, capacity: usize) {
+        self.limit = capacity.clamp(1, self.raw.len());
     }
     /// The i-th ready event as (event bits, token).
     pub fn get(&self, i: usize) -> (u32, u64) {
@@ -72,10 +82,10 @@ pub fn epoll_delete(epfd: Fd, fd: Fd) -> SysResult<()> {
 
 /// Waits for events; EINTR is returned to the caller (a signal may mean "stop").
 pub fn epoll_wait(epfd: Fd, buf: &mut EventBuf, timeout_ms: c_int) -> SysResult<usize> {
-    let max = c_int::try_from(buf.raw.len()).unwrap_or(c_int::MAX);
+    let max = c_int::try_from(buf.limit.min(buf.raw.len())).unwrap_or(c_int::MAX);
     let events = buf.raw.as_mut_ptr();
-    // SAFETY: `events` and `max` describe buf.raw (max never exceeds its length), which is
-    // writable and outlives the call.
+    // SAFETY: `events` and `max` describe the start of buf.raw (max never exceeds its length),
+    // which is writable and outlives the call.
     syscall!(unsafe { libc::epoll_wait(epfd, events, max, timeout_ms) }).map(|n| n as usize)
 }
 
