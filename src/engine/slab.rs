@@ -30,7 +30,9 @@ fn next_tag() -> u16 {
 }
 
 pub struct Slab<T> {
-    slots: Vec<(u32, Option<T>)>,
+    /// Each slot with its id: its value's, or while empty, the id its next value will get. A
+    /// lookup is then one comparison of the whole id (tag, generation and index at once).
+    slots: Vec<(Id, Option<T>)>,
     free: Vec<u32>,
     live: usize,
     /// The generation new slots start at: above every generation of a slot ever cut off the end,
@@ -58,15 +60,12 @@ impl<T> Slab<T> {
         self.tag | (u64::from(generation) << INDEX_BITS) | index as u64
     }
 
-    /// The slot index and generation of an id of this slab; an id of another slab gets a
-    /// generation no slot has (0).
-    fn split(&self, id: Id) -> (usize, u32) {
-        let generation = if id & !(INDEX_MASK | GENERATION_MASK << INDEX_BITS) == self.tag {
-            ((id >> INDEX_BITS) & GENERATION_MASK) as u32
-        } else {
-            0
-        };
-        ((id & INDEX_MASK) as usize, generation)
+    fn index_of(id: Id) -> usize {
+        (id & INDEX_MASK) as usize
+    }
+
+    fn generation_of(id: Id) -> u32 {
+        ((id >> INDEX_BITS) & GENERATION_MASK) as u32
     }
 
     /// Stores `value` and returns its new id, or gives the value back when the table is full.
@@ -74,46 +73,46 @@ impl<T> Slab<T> {
         let index = match self.free.pop() {
             Some(index) => index,
             None if self.slots.len() < MAX_SLOTS => {
-                self.slots.push((self.floor, None));
+                self.slots
+                    .push((self.make_id(self.slots.len(), self.floor), None));
                 (self.slots.len() - 1) as u32
             }
             None => return Err(value),
         };
         let slot = &mut self.slots[index as usize];
         slot.1 = Some(value);
-        let generation = slot.0;
         self.live += 1;
-        Ok(self.make_id(index as usize, generation))
+        Ok(slot.0)
     }
 
     pub fn get(&self, id: Id) -> Option<&T> {
-        let (index, generation) = self.split(id);
-        match self.slots.get(index) {
-            Some((g, Some(value))) if *g == generation => Some(value),
+        match self.slots.get(Self::index_of(id)) {
+            Some((key, Some(value))) if *key == id => Some(value),
             _ => None,
         }
     }
 
     pub fn get_mut(&mut self, id: Id) -> Option<&mut T> {
-        let (index, generation) = self.split(id);
-        match self.slots.get_mut(index) {
-            Some((g, Some(value))) if *g == generation => Some(value),
+        match self.slots.get_mut(Self::index_of(id)) {
+            Some((key, Some(value))) if *key == id => Some(value),
             _ => None,
         }
     }
 
     /// Removes the value; the id becomes stale forever.
     pub fn remove(&mut self, id: Id) -> Option<T> {
-        let (index, generation) = self.split(id);
+        let index = Self::index_of(id);
+        let next = Self::generation_of(id) + 1;
+        let next_id = self.make_id(index, next);
         let slot = self.slots.get_mut(index)?;
-        if slot.0 != generation {
+        if slot.0 != id {
             return None;
         }
         let value = slot.1.take()?;
         self.live -= 1;
         self.shrunk = true;
-        slot.0 += 1;
-        if slot.0 != RETIRED {
+        slot.0 = next_id;
+        if next != RETIRED {
             self.free.push(index as u32);
         }
         Some(value)
@@ -134,8 +133,8 @@ impl<T> Slab<T> {
         if self.slots.len() < 1024 || self.live * 4 > self.slots.len() {
             return;
         }
-        while let Some((generation, None)) = self.slots.last() {
-            self.floor = self.floor.max(generation.saturating_add(1));
+        while let Some((id, None)) = self.slots.last() {
+            self.floor = self.floor.max(Self::generation_of(*id).saturating_add(1));
             self.slots.pop();
         }
         let len = self.slots.len();
@@ -152,9 +151,7 @@ impl<T> Slab<T> {
     pub fn ids(&self) -> Vec<Id> {
         self.slots
             .iter()
-            .enumerate()
-            .filter(|(_, (_, value))| value.is_some())
-            .map(|(index, (generation, _))| self.make_id(index, *generation))
+            .filter_map(|(id, value)| value.as_ref().map(|_| *id))
             .collect()
     }
 }
@@ -204,7 +201,7 @@ mod tests {
     fn exhausted_generation_retires_the_slot() {
         let mut slab: Slab<u8> = Slab::new();
         let id = slab.insert(1).unwrap();
-        slab.slots[0].0 = RETIRED - 1;
+        slab.slots[0].0 = slab.make_id(0, RETIRED - 1);
         let old = slab.make_id((id & INDEX_MASK) as usize, RETIRED - 1);
         assert_eq!(slab.remove(old), Some(1));
         let next = slab.insert(2).unwrap();
