@@ -117,9 +117,9 @@ pub trait Handler: Clone {
     }
     /// For a handler that keeps the bytes it is given (a binding's event queue): lends storage
     /// of its own for a stream's next read, so the bytes land there without the copy out of the
-    /// loop's read buffer. It calls `read` with a slice of [`READ_BUF_SIZE`] bytes, records a
-    /// non-empty result as `on_data` would, and returns `read`'s result with the slice's length.
-    /// None (the default, or no room without moving what it holds): the loop reads into its own
+    /// loop's read buffer. It calls `read` with a slice of at most [`READ_BUF_SIZE`] bytes, records
+    /// a non-empty result as `on_data` would, and returns `read`'s result with the slice's length.
+    /// None (the default, or too little room without moving what it holds): the loop reads into its own
     /// buffer and calls `on_data`. Asked only of handlers that deliver later.
     fn read_in_place(
         &self,

@@ -112,6 +112,9 @@ pub struct ep_poll_result {
     pub state: c_int,
 }
 
+/// The least room a read is lent in the step's data (see StepData::room).
+const MIN_ROOM: usize = 16 * 1024;
+
 /// The bytes of a step's events. The storage is kept initialized up to its capacity and `len` says
 /// how much of it the step used, so a read can land in it directly without zeroing it first, and
 /// it moves only when a step needs more than its capacity: only when `len` grows past every length
@@ -140,9 +143,15 @@ impl StepData {
         offset as u64
     }
 
-    /// `size` bytes of room after what the step holds, if the storage has them without moving.
+    /// Up to `size` bytes of room after what the step holds, as much as the storage has without
+    /// moving; None below [`MIN_ROOM`] (a read into less is not worth its system call: the loop's
+    /// own buffer takes it, and the append that follows grows the storage).
     fn room(&mut self, size: usize) -> Option<&mut [u8]> {
-        self.storage.get_mut(self.len..self.len.checked_add(size)?)
+        let spare = self.storage.len() - self.len;
+        if spare < MIN_ROOM.min(size) {
+            return None;
+        }
+        Some(&mut self.storage[self.len..self.len + spare.min(size)])
     }
 }
 
@@ -206,9 +215,9 @@ impl EventQueue {
         event
     }
 
-    /// A stream's read straight into the step's data (see Handler::read_in_place): `read` gets
-    /// `size` bytes of room; what it returns is recorded as an EP_EVENT_DATA, whose `queued` is
-    /// `queued()`. None, without reading, when the room would move the data.
+    /// A stream's read straight into the step's data (see Handler::read_in_place): `read` gets up
+    /// to `size` bytes of room; what it returns is recorded as an EP_EVENT_DATA, whose `queued` is
+    /// `queued()`. None, without reading, when less room than that is left without moving the data.
     pub(super) fn read_data(
         &mut self,
         id: ep_id,
@@ -218,7 +227,9 @@ impl EventQueue {
         queued: impl FnOnce() -> u32,
     ) -> Option<(SysResult<usize>, usize)> {
         let offset = self.data.len;
-        let result = read(self.data.room(size)?);
+        let room = self.data.room(size)?;
+        let lent = room.len();
+        let result = read(room);
         if let Ok(n @ 1..) = result {
             self.data.len += n;
             let event = self.push(EP_EVENT_DATA, id, user);
@@ -226,7 +237,7 @@ impl EventQueue {
             event.len = n as u64;
             event.queued = queued();
         }
-        Some((result, size))
+        Some((result, lent))
     }
 
     pub(super) fn push_datagram(
@@ -437,7 +448,7 @@ pub unsafe extern "C" fn ep_poll_with(args: *mut ep_poll_args) -> c_int {
 
 #[cfg(test)]
 mod tests {
-    use super::StepData;
+    use super::{StepData, MIN_ROOM};
 
     /// The guarantee ep_poll_result documents: the step's data moves only when a step holds more
     /// than the storage ever had room for, never to lend room for a read.
@@ -452,14 +463,22 @@ mod tests {
             &data.storage[..data.len],
             [[1; 100].as_slice(), &[2; 28]].concat()
         );
-        // A later step, smaller than the largest so far: no move, whatever is asked.
+        // A later step, smaller than the largest so far: no move, whatever is asked; the room
+        // lent is what the storage has left, down to MIN_ROOM.
         data.len = 0;
         data.append(&[&[3; 64]]);
+        let spare = capacity - 64;
+        assert!(
+            data.room(MIN_ROOM).is_none() == (spare < MIN_ROOM),
+            "less room than MIN_ROOM is not lent"
+        );
+        assert_eq!(data.room(16).map(|room| room.len()), Some(16));
         assert!(
             data.room(capacity).is_none(),
             "room beyond the storage would move it"
         );
-        let room = data.room(capacity - 64).expect("room within the storage");
+        let room = data.room(spare).expect("room within the storage");
+        assert_eq!(room.len(), spare);
         room.fill(4);
         data.len = capacity;
         assert_eq!(data.storage.as_ptr(), at);
@@ -469,5 +488,17 @@ mod tests {
         assert_eq!(data.len, capacity + 10);
         assert_eq!(data.storage.len(), data.storage.capacity());
         assert_eq!(data.storage[capacity - 1..capacity + 1], [4, 5]);
+        // A large storage lends a large ask only what it has left, or nothing below MIN_ROOM.
+        data.len = 0;
+        data.append(&[&vec![6; 3 * MIN_ROOM]]);
+        data.len = 0;
+        assert_eq!(
+            data.room(usize::MAX).map(|room| room.len()),
+            Some(data.storage.len())
+        );
+        data.len = data.storage.len() - MIN_ROOM;
+        assert_eq!(data.room(1 << 20).map(|room| room.len()), Some(MIN_ROOM));
+        data.len += 1;
+        assert!(data.room(1 << 20).is_none());
     }
 }
