@@ -27,6 +27,9 @@ _ep_pause = hot.ep_pause_reading
 _ep_resume = hot.ep_resume_reading
 
 _INT_MAX = 2**31 - 1  # a larger length must be passed as a c_size_t
+# What a direct write leaves of a bytes object, from this size on, is handed to the library
+# without a copy (as uvloop keeps the object): a slice and the library's queue would copy it twice.
+_REST_NOCOPY = 64 * 1024
 
 
 class _Ignore:
@@ -187,6 +190,8 @@ class Connection(_Registration):
                 loop._direct_out += written
                 if written == len(data):
                     return True
+                if len(data) - written >= _REST_NOCOPY:  # (bytes cannot change meanwhile)
+                    return _send.send_nocopy(self, data, written)
                 data = data[written:]
             elif loop._direct:  # another thread, while the loop's handlers run (see _wrong_thread)
                 self._wrong_thread()

@@ -96,13 +96,15 @@ def send_many(conn: Connection, buffers: Iterable[Any]) -> bool:
             _pybuffer.release_buffer(byref(e))
 
 
-def send_nocopy(conn: Connection, data: Any) -> bool:
-    """Send ``data`` without copying it: the object is referenced until the kernel took every
-    byte (or the connection ended). Do not modify it meanwhile."""
+def send_nocopy(conn: Connection, data: Any, start: int = 0) -> bool:
+    """Send ``data`` (from byte ``start`` on) without copying it: the object is referenced until
+    the kernel took every byte (or the connection ended). Do not modify it meanwhile."""
     buffer = _export(data)
     key = next(_keys)
     _pinned[key] = buffer
-    code = lib.ep_send_nocopy(conn._lp, conn.id, buffer.buf, buffer.len, _on_release, key)
+    code = lib.ep_send_nocopy(
+        conn._lp, conn.id, (buffer.buf or 0) + start, buffer.len - start, _on_release, key
+    )
     if code < 0:
         # Refused: the library will not call back; the export is ours to drop.
         _pybuffer.release_buffer(byref(_pinned.pop(key)))

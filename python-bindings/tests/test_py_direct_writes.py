@@ -19,6 +19,7 @@ import pytest
 from bindings_support import CHILD_ENV, TIMEOUT, connect
 
 import eploop
+from eploop import _send
 
 MODES = pytest.mark.parametrize("edge", [False, True], ids=["level", "edge"])
 
@@ -73,8 +74,9 @@ def test_echo_is_written_directly_and_counted(edge: bool) -> None:
 
 @MODES
 def test_order_holds_across_a_partial_write_and_the_drain(edge: bool) -> None:
-    """A send larger than the socket takes: the rest goes to the library's queue, and every
-    later send follows it until an event says the queue is empty again."""
+    """A send larger than the socket takes: the rest goes to the library's queue, without a
+    copy (the bytes object is held until sent), and every later send follows it until an event
+    says the queue is empty again."""
     big = bytes(range(256)) * 131072  # 32 MiB
     log: list[bool] = []
 
@@ -98,6 +100,7 @@ def test_order_holds_across_a_partial_write_and_the_drain(edge: bool) -> None:
             conn = loop.connections[0]
             assert log[0] is False, "32 MiB above the high-water mark"
             assert conn._wfd == -1, "the queue holds bytes: no direct write"
+            assert _send.pinned_count() == 1, "the rest of the big send is held, not copied"
             tail = b"".join(b"<%d>" % i for i in range(50))
             received: list[bytes] = []
             reader = threading.Thread(
@@ -109,6 +112,7 @@ def test_order_holds_across_a_partial_write_and_the_drain(edge: bool) -> None:
                 loop.run_once(0.02)
             reader.join(TIMEOUT)
             assert received and received[0] == big + tail, "bytes out of order"
+            step_until(loop, lambda: _send.pinned_count() == 0, "the big send's release")
             # The queue drained; the next request's event says so: direct writes again.
             before = loop._direct_out
             client.sendall(b"ping")
