@@ -132,3 +132,30 @@ impl AsRawFd for Waker {
         self.fd.as_raw_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_returns_no_more_events_than_the_limit() {
+        let epfd = epoll_create().unwrap();
+        let wakers: Vec<Waker> = (0..5).map(|_| Waker::new().unwrap()).collect();
+        for (token, waker) in wakers.iter().enumerate() {
+            epoll_add(epfd.as_raw_fd(), waker.as_raw_fd(), ev::IN, token as u64).unwrap();
+            waker.wake().unwrap();
+        }
+        let mut buf = EventBuf::with_capacity(8);
+        buf.limit_to(2);
+        assert_eq!(buf.capacity(), 2);
+        assert_eq!(epoll_wait(epfd.as_raw_fd(), &mut buf, 0), Ok(2));
+        buf.limit_to(0);
+        assert_eq!(buf.capacity(), 1, "a wait always takes one event");
+        assert_eq!(epoll_wait(epfd.as_raw_fd(), &mut buf, 0), Ok(1));
+        buf.limit_to(100);
+        assert_eq!(buf.capacity(), 8, "the limit never exceeds the buffer");
+        assert_eq!(epoll_wait(epfd.as_raw_fd(), &mut buf, 0), Ok(5));
+        buf.grow(16);
+        assert_eq!((buf.capacity(), buf.raw.len()), (16, 16));
+    }
+}
