@@ -16,7 +16,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,8 +48,8 @@ static const char *reason_name(ep_close_reason r) {
 static void on_accept(ep_loop *loop, ep_id listener, ep_id conn, void *user) {
     (void)listener;
     (void)user;
-    int one = 1;
-    setsockopt(ep_fd(loop, conn), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* (TCP_NODELAY: eploop sets it on accepted connections, as uvloop does; libuv needs
+     * uv_tcp_nodelay, the hand-written servers setsockopt) */
     ep_set_user(loop, conn, NULL);
     if (!quiet)
         printf("accept %" PRIu64 " ?\n", conn);

@@ -13,7 +13,6 @@ send_file().
 import os
 import resource
 import signal
-import socket
 import sys
 
 import eploop
@@ -27,7 +26,7 @@ EOL = b"\r\n\r\n"
 def make_handlers(quiet: bool):
     class Base(eploop.Handler):
         def on_accept(self):
-            self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # (TCP_NODELAY: eploop sets it on accepted connections, as uvloop does)
             if not quiet:
                 host, port = self.conn.peername[:2]
                 print(f"accept {self.conn.id} {host}:{port}", flush=True)
