@@ -27,9 +27,7 @@ _ep_pause = hot.ep_pause_reading
 _ep_resume = hot.ep_resume_reading
 
 _INT_MAX = 2**31 - 1  # a larger length must be passed as a c_size_t
-# What a direct write leaves of a bytes object, from this size on, is handed to the library
-# without a copy (as uvloop keeps the object): a slice and the library's queue would copy it twice.
-_REST_NOCOPY = 64 * 1024
+_REST_NOCOPY = _send._REST_NOCOPY  # (a rest from this size on goes without a copy)
 
 
 class _Ignore:

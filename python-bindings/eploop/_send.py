@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+from _thread import get_ident as _get_ident
 from collections.abc import Iterable
 from ctypes import byref
+from os import writev as _writev
 from typing import TYPE_CHECKING, Any
 
 from . import _ffi, _pybuffer
@@ -26,6 +28,12 @@ from ._ffi import lib
 if TYPE_CHECKING:
     from ._loop import Connection
 
+
+# send_many's direct writev takes at most this many buffers (IOV_MAX is 1024).
+_DIRECT_MAX = 64
+# What a direct write leaves of a bytes object, from this size on, is handed to the library
+# without a copy (as uvloop keeps the object): a slice and the library's queue would copy it twice.
+_REST_NOCOPY = 64 * 1024
 
 # Buffers the library holds without a copy, by release key.
 _pinned: dict[int, _pybuffer.PyBuffer] = {}
@@ -74,7 +82,42 @@ def _result(conn: Connection, code: int, function: str) -> bool:
 
 def send_many(conn: Connection, buffers: Iterable[Any]) -> bool:
     """Send ``buffers`` (bytes-like objects) in order as one unit, like ``writelines``: one
-    ``sendmsg`` when nothing is queued; only what the kernel did not take is copied."""
+    ``writev`` when nothing is queued; what the kernel did not take is copied, except the rest of
+    a large ``bytes`` object, which is held until sent (as ``send`` does)."""
+    items = buffers if type(buffers) is list or type(buffers) is tuple else list(buffers)
+    # The fast path of send(), for several bytes objects: one writev(2) of our own.
+    if conn._wfd >= 0 and 0 < len(items) <= _DIRECT_MAX and all(type(b) is bytes for b in items):
+        loop = conn.loop
+        if loop._direct == _get_ident():
+            try:
+                written = _writev(conn._wfd, items)
+            except OSError:
+                written = 0
+            loop._direct_out += written
+            for i, b in enumerate(items):
+                if written < len(b):
+                    return _send_rest(conn, items[i:], written)
+                written -= len(b)
+            return True
+        if loop._direct:  # another thread, while the loop's handlers run (see send)
+            conn._wrong_thread()
+    return _send_copies(conn, items)
+
+
+def _send_rest(conn: Connection, items: Any, start: int) -> bool:
+    """What a direct writev left of ``items`` (bytes objects; the first from byte ``start``),
+    through the library in order: a large rest of the first without a copy."""
+    first = items[0]
+    if len(first) - start < _REST_NOCOPY:
+        return _send_copies(conn, [memoryview(first)[start:], *items[1:]])
+    keep_going = send_nocopy(conn, first, start)
+    if len(items) > 1:
+        keep_going = _send_copies(conn, items[1:]) and keep_going
+    return keep_going
+
+
+def _send_copies(conn: Connection, buffers: Iterable[Any]) -> bool:
+    """send_many through ep_sendv, which copies what the kernel does not take."""
     exports: list[_pybuffer.PyBuffer] = []
     try:
         for b in buffers:

@@ -107,6 +107,40 @@ def test_mixed_sends_keep_call_order(edge: bool) -> None:
         assert _send.pinned_count() == 0
 
 
+@pytest.mark.parametrize("edge", MODES)
+def test_send_many_writes_directly_and_holds_a_large_rest(edge: bool) -> None:
+    """Bytes objects go out with one writev of the binding's own while nothing is queued; what
+    the kernel did not take of a large one is held until sent, not copied (as send() does),
+    and everything, with the sends after it, arrives in call order."""
+    body = pattern(4, 8 * MIB)
+    parts = [b"head;", body, b";tail", b"!" * 100]
+
+    def script(conn: eploop.Connection) -> list[object]:
+        before = conn.loop._direct_out
+        results = [conn.send_many(parts), conn.send(b"after")]
+        return [*results, conn.loop._direct_out - before, _send.pinned_count()]
+
+    events = Events()
+    calls = _send.release_calls
+    expected = b"".join(parts) + b"after"
+    with serving(lambda: Scripted(events, script), edge=edge) as server:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # (before connect)
+        client.connect(("127.0.0.1", server.port))
+        with client:
+            got = recv_exactly(client, len(expected))
+        events.wait_count("results", 1)
+    (results,) = events.of("results")
+    more, after, direct, pinned = results[1]
+    assert more is False, "8 MiB queued is above the high-water mark"
+    assert after is False, "and stays above it"
+    assert 0 < direct < len(expected), "a direct writev took part of it"
+    assert pinned == 1, "the rest of the body is held, not copied"
+    assert hashlib.sha256(got).digest() == hashlib.sha256(expected).digest()
+    assert _send.release_calls - calls == 1
+    assert _send.pinned_count() == 0
+
+
 @pytest.mark.parametrize("ending", ["flushed", "abort", "peer_reset", "loop_free"])
 @pytest.mark.parametrize("edge", MODES)
 def test_nocopy_buffer_released_exactly_once(edge: bool, ending: str) -> None:
