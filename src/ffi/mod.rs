@@ -18,6 +18,7 @@ mod lifecycle;
 mod registration;
 mod signal;
 mod stats;
+mod step_data;
 mod timer;
 mod trace;
 
