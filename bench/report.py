@@ -11,6 +11,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import targets
+
 REFERENCE = "c-epoll"
 LARGE_RESPONSE_BYTES = (1 << 20) + 84  # the large scenarios' response: 1 MiB body, 84-byte header
 LARGE_MESSAGE_BYTES = 1 << 20  # echo-10x1M's message
@@ -68,73 +70,6 @@ def cell(med: dict, server: str, scenario: str, metric: str, digits: int = 2) ->
     r = ratio(m, med.get((REFERENCE, scenario)), metric)
     value = fmt_num(m.get(metric), digits)
     return f"{value} ({r:.2f}×)" if r is not None else value
-
-
-def target_rows(report: dict, med: dict) -> list[tuple[str, str, str]]:
-    """(target, verdict, evidence) for every target of the issue that this run can judge."""
-    scenarios = [sc["name"] for sc in report["scenarios"]]
-    rows = []
-
-    def cpu(server, sc):
-        m = med.get((server, sc))
-        return None if not m or "error" in m else m.get("cpu_us_per_op")
-
-    def judge(title, server, other, limit, scale=1.0):
-        misses, evidence = [], []
-        for sc in scenarios:
-            a, b = cpu(server, sc), cpu(other, sc)
-            if a is None or b is None:
-                continue
-            r = a / (b * scale)
-            evidence.append(f"{sc} {a / b:.2f}")
-            if r > limit:
-                misses.append(sc)
-        if not evidence:
-            rows.append((title, "not measured", ""))
-            return
-        verdict = "met" if not misses else f"missed in {len(misses)}/{len(evidence)}: " + ", ".join(misses)
-        rows.append((title, verdict, "; ".join(evidence)))
-
-    judge("eploop-c CPU/op within 5 % of c-epoll", "eploop-c", REFERENCE, 1.05)
-    judge("eploop-c CPU/op at or below libuv", "eploop-c", "libuv", 1.0)
-    judge("eploop-c CPU/op clearly below libevent (≤ 0.95×)", "eploop-c", "libevent", 0.95)
-    judge("eploop-py CPU/op at or below uvloop", "eploop-py", "uvloop", 1.0)
-    judge("eploop-py CPU/op at or below py-select-epoll", "eploop-py", "py-select-epoll", 1.0)
-    judge("eploop-py CPU/op at most half of asyncio", "eploop-py", "asyncio", 0.5)
-    judge("eploop-py CPU/op well ahead of py-seed-style (≤ 0.8×)", "eploop-py", "py-seed-style", 0.8)
-    instr = report.get("instructions") or {}
-
-    def judge_instr(title, server, other, limit):
-        evidence, misses = [], []
-        for sc in (report.get("callgrind_scenarios") or []):
-            a = (instr.get(server) or {}).get(sc["name"], {}).get("per_op")
-            b = (instr.get(other) or {}).get(sc["name"], {}).get("per_op")
-            if not a or not b:
-                continue
-            evidence.append(f"{sc['name']} {a / b:.2f}")
-            if a / b > limit:
-                misses.append(sc["name"])
-        if evidence:
-            rows.append((title + " — user-space instructions (callgrind)",
-                         "met" if not misses else "missed: " + ", ".join(misses), "; ".join(evidence)))
-
-    judge_instr("eploop-c at or below libuv", "eploop-c", "libuv", 1.0)
-    judge_instr("eploop-py at or below uvloop", "eploop-py", "uvloop", 1.0)
-    judge_instr("eploop-py at or below py-select-epoll", "eploop-py", "py-select-epoll", 1.0)
-    judge_instr("eploop-py at most half of asyncio", "eploop-py", "asyncio", 0.5)
-    judge_instr("eploop-py well ahead of py-seed-style (≤ 0.8×)", "eploop-py", "py-seed-style", 0.8)
-
-    idle = report.get("idle", {})
-    for server, limit in (("eploop-c", 300), ("eploop-py", 1024)):
-        res = idle.get(server)
-        if not res or "error" in res:
-            rows.append((f"{server} idle memory ≤ {limit} B/conn", "not measured",
-                         res.get("error", "") if res else ""))
-            continue
-        b = res["bytes_per_conn"]
-        rows.append((f"{server} idle memory ≤ {limit} B/conn", "met" if b <= limit else "missed",
-                     f"{b:.0f} B/conn"))
-    return rows
 
 
 def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
@@ -342,9 +277,12 @@ def write_markdown(report: dict, med: dict, out_dir: Path) -> None:
                 cells.append(f"{r['per_op']:,.0f}" + (f" ({r['per_op'] / base:.1f}×)" if base else ""))
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
 
-    lines += ["", "## Targets (issue 4)", "", "| target | verdict | evidence (ratio per scenario) |", "|---|---|---|"]
-    for title, verdict, evidence in target_rows(report, med):
-        lines.append(f"| {title} | {verdict} | {evidence} |")
+        lines += targets.before_after_lines(report)
+
+    for title, rows in (("Targets (issue 12, performance)", targets.issue12_rows(report, med)),
+                        ("Earlier targets (issue 4)", targets.issue4_rows(report, med))):
+        lines += ["", f"## {title}", "", "| target | verdict | evidence (ratio per scenario) |", "|---|---|---|"]
+        lines += [f"| {target} | {verdict} | {evidence} |" for target, verdict, evidence in rows]
 
     errors = [(k, m["error"]) for k, m in med.items() if "error" in m]
     if errors:

@@ -144,15 +144,17 @@ def start_server(argv: list[str]) -> tuple[subprocess.Popen, int]:
     raise SystemExit("server did not start")
 
 
-def profile_load(sc: Scenario, port: int, seconds: float) -> int:
-    """Runs the scenario's load (unpinned, no CPU sampling); returns operations completed."""
+def profile_load(sc: Scenario, port: int, seconds: float, cpu: int | None = None) -> int:
+    """Runs the scenario's load (unpinned, or pinned to `cpu`; no CPU sampling); returns
+    operations completed."""
     a = sc.args
+    pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
     if sc.tool == "loadgen":
-        argv = [str(BUILD / "loadgen"), a["kind"], "--port", str(port), "--conns", str(a["conns"]),
+        argv = [*pin, str(BUILD / "loadgen"), a["kind"], "--port", str(port), "--conns", str(a["conns"]),
                 "--size", str(a["size"]), "--duration", str(seconds), "--warmup", "0"]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120).stdout
         return last_json(out)["ops"]
-    argv = ["wrk", "-t1", f"-c{a['conns']}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+    argv = [*pin, "wrk", "-t1", f"-c{a['conns']}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
             "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}/", "--", str(a["depth"])]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120).stdout
     return last_json(out)["requests"]
