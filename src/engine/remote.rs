@@ -14,7 +14,9 @@ pub struct Remote<P> {
     /// Values posted and not run yet; None once the loop is being freed (posting is over).
     posted: Mutex<Option<Vec<P>>>,
     /// Set after a post is queued, cleared before the queue is taken: lets the loop ask "anything
-    /// posted?" every step without taking the lock.
+    /// posted?" every step without taking the lock, and makes a burst of posts one wakeup (the
+    /// post that sets it wakes the loop; the ones that find it set leave their value to the take
+    /// that clears it).
     has_posts: AtomicBool,
 }
 
@@ -27,12 +29,19 @@ impl<P> Remote<P> {
 
     /// Hands `posted` to the loop's thread and wakes it. Callable from any thread. Fails with
     /// Busy once the loop is being freed: every accepted post is run exactly once.
+    ///
+    /// One eventfd write per burst, as libuv's uv_async_send coalesces: a post that finds
+    /// `has_posts` already set makes no system call. The loop clears the flag after draining the
+    /// eventfd and before it takes the queue (take_posted), so a value pushed before the flag was
+    /// seen set is in that take, and a post after the clear sets the flag again and wakes it.
     pub fn post(&self, posted: P) -> Result<(), Error> {
         match self.lock_posted().as_mut() {
             Some(queue) => queue.push(posted),
             None => return Err(Error::Busy),
         }
-        self.has_posts.store(true, Ordering::Release);
+        if self.has_posts.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
         self.wake_fd.wake().map_err(Error::Os)
     }
 
@@ -44,7 +53,7 @@ impl<P> Remote<P> {
 
     /// Takes what was posted; `last` also ends posting (the loop is being freed).
     pub(super) fn take_posted(&self, last: bool) -> Vec<P> {
-        if !last && !self.has_posts.swap(false, Ordering::Acquire) {
+        if !last && !self.has_posts.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
         let mut guard = self.lock_posted();

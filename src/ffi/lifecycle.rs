@@ -156,8 +156,10 @@ pub unsafe extern "C" fn ep_stop(lp: *mut ep_loop) -> c_int {
 /// work, so ep_run()/ep_run_once() run it even if nothing is registered. Every successful post runs
 /// exactly once, in posting order, even if the loop is then freed (ep_loop_free() runs what is
 /// pending). Callable from any thread (not from signal handlers: it takes a lock) while the loop is
-/// alive. Returns 0, EP_ENULL (NULL loop or cb), EP_EBUSY (ep_loop_free() has started: this post
-/// will not run), EP_EFORK (a child's inherited loop), EP_EPANIC, or -errno of the wakeup.
+/// alive. A burst of posts made before the loop takes them costs one wakeup (one eventfd write),
+/// not one system call per post. Returns 0, EP_ENULL (NULL loop or cb), EP_EBUSY (ep_loop_free()
+/// has started: this post will not run), EP_EFORK (a child's inherited loop), EP_EPANIC, or -errno
+/// of the wakeup.
 ///
 /// # Safety
 /// `lp` must be a live loop that is not freed concurrently with this call.
