@@ -70,6 +70,7 @@ impl<H: Handler> Loop<H> {
                     st.schedule(id);
                 }
             }
+            st.prune_timers();
             wait_timeout_of(&st, timeout_ms)
         };
         self.step.set(self.step.get() + 1);

@@ -307,8 +307,10 @@ struct State<H> {
     /// resumed reading, failed send).
     service: VecDeque<Id>,
     /// Deadlines: (when, arming order, id); id 0 is the loop's drain deadline. Entries are not
-    /// removed when cancelled: the registration's own state says whether one still applies.
+    /// removed when cancelled: the registration's own state says whether one still applies
+    /// (dead ones are dropped at the head each step, and all at once when the heap doubled).
     timers: BinaryHeap<Reverse<(Instant, u64, Id)>>,
+    timers_prune_at: usize,
     seq: u64,
     timer_count: usize,
     /// Live registrations made with `unref`: they do not count as work.
@@ -365,6 +367,7 @@ impl<H: Handler> Loop<H> {
                 closes: VecDeque::new(),
                 service: VecDeque::new(),
                 timers: BinaryHeap::new(),
+                timers_prune_at: timers::PRUNE_MIN,
                 seq: 0,
                 timer_count: 0,
                 unref_count: 0,

@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
+use super::slab::Slab;
 use super::{insert, CloseReason, Entry, Error, FdFate, Handler, Id, Loop, State, DRAIN_TOKEN};
 use crate::sys::{self, Fd};
 
@@ -15,7 +16,50 @@ pub(super) struct Timer<H> {
     pub repeat: Option<Duration>,
 }
 
+/// The heap size from which dead entries are dropped all at once (see [`State::prune_timers`]).
+pub(super) const PRUNE_MIN: usize = 1024;
+
+/// A deadline nobody will act on: its registration is gone (a cancelled or fired timer, a closed
+/// connection), or it is a timer's superseded arming. The drain deadline (id 0) is never dead.
+fn is_dead<H>(entries: &Slab<Entry<H>>, seq: u64, id: Id) -> bool {
+    match entries.get(id) {
+        _ if id == DRAIN_TOKEN => false,
+        None => true,
+        Some(Entry::Timer(t)) => t.seq != seq,
+        Some(_) => false,
+    }
+}
+
 impl<H> State<H> {
+    /// Drops the dead deadlines at the head of the heap, so that a cancelled timer's deadline
+    /// neither cuts a wait short nor shows in ep_next_timeout(); and, once the heap has doubled
+    /// since it was last pruned, every dead one (a server that starts and cancels a long timeout
+    /// per request would otherwise keep an entry per cancel until its deadline). Amortized O(1)
+    /// per deadline armed; a step without timers pays one comparison.
+    #[inline(always)]
+    pub(super) fn prune_timers(&mut self) {
+        if !self.timers.is_empty() {
+            self.prune_dead_timers();
+        }
+    }
+
+    #[inline(never)]
+    fn prune_dead_timers(&mut self) {
+        while let Some(Reverse((_, seq, id))) = self.timers.peek() {
+            if !is_dead(&self.entries, *seq, *id) {
+                break;
+            }
+            self.timers.pop();
+        }
+        if self.timers.len() >= self.timers_prune_at {
+            let entries = &self.entries;
+            self.timers
+                .retain(|Reverse((_, seq, id))| !is_dead(entries, *seq, *id));
+            self.timers.shrink_to(2 * self.timers.len());
+            self.timers_prune_at = PRUNE_MIN.max(2 * self.timers.len());
+        }
+    }
+
     /// Adds a deadline for `id`; returns its arming order.
     pub(super) fn arm(&mut self, deadline: Instant, id: Id) -> u64 {
         self.seq += 1;
@@ -94,7 +138,11 @@ impl<H: Handler> Loop<H> {
     /// For a host loop driving this one (see ep_next_timeout): 0 when a step has work without a
     /// new descriptor event, else the milliseconds to the nearest deadline, -1 for none.
     pub fn next_timeout(&self) -> i32 {
-        let held = !self.state.borrow().next_step.is_empty();
+        let held = {
+            let mut st = self.state.borrow_mut();
+            st.prune_timers();
+            !st.next_step.is_empty()
+        };
         if held || self.remote.has_posted() {
             return 0;
         }
@@ -218,3 +266,7 @@ pub(super) fn wait_timeout_of<H>(st: &State<H>, timeout_ms: i32) -> i32 {
         None => timeout_ms,
     }
 }
+
+#[cfg(test)]
+#[path = "timer_tests.rs"]
+mod tests;
