@@ -20,6 +20,7 @@ import itertools
 import os
 import signal
 import sys
+import threading
 import weakref
 from _thread import get_ident as _get_ident
 from collections.abc import Callable
@@ -185,18 +186,22 @@ def _on_timer(_lp: int, timer_id: int, user: int) -> None:
         _failed(user, exc, "timer callback", timer.callback if timer is not None else None)
 
 
-_posts: dict[int, tuple[int, Callable[[], object]]] = {}  # post key -> (loop key, callback)
-_post_keys = itertools.count(1)
+# call_soon_threadsafe callbacks not run yet: loop key -> callbacks, in call order. The call that
+# finds no list makes one and posts it (ep_post with the loop key); the calls until the loop takes
+# it only append (a burst is one ctypes call and one callback into Python, not one each). Kept here,
+# not on the Loop: what was posted runs even if the Loop object is collected meanwhile.
+_soon: dict[int, list[Callable[[], object]]] = {}
+_soon_lock = threading.Lock()
 
 
-def _on_post(_lp: int, post_key: int) -> None:
-    loop_key = 0
-    callback = None
-    try:
-        loop_key, callback = _posts.pop(post_key)
-        callback()
-    except BaseException as exc:
-        _failed(loop_key, exc, "call_soon_threadsafe callback", callback)
+def _on_post(_lp: int, loop_key: int) -> None:
+    with _soon_lock:
+        batch = _soon.pop(loop_key, ())
+    for callback in batch:
+        try:
+            callback()
+        except BaseException as exc:
+            _failed(loop_key, exc, "call_soon_threadsafe callback", callback)
 
 
 def _failed(user: int, exc: BaseException, where: str, callback: Any) -> None:

@@ -60,8 +60,8 @@ from ._events import (
     _loop_keys,
     _Stepping,
     _loops,
-    _post_keys,
-    _posts,
+    _soon,
+    _soon_lock,
 )
 from ._ffi import lib
 from ._handler import ConnectionHandler, Handler, HandlerFactory, _ExceptionHandling
@@ -368,19 +368,26 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting, _Stepping
 
     def call_soon_threadsafe(self, callback: Callable[[], object]) -> None:
         """Run ``callback()`` on the loop's thread at its next step (from any thread)."""
-        key = next(_post_keys)
-        _posts[key] = (self._key, callback)
-        with self._lock:
-            code = (
-                lib.ep_post(self._lp, _POST_TRAMPOLINE, key)
-                if self._lp is not None
-                else _ffi.EP_ENULL
-            )
-        if code < 0:
-            del _posts[key]
+        key = self._key
+        with _soon_lock:  # posted, not taken yet (a freeing loop takes it too): one more
+            pending = _soon.get(key)
+            if pending is not None:
+                pending.append(callback)
+                return
+        with self._lock:  # (ordered against close(), and against the other threads' calls)
             if self._lp is None:
                 raise ValueError("the loop is closed")
-            raise _error(code, "ep_post")
+            with _soon_lock:
+                pending = _soon.get(key)
+                if pending is not None:
+                    pending.append(callback)
+                    return
+                _soon[key] = [callback]
+            code = lib.ep_post(self._lp, _POST_TRAMPOLINE, key)
+            if code < 0:  # (no post of this loop is pending: nothing took the list meanwhile)
+                with _soon_lock:
+                    _soon.pop(key, None)
+                raise _error(code, "ep_post")
 
     def add_signal_handler(self, signum: int, callback: Callable[..., object], *args: Any) -> None:
         """Call ``callback(*args)`` on the loop's thread, in a step of ``run()``, each time

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from bindings_support import TIMEOUT, Events, LoopThread, Recorder, connect, recv_exactly
@@ -55,6 +56,80 @@ def test_call_soon_threadsafe_runs_on_the_loop_thread() -> None:
         runner.finish()
     with pytest.raises(ValueError):
         loop.call_soon_threadsafe(lambda: None)  # closed
+
+
+class _CountingLib:
+    """The library, with its ep_post calls counted."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.posts = real, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def ep_post(self, *args: Any) -> int:
+        self.posts += 1
+        return int(self.real.ep_post(*args))
+
+
+def test_a_burst_of_call_soon_threadsafe_is_one_post_and_runs_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1,000 calls from a thread while the loop is busy: one ep_post (the first call's), and
+    every callback runs once, in call order, on the loop's thread."""
+    counting = _CountingLib(eploop._loop.lib)
+    monkeypatch.setattr(eploop._loop, "lib", counting)
+    loop = eploop.Loop()
+    loop.listen(("127.0.0.1", 0), eploop.Handler)
+    runner = LoopThread(loop).start()
+    ran: list[tuple[int, int]] = []
+    try:
+        busy, burst_done = threading.Event(), threading.Event()
+
+        def hold() -> None:  # the loop's thread waits here while the burst is made
+            busy.set()
+            assert burst_done.wait(TIMEOUT)
+
+        loop.call_soon_threadsafe(hold)
+        assert busy.wait(TIMEOUT)
+        before = counting.posts
+        for i in range(1000):
+            loop.call_soon_threadsafe(lambda i=i: ran.append((i, threading.get_ident())))
+        posts = counting.posts - before
+        burst_done.set()
+        loop.call_soon_threadsafe(loop.stop)
+        assert runner.returned.wait(TIMEOUT)
+    finally:
+        runner.finish()
+    assert posts == 1, f"{posts} ep_post calls for a burst of 1,000"
+    assert [i for i, _ in ran] == list(range(1000))
+    assert {thread for _, thread in ran} == {runner._thread.ident}
+
+
+def test_call_soon_threadsafe_from_many_threads_runs_each_once() -> None:
+    loop = eploop.Loop()
+    loop.listen(("127.0.0.1", 0), eploop.Handler)
+    runner = LoopThread(loop).start()
+    ran: list[tuple[int, int]] = []
+    try:
+
+        def poster(t: int) -> None:
+            for i in range(2000):
+                loop.call_soon_threadsafe(lambda i=i: ran.append((t, i)))
+                if i % 100 == 0:
+                    time.sleep(0.001)
+
+        threads = [threading.Thread(target=poster, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        loop.call_soon_threadsafe(loop.stop)
+        assert runner.returned.wait(TIMEOUT)
+    finally:
+        runner.finish()
+    for t in range(4):
+        assert [i for u, i in ran if u == t] == list(range(2000)), f"thread {t}"
 
 
 def test_drain_lets_connections_finish_then_closes_the_rest() -> None:
