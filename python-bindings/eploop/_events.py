@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import _ffi, _signals
 from ._connection import _MUTED, Connection
 from ._errors import _REASONS, _error
-from ._ffi import hot
+from ._ffi import hot, lib
 from ._registration import _Registration
 
 if TYPE_CHECKING:
@@ -187,11 +187,48 @@ def _on_timer(_lp: int, timer_id: int, user: int) -> None:
 
 
 # call_soon_threadsafe callbacks not run yet: loop key -> callbacks, in call order. The call that
-# finds no list makes one and posts it (ep_post with the loop key); the calls until the loop takes
-# it only append (a burst is one ctypes call and one callback into Python, not one each). Kept here,
-# not on the Loop: what was posted runs even if the Loop object is collected meanwhile.
+# finds no batch posts one (ep_post with the loop key); the calls until the loop takes it only
+# append (a burst is one ctypes call and one callback into Python, not one each). Kept here, not on
+# the Loop: what was posted runs even if the Loop object is collected meanwhile.
 _soon: dict[int, list[Callable[[], object]]] = {}
 _soon_lock = threading.Lock()
+
+
+def _forget_soon_in_child() -> None:
+    """A forked child's loops are its parent's: their batches are not the child's to run or join
+    (its calls raise ForkedLoopError, as every other call on an inherited loop)."""
+    global _soon_lock
+    _soon_lock = threading.Lock()  # (another thread may have held it at the fork)
+    _soon.clear()
+
+
+os.register_at_fork(after_in_child=_forget_soon_in_child)
+
+
+def _join_batch(key: int, callback: Callable[[], object]) -> bool:
+    """Adds ``callback`` to the loop's posted batch, if one is waiting (under _soon_lock)."""
+    batch = _soon.get(key)
+    if batch is not None:
+        batch.append(callback)
+    return batch is not None
+
+
+def post_soon(self: Loop, callback: Callable[[], object]) -> None:
+    """Loop.call_soon_threadsafe: joins the posted batch, or posts a new one."""
+    key = self._key
+    with _soon_lock:
+        if _join_batch(key, callback):
+            return
+    with self._lock:  # (ordered against close(), and against the other threads' calls)
+        if self._lp is None:
+            raise ValueError("the loop is closed")
+        with _soon_lock:  # (a batch exists only once posted: nobody joins one that failed)
+            if _join_batch(key, callback):
+                return
+            code = lib.ep_post(self._lp, _POST_TRAMPOLINE, key)
+            if code < 0:
+                raise _error(code, "ep_post")
+            _soon[key] = [callback]
 
 
 def _on_post(_lp: int, loop_key: int) -> None:

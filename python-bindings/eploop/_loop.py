@@ -38,8 +38,8 @@ from ctypes import byref, c_char
 from typing import Any, cast
 
 from . import _aio, _events, _ffi, _signals
-from ._datagram import DatagramEndpoint, _DatagramHosting
 from ._connection import Connection
+from ._datagram import DatagramEndpoint, _DatagramHosting
 from ._errors import (
     CloseReason,
     ClosingError,
@@ -53,15 +53,12 @@ from ._errors import (
 )
 from ._events import (
     _MORE,
-    _POST_TRAMPOLINE,
     _RESULT,
     _TIMER_TRAMPOLINE,
     _closed,
     _loop_keys,
-    _Stepping,
     _loops,
-    _soon,
-    _soon_lock,
+    _Stepping,
 )
 from ._ffi import lib
 from ._handler import ConnectionHandler, Handler, HandlerFactory, _ExceptionHandling
@@ -368,26 +365,7 @@ class Loop(_ExceptionHandling, _aio._AsyncioHosting, _DatagramHosting, _Stepping
 
     def call_soon_threadsafe(self, callback: Callable[[], object]) -> None:
         """Run ``callback()`` on the loop's thread at its next step (from any thread)."""
-        key = self._key
-        with _soon_lock:  # posted, not taken yet (a freeing loop takes it too): one more
-            pending = _soon.get(key)
-            if pending is not None:
-                pending.append(callback)
-                return
-        with self._lock:  # (ordered against close(), and against the other threads' calls)
-            if self._lp is None:
-                raise ValueError("the loop is closed")
-            with _soon_lock:
-                pending = _soon.get(key)
-                if pending is not None:
-                    pending.append(callback)
-                    return
-                _soon[key] = [callback]
-            code = lib.ep_post(self._lp, _POST_TRAMPOLINE, key)
-            if code < 0:  # (no post of this loop is pending: nothing took the list meanwhile)
-                with _soon_lock:
-                    _soon.pop(key, None)
-                raise _error(code, "ep_post")
+        _events.post_soon(self, callback)
 
     def add_signal_handler(self, signum: int, callback: Callable[..., object], *args: Any) -> None:
         """Call ``callback(*args)`` on the loop's thread, in a step of ``run()``, each time

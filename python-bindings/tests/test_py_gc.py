@@ -105,7 +105,7 @@ def test_timer_and_post_callbacks_created_in_a_function_that_returned_survive_gc
 
 
 def test_the_c_callable_objects_are_module_level() -> None:
-    from eploop import _ffi, _loop
+    from eploop import _events, _ffi
 
-    assert isinstance(_loop._TIMER_TRAMPOLINE, _ffi.TIMER_CB)
-    assert isinstance(_loop._POST_TRAMPOLINE, _ffi.POST_CB)
+    assert isinstance(_events._TIMER_TRAMPOLINE, _ffi.TIMER_CB)
+    assert isinstance(_events._POST_TRAMPOLINE, _ffi.POST_CB)

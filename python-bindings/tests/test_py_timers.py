@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -77,8 +78,8 @@ def test_a_burst_of_call_soon_threadsafe_is_one_post_and_runs_in_order(
 ) -> None:
     """1,000 calls from a thread while the loop is busy: one ep_post (the first call's), and
     every callback runs once, in call order, on the loop's thread."""
-    counting = _CountingLib(eploop._loop.lib)
-    monkeypatch.setattr(eploop._loop, "lib", counting)
+    counting = _CountingLib(eploop._events.lib)
+    monkeypatch.setattr(eploop._events, "lib", counting)
     loop = eploop.Loop()
     loop.listen(("127.0.0.1", 0), eploop.Handler)
     runner = LoopThread(loop).start()
@@ -130,6 +131,29 @@ def test_call_soon_threadsafe_from_many_threads_runs_each_once() -> None:
         runner.finish()
     for t in range(4):
         assert [i for u, i in ran if u == t] == list(range(2000)), f"thread {t}"
+
+
+def test_a_forked_child_cannot_join_its_parents_waiting_batch() -> None:
+    """In a forked child, call_soon_threadsafe raises ForkedLoopError, as every call on an
+    inherited loop, also while the parent has a batch waiting: joining it would accept a
+    callback that never runs. The parent's batch still runs in the parent."""
+    ran: list[str] = []
+    with eploop.Loop() as loop:
+        loop.call_soon_threadsafe(lambda: ran.append("parent"))  # waits: the loop is not running
+        pid = os.fork()
+        if pid == 0:  # the child reports through its exit code only
+            code = 1
+            try:
+                loop.call_soon_threadsafe(lambda: None)
+            except eploop.ForkedLoopError:
+                code = 0
+            except BaseException:
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
+        loop.run_once(0)
+    assert ran == ["parent"]
 
 
 def test_drain_lets_connections_finish_then_closes_the_rest() -> None:
