@@ -91,7 +91,11 @@ impl Lookups {
 
     /// The connection ended: whatever its lookup or its other addresses bring is ignored.
     pub(super) fn forget(&self, id: Id) {
-        self.pending.borrow_mut().remove(&id);
+        let mut pending = self.pending.borrow_mut();
+        // (most connections never had a lookup: no hashing for them, at every close)
+        if !pending.is_empty() {
+            pending.remove(&id);
+        }
     }
 }
 
