@@ -8,8 +8,8 @@
 //! - `ops.rs` — what the caller does to a registration (send, close, abort, pause, settings);
 //!   `sends.rs` — the send variants (vectored, without copy, file).
 //! - `registry.rs` — making registrations (adopt, listen, connect), draining, freeing.
-//! - `listener.rs` (accept policy), `timers.rs` (timers and deadlines), `remote.rs` (the part
-//!   other threads touch), `slab.rs` (ids with generations).
+//! - `listener.rs` (accept policy), `timers.rs` (timers and deadlines; `deadlines.rs` orders
+//!   them), `remote.rs` (the part other threads touch), `slab.rs` (ids with generations).
 //! - `signals.rs` (signals through a signalfd), `resolver.rs` (connecting by host name),
 //!   `datagram.rs` (UDP endpoints).
 //!
@@ -21,6 +21,7 @@
 
 mod close;
 mod datagram;
+mod deadlines;
 mod dispatch;
 mod flow;
 mod listener;
@@ -38,8 +39,7 @@ mod timers;
 mod trace;
 
 use std::cell::{Cell, RefCell};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -308,10 +308,9 @@ struct State<H> {
     service: VecDeque<Id>,
     /// Deadlines: (when, arming order, id); id 0 is the loop's drain deadline. Entries are not
     /// removed when cancelled: the registration's own state says whether one still applies
-    /// (dead ones are dropped at the head each step, and all at once when the heap doubled).
-    timers: BinaryHeap<Reverse<(Instant, u64, Id)>>,
+    /// (dead ones are dropped at the head each step, and all at once when their number doubled).
+    timers: deadlines::Deadlines,
     timers_prune_at: usize,
-    seq: u64,
     timer_count: usize,
     /// Live registrations made with `unref`: they do not count as work.
     unref_count: usize,
@@ -366,9 +365,8 @@ impl<H: Handler> Loop<H> {
                 lingering: 0,
                 closes: VecDeque::new(),
                 service: VecDeque::new(),
-                timers: BinaryHeap::new(),
+                timers: deadlines::Deadlines::default(),
                 timers_prune_at: timers::PRUNE_MIN,
-                seq: 0,
                 timer_count: 0,
                 unref_count: 0,
                 next_step: Vec::new(),

@@ -83,7 +83,7 @@ fn live_deadlines_survive_pruning() {
     let st = lp.state.borrow();
     for (i, id) in kept.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
         assert!(
-            st.timers.iter().any(|Reverse((_, _, t))| t == id),
+            st.timers.iter().any(|(_, _, t)| t == id),
             "live timer {i} lost"
         );
     }

@@ -1,7 +1,6 @@
 //! Timers and deadlines: the user's timers, and the loop's own deadlines (connect and flush
-//! deadlines, idle checks, lingering sockets, accept back-off, the drain deadline) in one heap.
+//! deadlines, idle checks, lingering sockets, accept back-off, the drain deadline), together.
 
-use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
 use super::slab::Slab;
@@ -45,7 +44,7 @@ impl<H> State<H> {
 
     #[inline(never)]
     fn prune_dead_timers(&mut self) {
-        while let Some(Reverse((_, seq, id))) = self.timers.peek() {
+        while let Some((_, seq, id)) = self.timers.peek() {
             if !is_dead(&self.entries, *seq, *id) {
                 break;
             }
@@ -54,17 +53,14 @@ impl<H> State<H> {
         if self.timers.len() >= self.timers_prune_at {
             let entries = &self.entries;
             self.timers
-                .retain(|Reverse((_, seq, id))| !is_dead(entries, *seq, *id));
-            self.timers.shrink_to(2 * self.timers.len());
+                .retain(|(_, seq, id)| !is_dead(entries, *seq, *id));
             self.timers_prune_at = PRUNE_MIN.max(2 * self.timers.len());
         }
     }
 
     /// Adds a deadline for `id`; returns its arming order.
     pub(super) fn arm(&mut self, deadline: Instant, id: Id) -> u64 {
-        self.seq += 1;
-        self.timers.push(Reverse((deadline, self.seq, id)));
-        self.seq
+        self.timers.arm(deadline, id)
     }
 
     /// Arms a stream's idle check, superseding any earlier one.
@@ -160,10 +156,10 @@ impl<H: Handler> Loop<H> {
             let (seq, id) = {
                 let mut st = self.state.borrow_mut();
                 match st.timers.peek() {
-                    Some(Reverse((deadline, _, _))) if *deadline <= now => {}
+                    Some((deadline, _, _)) if *deadline <= now => {}
                     _ => return,
                 }
-                let Some(Reverse((_, seq, id))) = st.timers.pop() else {
+                let Some((_, seq, id)) = st.timers.pop() else {
                     return;
                 };
                 (seq, id)
@@ -248,12 +244,21 @@ impl<H: Handler> Loop<H> {
 }
 
 /// [`Loop::wait_timeout`] under a borrow the caller holds.
+#[inline(always)]
 pub(super) fn wait_timeout_of<H>(st: &State<H>, timeout_ms: i32) -> i32 {
     if !st.service.is_empty() || !st.closes.is_empty() || !st.released.is_empty() {
         return 0;
     }
+    if st.timers.is_empty() {
+        return timeout_ms;
+    }
+    timeout_to_deadline(st, timeout_ms)
+}
+
+#[inline(never)]
+fn timeout_to_deadline<H>(st: &State<H>, timeout_ms: i32) -> i32 {
     match st.timers.peek() {
-        Some(Reverse((deadline, _, _))) => {
+        Some((deadline, _, _)) => {
             let left = deadline.saturating_duration_since(Instant::now());
             // Round up, so a deadline 0.5 ms away never turns into a busy spin.
             let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
