@@ -784,3 +784,60 @@ fn zero_disables_the_idle_timeout() {
     drop((inherited_then_off, listener_off, own_then_off));
     h.finish();
 }
+
+fn lingering(lp: *mut ep_loop) -> u64 {
+    // SAFETY: ep_stats is plain data (all zeros is a valid value).
+    let mut stats: ep_stats = unsafe { std::mem::zeroed() };
+    // SAFETY: live loop; `stats` is writable for its size.
+    let rc = unsafe { ep_get_stats(lp, &mut stats, std::mem::size_of::<ep_stats>()) };
+    assert_eq!(rc, 0);
+    stats.lingering
+}
+
+/// The loop's own deadlines and the user's timers keep one order: sockets lingering after a close
+/// (their deadlines armed in order, now plus the linger time) and a timer due before them, armed
+/// after them, each fire when due, the earlier first; a timer due after them fires after they
+/// were let go.
+#[test]
+fn a_timer_due_before_linger_deadlines_fires_first() {
+    let h = Harness::new();
+    // SAFETY: live loop.
+    assert_eq!(unsafe { ep_set_linger(h.lp, 400) }, 0);
+    h.rec.set_hook(|_, lp, ev| {
+        if let Event::Accept { conn, .. } = *ev {
+            assert_eq!(close(lp, conn), 0); // the peers never close: their sockets linger
+        }
+    });
+    let (_, port) = h.listen("127.0.0.1", 0);
+    let clients: Vec<_> = (0..3).map(|_| connect(port)).collect();
+    h.run_until("three lingering sockets", |_| lingering(h.lp) == 3);
+    let armed = Instant::now();
+    let fires = Rc::new(RefCell::new(Vec::<(&str, Duration, u64)>::new()));
+    let record = |label: &'static str| {
+        let fires = fires.clone();
+        timer_fn(move |lp, _| {
+            fires
+                .borrow_mut()
+                .push((label, armed.elapsed(), lingering(lp)))
+        })
+    };
+    let (late, early) = (record("late"), record("early"));
+    start_timer(h.lp, 900, 0, &late);
+    start_timer(h.lp, 50, 0, &early);
+    h.run_until_for("both timers", Duration::from_secs(5), |_| {
+        fires.borrow().len() == 2
+    });
+    assert_no_callback_panics();
+    let fires = fires.borrow();
+    assert_eq!((fires[0].0, fires[1].0), ("early", "late"), "{fires:?}");
+    let (_, early_at, lingering_then) = fires[0];
+    assert!(
+        early_at >= Duration::from_millis(50) && early_at < Duration::from_millis(350),
+        "the 50 ms timer fired after {early_at:?}"
+    );
+    assert_eq!(lingering_then, 3, "the sockets lingered on when it fired");
+    let (_, late_at, lingering_then) = fires[1];
+    assert!(late_at >= Duration::from_millis(900), "{late_at:?}");
+    assert_eq!(lingering_then, 0, "the 400 ms linger deadlines had passed");
+    drop(clients);
+}
