@@ -1,8 +1,9 @@
 //! The loop's deadlines, earliest first: a run of deadlines armed in order (most are "now plus a
 //! fixed period": lingering, flush, idle and connect deadlines, same-length timers) is a queue;
 //! the others go to a heap. Both are ordered by (deadline, arming order), so merging their heads
-//! keeps "equal deadlines fire in arming order". A closing connection's deadline costs a queue
-//! push and pop instead of a heap push and pop (about 250 instructions per close, callgrind).
+//! keeps "equal deadlines fire in arming order". A closed connection's linger deadline leaves
+//! from the queue's front instead of the heap's top: 241 -> 84 instructions per close (callgrind,
+//! the pruning of dead deadlines in an answer-then-close server).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
