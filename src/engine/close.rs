@@ -75,7 +75,7 @@ impl<H: Handler> Loop<H> {
                     if s.interest == level || sys::epoll_modify(self.epfd, s.fd, level, id).is_ok()
                     {
                         st.lingering += 1;
-                        st.arm(deadline, id);
+                        st.timers.arm(deadline, id);
                         if let Some(Entry::Closed(closed)) = st.entries.get_mut(id) {
                             closed.lingering = Some(Lingering { fd: s.fd, deadline });
                         }

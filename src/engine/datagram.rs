@@ -408,7 +408,7 @@ impl<H: Handler> Loop<H> {
         d.closing_until = Some(deadline);
         d.flushed = false;
         d.update_interest(self.epfd, id);
-        st.arm(deadline, id);
+        st.timers.arm(deadline, id);
     }
 
     /// The close deadline of a flushing endpoint passed: another period if the queue moved,
@@ -424,7 +424,7 @@ impl<H: Handler> Loop<H> {
         }
         if std::mem::take(&mut d.flushed) {
             d.closing_until = Some(now + linger);
-            st.arm(now + linger, id);
+            st.timers.arm(now + linger, id);
             return;
         }
         drop(st);

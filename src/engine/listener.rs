@@ -123,7 +123,7 @@ impl<H: Handler> Loop<H> {
         if let Some(Entry::Listener(l)) = st.entries.get_mut(id) {
             l.backoff_until = Some(until);
             l.update_interest(self.epfd, id);
-            st.arm(until, id);
+            st.timers.arm(until, id);
         }
     }
 }

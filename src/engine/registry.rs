@@ -213,7 +213,7 @@ impl<H: Handler> Loop<H> {
         let mut st = self.state.borrow_mut();
         let at = Instant::now() + grace;
         st.drain_at = Some(at);
-        st.arm(at, DRAIN_TOKEN);
+        st.timers.arm(at, DRAIN_TOKEN);
         Ok(())
     }
 

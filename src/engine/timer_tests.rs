@@ -1,5 +1,6 @@
-//! The deadline heap keeps only what may still fire: cancelled timers leave it (at its head at
-//! once, all of them once it has doubled), so neither memory nor wakeups grow with cancels.
+//! The deadlines keep only what may still fire: cancelled timers' deadlines leave them (at the
+//! head at once, all of them once their number has doubled), so neither memory nor wakeups grow
+//! with cancels.
 use super::*;
 use crate::engine::{sys, CloseReason, Trace};
 
@@ -20,7 +21,7 @@ impl Handler for Nop {
     fn on_trace(_: &Loop<Self>, _: Id, _: Trace) {}
 }
 
-fn heap_len(lp: &Loop<Nop>) -> usize {
+fn deadline_count(lp: &Loop<Nop>) -> usize {
     lp.state.borrow().timers.len()
 }
 
@@ -40,9 +41,9 @@ fn cancelled_timers_do_not_accumulate() {
     }
     lp.run_once(0).expect("step");
     assert!(
-        heap_len(&lp) < 2 * PRUNE_MIN,
+        deadline_count(&lp) < 2 * PRUNE_MIN,
         "{} deadlines kept for 1 timer",
-        heap_len(&lp)
+        deadline_count(&lp)
     );
 }
 
@@ -61,7 +62,7 @@ fn a_cancelled_deadline_does_not_shorten_the_wait() {
         "next timeout {} ms",
         lp.next_timeout()
     );
-    assert_eq!(heap_len(&lp), 1);
+    assert_eq!(deadline_count(&lp), 1);
 }
 
 #[test]

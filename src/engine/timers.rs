@@ -15,7 +15,8 @@ pub(super) struct Timer<H> {
     pub repeat: Option<Duration>,
 }
 
-/// The heap size from which dead entries are dropped all at once (see [`State::prune_timers`]).
+/// The number of deadlines from which dead ones are dropped all at once (see
+/// [`State::prune_timers`]).
 pub(super) const PRUNE_MIN: usize = 1024;
 
 /// A deadline nobody will act on: its registration is gone (a cancelled or fired timer, a closed
@@ -30,9 +31,9 @@ fn is_dead<H>(entries: &Slab<Entry<H>>, seq: u64, id: Id) -> bool {
 }
 
 impl<H> State<H> {
-    /// Drops the dead deadlines at the head of the heap, so that a cancelled timer's deadline
-    /// neither cuts a wait short nor shows in ep_next_timeout(); and, once the heap has doubled
-    /// since it was last pruned, every dead one (a server that starts and cancels a long timeout
+    /// Drops the dead deadlines at the head, so that a cancelled timer's deadline neither cuts a
+    /// wait short nor shows in ep_next_timeout(); and, once their number has doubled since they
+    /// were last pruned, every dead one (a server that starts and cancels a long timeout
     /// per request would otherwise keep an entry per cancel until its deadline). Amortized O(1)
     /// per deadline armed; a step without timers pays one comparison.
     #[inline(always)]
@@ -58,14 +59,9 @@ impl<H> State<H> {
         }
     }
 
-    /// Adds a deadline for `id`; returns its arming order.
-    pub(super) fn arm(&mut self, deadline: Instant, id: Id) -> u64 {
-        self.timers.arm(deadline, id)
-    }
-
     /// Arms a stream's idle check, superseding any earlier one.
     pub(super) fn arm_idle(&mut self, id: Id, due: Instant) {
-        let seq = self.arm(due, id);
+        let seq = self.timers.arm(due, id);
         if let Some(Entry::Stream(s)) = self.entries.get_mut(id) {
             s.idle_seq = seq as u32;
         }
@@ -77,7 +73,7 @@ impl<H> State<H> {
             s.deadline = Some(deadline);
             s.flushed_since_deadline = false;
         }
-        self.arm(deadline, id);
+        self.timers.arm(deadline, id);
     }
 }
 
@@ -102,7 +98,7 @@ impl<H: Handler> Loop<H> {
                 repeat,
             }),
         )?;
-        let seq = st.arm(deadline, id);
+        let seq = st.timers.arm(deadline, id);
         if let Some(Entry::Timer(t)) = st.entries.get_mut(id) {
             t.seq = seq;
         }
@@ -191,7 +187,7 @@ impl<H: Handler> Loop<H> {
                             next += every;
                         }
                         t.deadline = next;
-                        let seq = st.arm(next, id);
+                        let seq = st.timers.arm(next, id);
                         if let Some(Entry::Timer(t)) = st.entries.get_mut(id) {
                             t.seq = seq;
                         }
