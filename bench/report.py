@@ -13,7 +13,7 @@ from pathlib import Path
 
 import targets
 
-REFERENCE = "c-epoll"
+REFERENCE = targets.REFERENCE  # (the server every ratio is to; the targets judge against it too)
 LARGE_RESPONSE_BYTES = (1 << 20) + 84  # the large scenarios' response: 1 MiB body, 84-byte header
 LARGE_MESSAGE_BYTES = 1 << 20  # echo-10x1M's message
 

@@ -30,6 +30,11 @@ PY_VS_UVLOOP = ("echo-50x64", "echo-1000x64", "http-keepalive")
 LARGE = ("echo-10x1M", "http-large-mem", "http-large-file")
 
 
+def instructions_per_op(report: dict, server: str, scenario: str) -> float | None:
+    """User-space instructions per operation of `server` in a callgrind scenario, if measured."""
+    return (((report.get("instructions") or {}).get(server) or {}).get(scenario) or {}).get("per_op")
+
+
 class Judge:
     """Collects (target, verdict, evidence) rows for one run."""
 
@@ -38,7 +43,6 @@ class Judge:
         self.scenarios = [sc["name"] for sc in report["scenarios"]]
         self.small = [sc["name"] for sc in report["scenarios"]
                       if not (sc.get("large") or sc["name"].startswith("http-large"))]
-        self.instr = report.get("instructions") or {}
 
     def cpu(self, server: str, scenario: str) -> float | None:
         m = self.med.get((server, scenario))
@@ -80,8 +84,7 @@ class Judge:
         self.rows.append((title, "met" if g <= limit else "missed", f"{g:.3f}× over {len(logs)} scenarios"))
 
     def per_op(self, server: str, scenario: str) -> float | None:
-        r = (self.instr.get(server) or {}).get(scenario) or {}
-        return r.get("per_op")
+        return instructions_per_op(self.report, server, scenario)
 
     def instr_ratio(self, title: str, server: str, other: str, limit: float,
                     scenarios: tuple[str, ...] | None = None) -> None:
@@ -159,9 +162,8 @@ def issue4_rows(report: dict, med: dict) -> list[tuple[str, str, str]]:
 
 def before_after_lines(report: dict) -> list[str]:
     """RESULTS.md's table of instructions per operation before issue 12 and in this run."""
-    instr = report.get("instructions") or {}
     names = [sc["name"] for sc in report.get("callgrind_scenarios") or []]
-    if not instr or not names:
+    if not report.get("instructions") or not names:
         return []
     lines = ["", "### Before and after issue 12", "",
              f"Instructions per operation before the issue's work ({BEFORE_SOURCE}) and in this run.", "",
@@ -169,7 +171,7 @@ def before_after_lines(report: dict) -> list[str]:
     for server, before in BEFORE_ISSUE_12.items():
         cells = []
         for sc in names:
-            now = ((instr.get(server) or {}).get(sc) or {}).get("per_op")
+            now = instructions_per_op(report, server, sc)
             was = before.get(sc)
             if now and was:
                 cells.append(f"{was:,} → {now:,.0f} ({now / was - 1:+.0%})")
